@@ -1,7 +1,0 @@
-namespace XrayVL.Tests;
-
-public class ProbeTests
-{
-    [Fact]
-    public void TorchLoads() => Assert.Equal("4", XrayVL.Probe.Run());
-}
