@@ -1,1 +1,1 @@
-Console.WriteLine(XrayVL.Probe.Run());
+return 0;
