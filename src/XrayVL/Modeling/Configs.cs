@@ -1,0 +1,198 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace XrayVL.Modeling;
+
+/// <summary>
+/// The language model's config, 1:1 with a Hugging Face LLaMA / Qwen2 `config.json` (snake_case keys).
+/// Defaults describe the project's compact CPU model; published models override them all from their files.
+/// </summary>
+public sealed record LanguageModelConfig
+{
+    /// <summary>"llama" or "qwen2": decides the attention biases (Qwen2 has q/k/v biases, LLaMA none unless attention_bias).</summary>
+    public string ModelType { get; init; } = "llama";
+    /// <summary>Byte-level BPE trained on the zh/en reports: 6k entries cover both languages compactly.</summary>
+    public int VocabSize { get; init; } = 6000;
+    /// <summary>Residual width: 256 keeps a 2-core CPU at interactive speed.</summary>
+    public int HiddenSize { get; init; } = 256;
+    /// <summary>SwiGLU width, about 8/3 of hidden as in LLaMA (rounded to a multiple of 64).</summary>
+    public int IntermediateSize { get; init; } = 704;
+    public int NumHiddenLayers { get; init; } = 4;
+    public int NumAttentionHeads { get; init; } = 4;
+    /// <summary>Grouped-query attention: fewer K/V heads shrink the KV cache.</summary>
+    public int NumKeyValueHeads { get; init; } = 2;
+    /// <summary>Explicit head size (HF `head_dim`); null means hidden_size / num_attention_heads.</summary>
+    public int? HeadDim { get; init; }
+    /// <summary>Longest sequence (image tokens + prompt + report) the rotary tables and KV cache are sized for.</summary>
+    public int MaxPositionEmbeddings { get; init; } = 512;
+    public double RmsNormEps { get; init; } = 1e-6;
+    public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>Tied input/output embeddings save vocab x hidden parameters, a large share in a compact model.</summary>
+    public bool TieWordEmbeddings { get; init; } = true;
+    /// <summary>LLaMA's flag for biases on q/k/v/o projections; Qwen2 ignores it (its q/k/v always have biases).</summary>
+    public bool AttentionBias { get; init; }
+    /// <summary>LLaMA's flag for biases on the SwiGLU projections.</summary>
+    public bool MlpBias { get; init; }
+    /// <summary>Only "silu" (SwiGLU) is implemented; other values are rejected on load.</summary>
+    public string HiddenAct { get; init; } = "silu";
+    public int? BosTokenId { get; init; }
+    public int? EosTokenId { get; init; }
+    public int? PadTokenId { get; init; }
+    public string[]? Architectures { get; init; }
+    public string? TorchDtype { get; init; }
+
+    [JsonIgnore] public int HeadSize => HeadDim ?? HiddenSize / NumAttentionHeads;
+
+    /// <summary>Whether q/k/v and o projections carry biases, per model family (chosen by a switch, never by sniffing names).</summary>
+    [JsonIgnore] public (bool Qkv, bool Output) ProjectionBiases => ModelType switch
+    {
+        "llama" or "mistral" => (AttentionBias, AttentionBias),
+        "qwen2" => (true, false),
+        _ => throw new XrayVLException($"language model type '{ModelType}' is not supported (llama, qwen2)"),
+    };
+
+    public LanguageModelConfig Validate()
+    {
+        _ = ProjectionBiases;
+        Require(VocabSize > 0, "vocab_size must be positive");
+        Require(HiddenSize > 0 && IntermediateSize > 0, "hidden_size and intermediate_size must be positive");
+        Require(NumHiddenLayers > 0, "num_hidden_layers must be positive");
+        Require(NumAttentionHeads > 0 && NumKeyValueHeads > 0, "attention head counts must be positive");
+        Require(NumAttentionHeads % NumKeyValueHeads == 0,
+            $"num_attention_heads ({NumAttentionHeads}) must be a multiple of num_key_value_heads ({NumKeyValueHeads})");
+        Require(HeadDim != null || HiddenSize % NumAttentionHeads == 0,
+            $"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumAttentionHeads})");
+        Require(HeadSize % 2 == 0, $"head size ({HeadSize}) must be even for rotary embeddings");
+        Require(MaxPositionEmbeddings > 0, "max_position_embeddings must be positive");
+        Require(HiddenAct == "silu", $"hidden_act '{HiddenAct}' is not supported (silu)");
+        return this;
+    }
+
+    internal static void Require(bool ok, string message)
+    {
+        if (!ok) throw new XrayVLException("invalid config: " + message);
+    }
+}
+
+/// <summary>
+/// The vision encoder's config. `model_type` picks the architecture:
+/// "clip_vision_model" (a ViT with HF CLIP vision key names; the fields are HF CLIPVisionConfig's) or
+/// "resnet" (torchvision ResNet key names; `layers` and `block` as torchvision's resnet18/34/50 builders).
+/// </summary>
+public sealed record VisionConfig
+{
+    public string ModelType { get; init; } = "clip_vision_model";
+    /// <summary>224 px keeps thin lines (tubes, fracture edges) visible at CPU cost; the preprocessor resizes to it.</summary>
+    public int ImageSize { get; init; } = 224;
+    /// <summary>Input channels: 1 for the project's grayscale models, 3 for CLIP/ImageNet checkpoints (gray is repeated).</summary>
+    public int NumChannels { get; init; } = 1;
+
+    // ViT (CLIP) fields
+    public int PatchSize { get; init; } = 16;
+    public int HiddenSize { get; init; } = 192;
+    public int IntermediateSize { get; init; } = 768;
+    public int NumHiddenLayers { get; init; } = 4;
+    public int NumAttentionHeads { get; init; } = 3;
+    public double LayerNormEps { get; init; } = 1e-5;
+    /// <summary>"quick_gelu" (OpenAI CLIP) or "gelu".</summary>
+    public string HiddenAct { get; init; } = "gelu";
+
+    // ResNet (torchvision) fields
+    /// <summary>Blocks per stage: [2,2,2,2] is ResNet-18, [3,4,6,3] with bottleneck is ResNet-50.</summary>
+    public int[] Layers { get; init; } = [2, 2, 2, 2];
+    /// <summary>"basic" (ResNet-18/34) or "bottleneck" (ResNet-50+).</summary>
+    public string Block { get; init; } = "basic";
+    /// <summary>Stem width; torchvision uses 64. Smaller widths make CPU-sized encoders.</summary>
+    public int Width { get; init; } = 64;
+
+    [JsonIgnore] public bool IsVit => ModelType switch
+    {
+        "clip_vision_model" or "vit" => true,
+        "resnet" => false,
+        _ => throw new XrayVLException($"vision model type '{ModelType}' is not supported (clip_vision_model, resnet)"),
+    };
+
+    public VisionConfig Validate()
+    {
+        static void Require(bool ok, string m) => LanguageModelConfig.Require(ok, "vision_config: " + m);
+        Require(ImageSize > 0, "image_size must be positive");
+        Require(NumChannels is 1 or 3, "num_channels must be 1 or 3");
+        if (IsVit)
+        {
+            Require(PatchSize > 0 && ImageSize % PatchSize == 0, $"image_size ({ImageSize}) must be a multiple of patch_size ({PatchSize})");
+            Require(NumAttentionHeads > 0 && HiddenSize % NumAttentionHeads == 0,
+                $"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumAttentionHeads})");
+            Require(NumHiddenLayers > 0, "num_hidden_layers must be positive");
+            Require(HiddenAct is "gelu" or "quick_gelu", $"hidden_act '{HiddenAct}' is not supported (gelu, quick_gelu)");
+        }
+        else
+        {
+            Require(Layers.Length == 4 && Layers.All(n => n > 0), "layers must list four positive block counts");
+            Require(Block is "basic" or "bottleneck", $"block '{Block}' is not supported (basic, bottleneck)");
+            Require(Width > 0, "width must be positive");
+        }
+        return this;
+    }
+}
+
+/// <summary>
+/// The composed model's `config.json`: a LLaVA-style layout (vision_config + text_config + projector fields), so a
+/// checkpoint folder reads like a Hugging Face one.
+/// </summary>
+public sealed record VisionLanguageConfig
+{
+    public string ModelType { get; init; } = "xrayvl";
+    public string[] Architectures { get; init; } = ["XrayVLForConditionalGeneration"];
+    public VisionConfig VisionConfig { get; init; } = new();
+    public LanguageModelConfig TextConfig { get; init; } = new();
+    /// <summary>"linear" (XrayGPT), "mlp2x_gelu" (LLaVA-1.5) or "merge4" (MiniGPT-v2: 4 adjacent tokens concatenated, then linear).</summary>
+    public string ProjectorType { get; init; } = "mlp2x_gelu";
+    /// <summary>Which encoder layer's output feeds the projector; -2 (the penultimate) as LLaVA, -1 the last.</summary>
+    public int VisionFeatureLayer { get; init; } = -1;
+    /// <summary>"default": patch tokens only (CLS dropped, as LLaVA); "full": CLS + patches.</summary>
+    public string VisionFeatureSelectStrategy { get; init; } = "default";
+    /// <summary>Id of the `&lt;image&gt;` placeholder token in the tokenizer; each occurrence becomes one image's tokens.</summary>
+    public int ImageTokenIndex { get; init; }
+    /// <summary>Whether the vision encoder is trained (false: frozen, features may be cached).</summary>
+    public bool FreezeVision { get; init; }
+
+    public VisionLanguageConfig Validate()
+    {
+        VisionConfig.Validate();
+        TextConfig.Validate();
+        LanguageModelConfig.Require(ProjectorType is "linear" or "mlp2x_gelu" or "merge4",
+            $"projector_type '{ProjectorType}' is not supported (linear, mlp2x_gelu, merge4)");
+        LanguageModelConfig.Require(VisionFeatureSelectStrategy is "default" or "full",
+            $"vision_feature_select_strategy '{VisionFeatureSelectStrategy}' is not supported (default, full)");
+        LanguageModelConfig.Require(ImageTokenIndex >= 0 && ImageTokenIndex < TextConfig.VocabSize,
+            $"image_token_index ({ImageTokenIndex}) is outside the vocabulary (0..{TextConfig.VocabSize - 1})");
+        return this;
+    }
+}
+
+/// <summary>Reads and writes configs as HF-style JSON files, validating on load.</summary>
+public static class ConfigFile
+{
+    public static T Read<T>(string path) where T : class
+    {
+        if (!File.Exists(path)) throw new XrayVLException($"{path}: config file not found");
+        T? config;
+        try { config = JsonSerializer.Deserialize<T>(File.ReadAllText(path), Json.Options); }
+        catch (JsonException e) { throw new XrayVLException($"{path}: not a valid config ({e.Message})"); }
+        if (config == null) throw new XrayVLException($"{path}: empty config");
+        try
+        {
+            return config switch
+            {
+                LanguageModelConfig c => (c.Validate() as T)!,
+                VisionConfig c => (c.Validate() as T)!,
+                VisionLanguageConfig c => (c.Validate() as T)!,
+                _ => config,
+            };
+        }
+        catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
+    }
+
+    public static void Write<T>(string path, T config) =>
+        Json.WriteAllTextAtomic(path, JsonSerializer.Serialize(config, Json.Options) + "\n");
+}
