@@ -130,6 +130,7 @@ public static class SafeTensors
         {
             foreach (string name in names)
             {
+                if (result.ContainsKey(name)) continue;
                 var info = header.Find(name) ?? throw new XrayVLException($"{path}: no tensor named '{name}'");
                 result[name] = ReadTensor(stream, path, header, info, device, castTo);
             }
@@ -351,13 +352,17 @@ public static class SafeTensors
     /// </summary>
     public static void Save(string path, IReadOnlyDictionary<string, Tensor> tensors, IReadOnlyDictionary<string, string>? metadata = null)
     {
+        foreach (var (name, tensor) in tensors)
+        {
+            if (string.IsNullOrEmpty(name) || name == MetadataKey)
+                throw new XrayVLException($"{path}: '{name}' is not a valid tensor name for safetensors");
+            if (!DTypes.Any(d => d.Type == tensor.dtype))
+                throw new XrayVLException($"{path}: tensor '{name}' has dtype {tensor.dtype}, which XrayVL cannot store in safetensors");
+        }
         var entries = tensors
             .Select(kv => (Name: kv.Key, Tensor: kv.Value, Type: kv.Value.dtype))
             .OrderByDescending(e => ElementSize(e.Type)).ThenBy(e => e.Name, StringComparer.Ordinal)
             .ToList();
-        foreach (var (name, _, _) in entries)
-            if (string.IsNullOrEmpty(name) || name == MetadataKey)
-                throw new XrayVLException($"{path}: '{name}' is not a valid tensor name for safetensors");
 
         byte[] header = BuildHeader(entries.Select(e => (e.Name, e.Type, e.Tensor.shape)).ToList(), metadata);
 

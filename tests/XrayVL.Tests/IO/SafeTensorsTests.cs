@@ -205,6 +205,19 @@ public sealed class SafeTensorsTests : IDisposable
     }
 
     [Fact]
+    public void SaveRejectsUnsupportedDtypesAndNames()
+    {
+        using var scope = torch.NewDisposeScope();
+        string path = PathOf("bad-save.safetensors");
+        var ex = Assert.Throws<XrayVLException>(() =>
+            SafeTensors.Save(path, new Dictionary<string, Tensor> { ["z"] = torch.ones(2, ScalarType.ComplexFloat32) }));
+        Assert.Contains(path, ex.Message);
+        Assert.Contains("'z'", ex.Message);
+        Assert.Throws<XrayVLException>(() => SafeTensors.Save(path, new Dictionary<string, Tensor> { [SafeTensors.MetadataKey] = torch.ones(2) }));
+        Assert.Empty(Directory.GetFiles(dir));
+    }
+
+    [Fact]
     public void SaveReplacesAtomicallyAndLeavesNoTemporaryFiles()
     {
         using var scope = torch.NewDisposeScope();
