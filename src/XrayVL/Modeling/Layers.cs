@@ -1,14 +1,14 @@
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace XrayVL.Modeling;
 
 /// <summary>
-/// Factories for the layers every model file shares, so a later change (e.g. LoRA-capable linears) happens in one place.
-/// State-dict keys follow nn.Linear: `weight` (out, in) and `bias` (out).
+/// Factories for the layers every model file shares, so a change happens in one place.
+/// Every linear is an <see cref="AdaptableLinear"/>: nn.Linear's keys (`weight` (out, in), `bias` (out)), and a slot for
+/// a LoRA pair that <see cref="Lora.Inject"/> can attach later.
 /// </summary>
 public static class Layers
 {
     public static nn.Module<Tensor, Tensor> Linear(long inFeatures, long outFeatures, bool hasBias = true) =>
-        nn.Linear(inFeatures, outFeatures, hasBias);
+        new AdaptableLinear(inFeatures, outFeatures, hasBias);
 }
