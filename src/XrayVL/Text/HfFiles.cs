@@ -1,0 +1,111 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace XrayVL.Text;
+
+/// <summary>The Hugging Face tokenizer files beside the model files: tokenizer.json and tokenizer_config.json.</summary>
+internal static class HfFiles
+{
+    public const string TokenizerJson = "tokenizer.json";
+    public const string TokenizerConfigJson = "tokenizer_config.json";
+
+    /// <summary>One added-token entry as both files spell it (tokenizer.json adds the "id").</summary>
+    public static JsonObject AddedToken(int? id, string content)
+    {
+        var entry = new JsonObject();
+        if (id is int i) entry["id"] = i;
+        entry["content"] = content;
+        entry["single_word"] = false;
+        entry["lstrip"] = false;
+        entry["rstrip"] = false;
+        entry["normalized"] = false;
+        entry["special"] = true;
+        return entry;
+    }
+
+    /// <summary>
+    /// Writes tokenizer_config.json: added tokens by id, the roles of the special tokens, and the chat template
+    /// (<see cref="ChatTemplate.JinjaTemplate"/>) so that <c>apply_chat_template</c> renders what <see cref="ChatTemplate"/> does.
+    /// </summary>
+    public static void WriteTokenizerConfig(string directory, IReadOnlyList<(int Id, string Content)> added,
+        string tokenizerClass, string eosToken, string padToken, string? bosToken = null, string? unkToken = null)
+    {
+        var decoder = new JsonObject();
+        foreach (var (id, content) in added.OrderBy(a => a.Id)) decoder[id.ToString(System.Globalization.CultureInfo.InvariantCulture)] = AddedToken(null, content);
+        var config = new JsonObject
+        {
+            ["tokenizer_class"] = tokenizerClass,
+            ["added_tokens_decoder"] = decoder,
+            ["additional_special_tokens"] = new JsonArray([.. new[] { SpecialTokens.ImStart, SpecialTokens.ImEnd, SpecialTokens.Image }
+                .Select(s => (JsonNode?)JsonValue.Create(s))]),
+            ["bos_token"] = bosToken,
+            ["eos_token"] = eosToken,
+            ["pad_token"] = padToken,
+            ["unk_token"] = unkToken,
+            ["add_bos_token"] = false,
+            ["add_eos_token"] = false,
+            ["add_prefix_space"] = false,
+            ["clean_up_tokenization_spaces"] = false,
+            ["split_special_tokens"] = false,
+            ["model_max_length"] = 32768,
+            ["chat_template"] = ChatTemplate.JinjaTemplate,
+        };
+        Json.WriteAllTextAtomic(Path.Combine(directory, TokenizerConfigJson), config.ToJsonString(Json.Options));
+    }
+
+    /// <summary>
+    /// Added tokens (id, content) of a tokenizer folder: tokenizer_config.json's added_tokens_decoder when present,
+    /// else tokenizer.json's added_tokens, else none.
+    /// </summary>
+    public static List<(int Id, string Content)> ReadAddedTokens(string directory)
+    {
+        var result = new List<(int, string)>();
+        string configPath = Path.Combine(directory, TokenizerConfigJson);
+        string tokenizerPath = Path.Combine(directory, TokenizerJson);
+        if (File.Exists(configPath))
+        {
+            using var doc = Parse(configPath);
+            if (doc.RootElement.ValueKind == JsonValueKind.Object
+                && doc.RootElement.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
+            {
+                foreach (var entry in decoder.EnumerateObject())
+                {
+                    if (!int.TryParse(entry.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id))
+                        throw new XrayVLException($"{configPath}: added_tokens_decoder key '{entry.Name}' is not a token id.");
+                    result.Add((id, Content(entry.Value, configPath)));
+                }
+                return result;
+            }
+        }
+        if (File.Exists(tokenizerPath))
+        {
+            using var doc = Parse(tokenizerPath);
+            if (doc.RootElement.ValueKind == JsonValueKind.Object
+                && doc.RootElement.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
+            {
+                foreach (var entry in added.EnumerateArray())
+                {
+                    if (entry.ValueKind != JsonValueKind.Object || !entry.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out int id) || id < 0)
+                        throw new XrayVLException($"{tokenizerPath}: an added_tokens entry has no valid id.");
+                    result.Add((id, Content(entry, tokenizerPath)));
+                }
+            }
+        }
+        return result;
+    }
+
+    private static string Content(JsonElement entry, string path)
+    {
+        if (entry.ValueKind == JsonValueKind.Object && entry.TryGetProperty("content", out var content)
+            && content.ValueKind == JsonValueKind.String && content.GetString() is { Length: > 0 } text)
+            return text;
+        throw new XrayVLException($"{path}: an added token has no 'content' string.");
+    }
+
+    private static JsonDocument Parse(string path)
+    {
+        try { return JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
+        catch (JsonException e) { throw new XrayVLException($"{path}: not valid JSON ({e.Message}).", e); }
+        catch (IOException e) { throw new XrayVLException($"{path}: cannot be read ({e.Message}).", e); }
+    }
+}
