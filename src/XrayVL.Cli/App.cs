@@ -1,0 +1,63 @@
+using System.CommandLine;
+using Spectre.Console;
+
+namespace XrayVL.Cli;
+
+/// <summary>Where a command reads and writes: the real console in `xrayvl`, string writers in tests.</summary>
+public sealed record CliIO(TextWriter Out, TextWriter Err, TextReader In)
+{
+    /// <summary>Spectre console over <see cref="Err"/>: tables, progress bars and notices go to stderr so stdout stays pipeable.</summary>
+    public IAnsiConsole Ui { get; } = AnsiConsole.Create(new AnsiConsoleSettings
+    {
+        Out = new AnsiConsoleOutput(Err),
+        Ansi = ReferenceEquals(Err, Console.Error) && !Console.IsErrorRedirected ? AnsiSupport.Detect : AnsiSupport.No,
+        ColorSystem = ReferenceEquals(Err, Console.Error) && !Console.IsErrorRedirected ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+        Interactive = ReferenceEquals(Err, Console.Error) && !Console.IsErrorRedirected ? InteractionSupport.Detect : InteractionSupport.No,
+    });
+}
+
+public static class App
+{
+    public const string Disclaimer = "Research tool, not a medical device: not for clinical diagnosis.";
+
+    public static RootCommand BuildRoot(CliIO io)
+    {
+        var root = new RootCommand("XrayVL: chest X-ray vision-language models — build data, train, evaluate, report, chat, serve.");
+        foreach (var command in Commands.All(io)) root.Subcommands.Add(command);
+        return root;
+    }
+
+    /// <summary>Parses and runs a command. User errors print one line and return 1; nothing prints a stack trace.</summary>
+    public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin, CancellationToken cancel = default)
+    {
+        var io = new CliIO(stdout, stderr, stdin);
+        var root = BuildRoot(io);
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        try
+        {
+            return await root.Parse(args).InvokeAsync(config, cancel);
+        }
+        catch (XrayVLException e)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (OperationCanceledException)
+        {
+            stderr.WriteLine("cancelled");
+            return 130;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            stderr.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (Exception e)
+        {
+            // A bug, not a user error: still one line, with the exception type to report it by.
+            stderr.WriteLine($"internal error ({e.GetType().Name}): {e.Message}");
+            if (Environment.GetEnvironmentVariable("XRAYVL_DEBUG") == "1") stderr.WriteLine(e);
+            return 2;
+        }
+    }
+}

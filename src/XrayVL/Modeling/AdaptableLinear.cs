@@ -1,0 +1,148 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace XrayVL.Modeling;
+
+/// <summary>
+/// A linear layer y = x Wᵀ + b with the state-dict keys of <c>torch.nn.Linear</c> (<c>weight</c> (out, in), <c>bias</c> (out)),
+/// so Hugging Face checkpoint keys such as <c>q_proj.weight</c> load unchanged, that can carry a LoRA pair
+/// (<c>lora_A</c> (r, in), <c>lora_B</c> (out, r)) attached later by <see cref="Lora.Inject"/>:
+/// y = x Wᵀ + b + dropout(x) Aᵀ Bᵀ · scale.
+/// Model code uses this class for every linear layer LoRA may target; see the design note in Lora.cs.
+/// </summary>
+public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
+{
+    // Field names are the state-dict keys. The LoRA fields are null until Lora.Inject attaches an adapter.
+    private Parameter weight;   // (out, in)
+    private Parameter? bias;    // (out)
+    private Linear? lora_A;     // in → r, weight (r, in)
+    private Linear? lora_B;     // r → out, weight (out, r)
+    private double loraScale;   // alpha / r (or alpha / sqrt(r) with rsLoRA)
+    private double loraDropout; // probability, applied to the adapter's input only, in training mode
+    private bool merged;        // adapter folded into weight: forward skips the adapter path
+
+    public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null, ScalarType? dtype = null)
+        : base(nameof(AdaptableLinear))
+    {
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        // Same initialisation as torch.nn.Linear: kaiming-uniform(a = √5) weight, bias ~ U(−1/√in, 1/√in).
+        var w = torch.empty([outFeatures, inFeatures], dtype, device);
+        nn.init.kaiming_uniform_(w, a: Math.Sqrt(5));
+        weight = new Parameter(w);
+        if (hasBias)
+        {
+            double bound = inFeatures > 0 ? 1.0 / Math.Sqrt(inFeatures) : 0.0;
+            var b = torch.empty([outFeatures], dtype, device);
+            nn.init.uniform_(b, -bound, bound);
+            bias = new Parameter(b);
+        }
+        RegisterComponents();
+    }
+
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    public Parameter Weight => weight;
+    public Parameter? Bias => bias;
+
+    public bool HasLora => lora_A is not null;
+    public bool IsMerged => merged;
+    /// <summary>The adapter's rank r, or 0 without an adapter.</summary>
+    public long Rank => lora_A?.weight!.shape[0] ?? 0;
+    public double LoraScale => loraScale;
+    public double LoraDropout => loraDropout;
+    /// <summary>A (r, in); null without an adapter.</summary>
+    public Parameter? LoraA => lora_A?.weight;
+    /// <summary>B (out, r); null without an adapter.</summary>
+    public Parameter? LoraB => lora_B?.weight;
+
+    public override Tensor forward(Tensor input)
+    {
+        // input (…, in) → (…, out)
+        if (lora_A is null || lora_B is null || merged)
+            return nn.functional.linear(input, weight, bias);
+
+        using var scope = torch.NewDisposeScope();
+        var result = nn.functional.linear(input, weight, bias);
+        // The adapter may be kept in float32 under a bf16/fp16 base (as PEFT does); compute it in its own dtype.
+        var x = input.to(lora_A.weight!.dtype);
+        if (loraDropout > 0 && training)
+            x = nn.functional.dropout(x, loraDropout, training: true);
+        var delta = lora_B.forward(lora_A.forward(x)).mul(loraScale);  // (…, out)
+        return result.add(delta.to(result.dtype)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Attaches a fresh adapter of rank <paramref name="rank"/> as PEFT initialises one: A kaiming-uniform(a = √5), B zeros,
+    /// so the layer's output is unchanged until B is trained. Adapter weights live on the base weight's device,
+    /// in float32 when the base is bf16/fp16 (optimiser updates to small LoRA weights vanish in half precision), else in the base dtype.
+    /// </summary>
+    internal void AttachLora(int rank, double scale, double dropout)
+    {
+        if (lora_A is not null)
+            throw new XrayVLException("layer already has a LoRA adapter; call Lora.MergeAndUnload first");
+        var dtype = weight.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : weight.dtype;
+        var device = weight.device;
+
+        var a = nn.Linear(InFeatures, rank, hasBias: false, device: device, dtype: dtype);
+        var b = nn.Linear(rank, OutFeatures, hasBias: false, device: device, dtype: dtype);
+        using (torch.no_grad())
+        {
+            nn.init.kaiming_uniform_(a.weight!, a: Math.Sqrt(5));
+            nn.init.zeros_(b.weight!);
+        }
+        lora_A = a;
+        lora_B = b;
+        register_module("lora_A", a);
+        register_module("lora_B", b);
+        loraScale = scale;
+        loraDropout = dropout;
+        merged = false;
+    }
+
+    /// <summary>The weight update the adapter stands for: B A · scale, (out, in), computed in float32.</summary>
+    public Tensor DeltaWeight()
+    {
+        if (lora_A is null || lora_B is null)
+            throw new InvalidOperationException("layer has no LoRA adapter");
+        using var scope = torch.NewDisposeScope();
+        using var _ = torch.no_grad();
+        var delta = lora_B.weight!.to(ScalarType.Float32).matmul(lora_A.weight!.to(ScalarType.Float32)).mul(loraScale);
+        return delta.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Folds the adapter into the weight (W += B A · scale); forward then skips the adapter path. No-op when already merged.</summary>
+    public void Merge()
+    {
+        if (lora_A is null || merged) return;
+        using var delta = DeltaWeight();
+        using (torch.no_grad())
+            weight.add_(delta.to(weight.dtype));
+        merged = true;
+    }
+
+    /// <summary>Undoes <see cref="Merge"/> (W −= B A · scale); exact up to rounding in the weight's dtype. No-op when not merged.</summary>
+    public void Unmerge()
+    {
+        if (lora_A is null || !merged) return;
+        using var delta = DeltaWeight();
+        using (torch.no_grad())
+            weight.sub_(delta.to(weight.dtype));
+        merged = false;
+    }
+
+    /// <summary>Merges the adapter permanently and removes it: the layer becomes a plain linear layer again.</summary>
+    public void MergeAndUnload()
+    {
+        if (lora_A is null || lora_B is null) return;
+        Merge();
+        register_module("lora_A", null!);   // null unregisters
+        register_module("lora_B", null!);
+        lora_A.Dispose();
+        lora_B.Dispose();
+        lora_A = null;
+        lora_B = null;
+        merged = false;
+    }
+}
