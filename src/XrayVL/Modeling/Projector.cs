@@ -20,6 +20,7 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     {
         Type = type;
         MergeFactor = mergeFactor;
+        VisionDim = visionDim;
         linear_1 = Layers.Linear(mergeFactor * visionDim, textDim, true, device);
         linear_2 = mlp ? Layers.Linear(textDim, textDim, true, device) : null;
         RegisterComponents();
@@ -29,6 +30,8 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     public string Type { get; }
     /// <summary>How many adjacent vision tokens become one output token (1 unless merging).</summary>
     public int MergeFactor { get; }
+    /// <summary>Feature width Dv of the vision tokens it accepts.</summary>
+    public int VisionDim { get; }
 
     public static Projector Create(string type, int visionDim, int textDim, Device? device = null) => type switch
     {
@@ -52,6 +55,9 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor tokens)
     {
         using var scope = NewDisposeScope();
+        if (tokens.dim() != 3 || tokens.shape[2] != VisionDim)
+            throw new XrayVLException(
+                $"projector '{Type}' expects vision tokens (B, N, {VisionDim}), got ({string.Join(", ", tokens.shape)})");
         long b = tokens.shape[0], n = tokens.shape[1], dv = tokens.shape[2];
         // Row-major reshape puts tokens k·i .. k·i+k−1 side by side in one row: exactly their concatenation.
         var x = tokens.reshape(b, OutputTokens((int)n), MergeFactor * dv); // (B, N/k, k·Dv)

@@ -77,6 +77,14 @@ public class ProjectorTests
     }
 
     [Fact]
+    public void MismatchedVisionWidthIsAUserError()
+    {
+        using var linear = Projector.Create("linear", 5, 6);
+        var e = Assert.Throws<XrayVLException>(() => linear.call(randn(1, 4, 7)));
+        Assert.Contains("(B, N, 5), got (1, 4, 7)", e.Message);
+    }
+
+    [Fact]
     public void UnknownProjectorTypeIsAUserError()
     {
         var e = Assert.Throws<XrayVLException>(() => Projector.Create("qformer", 5, 6));
