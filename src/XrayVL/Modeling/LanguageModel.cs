@@ -264,6 +264,7 @@ public sealed class LanguageModel : nn.Module
     /// <summary>
     /// HF's init: matrices (linears, embeddings) ~ N(0, initializer_range), biases 0, norm weights 1. A seeded
     /// <paramref name="generator"/> makes the weights reproducible whatever else draws from the global generator.
+    /// Every parameter is reset: call it before attaching LoRA adapters.
     /// </summary>
     public void InitializeWeights(torch.Generator? generator = null)
     {
@@ -300,7 +301,8 @@ public sealed class LanguageModel : nn.Module
     public Tensor ForwardHidden(Tensor inputsEmbeds, Tensor? attentionMask = null, KvCache? cache = null)
     {
         CheckInputs(inputsEmbeds, attentionMask, cache);
-        return model.Forward(inputsEmbeds.to(DType), attentionMask, cache);
+        using var scope = NewDisposeScope();
+        return model.Forward(inputsEmbeds.to(DType), attentionMask, cache).MoveToOuterDisposeScope();
     }
 
     /// <summary>
