@@ -45,10 +45,12 @@ public static class DecodeBenchmark
         torch.set_num_threads(threads);
         try
         {
-            torch.manual_seed(0);
+            // A private generator: the global one may be in use by whoever runs alongside.
+            using var random = new torch.Generator(0);
             using var model = new LanguageModel(config);
+            model.InitializeWeights(random);
             model.eval();
-            using var ids = torch.randint(0, config.VocabSize, [1, context], ScalarType.Int64).DetachFromDisposeScope();
+            using var ids = torch.randint(0, config.VocabSize, [1, context], ScalarType.Int64, generator: random).DetachFromDisposeScope();
 
             log?.Invoke("fp32: prefill, cached decoding, full recompute");
             double prefill32 = Median(repeats, () => Prefill(model, ids));

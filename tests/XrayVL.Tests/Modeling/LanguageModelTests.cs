@@ -405,13 +405,14 @@ public class LanguageModelTests
 }
 
 /// <summary>
-/// Tests that switch TorchSharp's process-wide default device to META (no memory is allocated: shapes only). They run
-/// alone, after the parallel tests, since every tensor created meanwhile would land on META.
+/// Tests that change TorchSharp's process-wide state (the default device, the thread count) run alone, after the
+/// parallel tests: a tensor created meanwhile elsewhere would land on META.
 /// </summary>
-[CollectionDefinition(nameof(MetaDevice), DisableParallelization = true)]
-public sealed class MetaDevice
+[CollectionDefinition(nameof(ProcessWideTorchState), DisableParallelization = true)]
+public sealed class ProcessWideTorchState
 {
-    public static void Run(Action body)
+    /// <summary>Runs <paramref name="body"/> with META as the default device: modules get shapes but no memory.</summary>
+    public static void OnMetaDevice(Action body)
     {
         torch.set_default_device(new Device(DeviceType.META));
         try { body(); }
@@ -419,11 +420,11 @@ public sealed class MetaDevice
     }
 }
 
-[Collection(nameof(MetaDevice))]
+[Collection(nameof(ProcessWideTorchState))]
 public class MetaDeviceLanguageModelTests
 {
     [Fact]
-    public void ParameterFormulaMatchesPublishedModelsBuiltOnTheMetaDevice() => MetaDevice.Run(() =>
+    public void ParameterFormulaMatchesPublishedModelsBuiltOnTheMetaDevice() => ProcessWideTorchState.OnMetaDevice(() =>
     {
         foreach (var (json, published) in new[] { (LanguageModelTests.Qwen2HalfBillion, 494_032_768L), (LanguageModelTests.TinyLlama, 1_100_048_384L) })
         {
