@@ -27,6 +27,8 @@ public sealed record LanguageModelConfig
     public int MaxPositionEmbeddings { get; init; } = 512;
     public double RmsNormEps { get; init; } = 1e-6;
     public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>Standard deviation of the N(0, σ) init of weight matrices; 0.02 as HF LLaMA/Qwen2.</summary>
+    public double InitializerRange { get; init; } = 0.02;
     /// <summary>Tied input/output embeddings save vocab x hidden parameters, a large share in a compact model.</summary>
     public bool TieWordEmbeddings { get; init; } = true;
     /// <summary>LLaMA's flag for biases on q/k/v/o projections; Qwen2 ignores it (its q/k/v always have biases).</summary>
