@@ -39,7 +39,7 @@ public sealed class Conversation
 
 /// <summary>
 /// A rendered conversation. <see cref="Labels"/> is aligned with <see cref="Ids"/> (not shifted: the loss shifts),
-/// <see cref="ChatTemplate.IgnoreIndex"/> where the model is not trained to predict the token.
+/// <see cref="Constants.IgnoreIndex"/> where the model is not trained to predict the token.
 /// </summary>
 public sealed record RenderedChat(int[] Ids, int[] Labels, int[] ImagePositions)
 {
@@ -54,13 +54,10 @@ public sealed record RenderedChat(int[] Ids, int[] Labels, int[] ImagePositions)
 /// &lt;|im_start|&gt;assistant\n{answer}&lt;|im_end|&gt;\n
 /// </code>
 /// Only the answers and their closing &lt;|im_end|&gt; are learned (so the model learns to stop); everything else is
-/// masked with <see cref="IgnoreIndex"/>.
+/// masked with <see cref="Constants.IgnoreIndex"/>.
 /// </summary>
 public static class ChatTemplate
 {
-    /// <summary>Label of a position that the loss ignores (PyTorch's cross-entropy default ignore_index).</summary>
-    public const int IgnoreIndex = -100;
-
     /// <summary>
     /// The same template in Jinja, written to tokenizer_config.json for Hugging Face's <c>apply_chat_template</c>.
     /// A message's content is a string, or a list of parts {"type": "image"} / {"type": "text", "text": ...}; images come first.
@@ -127,7 +124,7 @@ public static class ChatTemplate
         void Add(int id, bool learned)
         {
             ids.Add(id);
-            labels.Add(learned ? id : IgnoreIndex);
+            labels.Add(learned ? id : Constants.IgnoreIndex);
         }
         void AddText(string text, bool learned)
         {

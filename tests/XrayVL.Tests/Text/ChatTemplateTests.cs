@@ -22,7 +22,7 @@ public class ChatTemplateTests
         var current = new List<int>();
         for (int i = 0; i <= chat.Ids.Length; i++)
         {
-            if (i < chat.Ids.Length && chat.Labels[i] != ChatTemplate.IgnoreIndex) { current.Add(chat.Ids[i]); continue; }
+            if (i < chat.Ids.Length && chat.Labels[i] != Constants.IgnoreIndex) { current.Add(chat.Ids[i]); continue; }
             if (current.Count > 0) { spans.Add([.. current]); current.Clear(); }
         }
         return spans;
@@ -34,15 +34,15 @@ public class ChatTemplateTests
         var chat = ChatTemplate.Render(TwoTurns(), Tok, addGenerationPrompt: false);
         Assert.Equal(chat.Ids.Length, chat.Labels.Length);
         for (int i = 0; i < chat.Ids.Length; i++)
-            Assert.True(chat.Labels[i] == ChatTemplate.IgnoreIndex || chat.Labels[i] == chat.Ids[i], $"label {i} is neither masked nor the id");
+            Assert.True(chat.Labels[i] == Constants.IgnoreIndex || chat.Labels[i] == chat.Ids[i], $"label {i} is neither masked nor the id");
 
         var spans = LearnedSpans(chat);
         Assert.Equal([FirstAnswer + SpecialTokens.ImEnd, SecondAnswer + SpecialTokens.ImEnd], spans.Select(s => Tok.Decode(s)));
         Assert.Equal(Tok.EncodeSegment(FirstAnswer).Length + Tok.EncodeSegment(SecondAnswer).Length + 2,
-            chat.Labels.Count(l => l != ChatTemplate.IgnoreIndex));
+            chat.Labels.Count(l => l != Constants.IgnoreIndex));
 
         // Everything else is masked: the system prompt, both user turns, every role header and the "\n" after <|im_end|>.
-        int[] masked = [.. chat.Ids.Where((_, i) => chat.Labels[i] == ChatTemplate.IgnoreIndex)];
+        int[] masked = [.. chat.Ids.Where((_, i) => chat.Labels[i] == Constants.IgnoreIndex)];
         string maskedText = Tok.Decode(masked);
         Assert.Contains(ChatTemplate.DefaultSystemPrompt("en"), maskedText);
         Assert.Contains("Describe these two chest X-rays.", maskedText);
@@ -74,7 +74,7 @@ public class ChatTemplateTests
         int[] header = [Tok.ImStartId, .. Tok.EncodeSegment("assistant"), .. Tok.EncodeSegment("\n")];
         Assert.Equal(header, prompt.Ids[^header.Length..]);
         Assert.EndsWith("<|im_end|>\n<|im_start|>assistant\n", Tok.Decode(prompt.Ids));
-        Assert.All(prompt.Labels, l => Assert.Equal(ChatTemplate.IgnoreIndex, l));
+        Assert.All(prompt.Labels, l => Assert.Equal(Constants.IgnoreIndex, l));
 
         var closed = ChatTemplate.Render(conversation, Tok, addGenerationPrompt: false);
         Assert.Equal(prompt.Ids[..^header.Length], closed.Ids);

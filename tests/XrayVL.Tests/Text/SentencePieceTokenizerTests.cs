@@ -111,7 +111,7 @@ public class SentencePieceTokenizerTests
         var conversation = new Conversation("the chest").User("hello", imageCount: 1).Assistant("the heart normal");
         var rendered = ChatTemplate.Render(conversation, tok, addGenerationPrompt: false);
         Assert.Equal(ChatTemplate.RenderText(conversation, false), tok.Decode(rendered.Ids));
-        int[] learned = [.. rendered.Ids.Where((_, i) => rendered.Labels[i] != ChatTemplate.IgnoreIndex)];
+        int[] learned = [.. rendered.Ids.Where((_, i) => rendered.Labels[i] != Constants.IgnoreIndex)];
         Assert.Equal("the heart normal<|im_end|>", tok.Decode(learned));
     }
 

@@ -1,4 +1,4 @@
-namespace XrayVL.Modeling;
+namespace XrayVL;
 
 /// <summary>Named constants shared by the model, the loss and the chat template (one place each).</summary>
 public static class Constants
