@@ -17,13 +17,29 @@ public static class ImageFile
             if (!info.Exists)
                 throw new XrayVLException(Directory.Exists(path) ? $"{path}: is a directory, not an image file" : $"{path}: image file not found");
             limits.CheckFileSize(path, info.Length);
-            bytes = File.ReadAllBytes(path);
+            bytes = ReadAtMost(path, limits.MaxBytes);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new XrayVLException($"{path}: cannot read image file ({e.Message})", e);
         }
         return Decode(bytes, path, limits);
+    }
+
+    /// <summary>Reads a file, refusing more than <paramref name="maxBytes"/> even where the size is not known in advance
+    /// (a pipe, a device such as /dev/zero).</summary>
+    private static byte[] ReadAtMost(string path, long maxBytes)
+    {
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        var buffer = new MemoryStream();
+        var chunk = new byte[1 << 16];
+        int n;
+        while ((n = stream.Read(chunk)) > 0)
+        {
+            if (buffer.Length + n > maxBytes) throw new XrayVLException($"{path}: more than {maxBytes / 1048576.0:0.#} MiB, above the image size limit");
+            buffer.Write(chunk, 0, n);
+        }
+        return buffer.ToArray();
     }
 
     /// <summary>Decodes image bytes; <paramref name="nameForErrors"/> is what messages call the input (a path or URL).</summary>

@@ -41,6 +41,9 @@ public class ImageFileTests
         var e = Assert.Throws<XrayVLException>(() => ImageFile.Load(path, new ImageLimits { MaxBytes = 1000 }));
         Assert.StartsWith($"{path}: file is ", e.Message);
         Assert.Contains("limit", e.Message);
+        // A device reports length 0 and never ends: the cap still holds.
+        if (File.Exists("/dev/zero"))
+            Assert.Contains("limit", Assert.Throws<XrayVLException>(() => ImageFile.Load("/dev/zero", new ImageLimits { MaxBytes = 1 << 20 })).Message);
     }
 
     [Fact]

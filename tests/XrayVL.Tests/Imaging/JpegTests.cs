@@ -53,6 +53,26 @@ public class JpegTests
         Assert.All(image.Pixels, v => Assert.InRange(v, expected - 0.01, expected + 0.01));
     }
 
+    /// <summary>ImagingFixtures.Pattern(32, 24) as a one-component baseline JPEG (libjpeg-turbo 2.1.5: cjpeg -grayscale
+    /// -quality 90 -baseline), and the same file made progressive without loss (jpegtran -progressive -copy none).</summary>
+    private const string BaselineGray32x24 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAMCAgMCAgMDAwMEAwMEBQgFBQQEBQoHBwYIDAoMDAsKCwsNDhIQDQ4RDgsLEBYQERMUFRUVDA8XGBYUGBIUFRT/wAALCAAYACABAREA/8QAHwAAAQUBAQEBAQEAAAAAAAAAAAECAwQFBgcICQoL/8QAtRAAAgEDAwIEAwUFBAQAAAF9AQIDAAQRBRIhMUEGE1FhByJxFDKBkaEII0KxwRVS0fAkM2JyggkKFhcYGRolJicoKSo0NTY3ODk6Q0RFRkdISUpTVFVWV1hZWmNkZWZnaGlqc3R1dnd4eXqDhIWGh4iJipKTlJWWl5iZmqKjpKWmp6ipqrKztLW2t7i5usLDxMXGx8jJytLT1NXW19jZ2uHi4+Tl5ufo6erx8vP09fb3+Pn6/9oACAEBAAA/APzr8PeHvu/LXrPgjwRc63fQ2lpDvkbkk/dQd2J7Cvovw98B7T7Gq/bJvtX/AD12DZ1/u9en+1/hVuz8GT6PqElncIomiIB2nIPGQR9QQa+XPD3h77vy17t8FtNisvEiLKNv2iIwoxwBuJBGc+u3H1Ir6o8PeHvu/LWLrNjBqniOaS3ETwoFjEsS/wCswOST35yM+gFfJHh7w9935a9M8PeHvu/LXq2hWl9LapbPdXD2wAXyWlYpgdBjOOMCvQvD3h77vy1//9k=";
+    private const string ProgressiveGray32x24 = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAMCAgMCAgMDAwMEAwMEBQgFBQQEBQoHBwYIDAoMDAsKCwsNDhIQDQ4RDgsLEBYQERMUFRUVDA8XGBYUGBIUFRT/wgALCAAYACABAREA/8QAGAABAQADAAAAAAAAAAAAAAAABgcDBAj/2gAIAQEAAAAB51WUbLLndU0pGmVof//EABoQAQADAQEBAAAAAAAAAAAAAAQAAgMBBRL/2gAIAQEAAQUCOeCFba5/Br8UH3HQ554ufKJOebU5qg54c8wrftTnn//EAB8QAAEEAgIDAAAAAAAAAAAAAAECEBESACExUTJBQv/aAAgBAQAGPwLAlI3nmbd4UK5Db+hDEpiOJHt62VXqW//EAB0QAAIDAAIDAAAAAAAAAAAAAAABESExYZGB4fD/2gAIAQEAAT8hwonft0uSCXhq69iYFxGFCQqUXz8jCiWwsQBhRhQms7E2gwo//9oACAEBAAAAEFD/AP/EAB8QAQABBAMAAwAAAAAAAAAAAAERECExQQBRcYGR8P/aAAgBAQABPxDmZ80Vw7To59UD3+WPzHBglBlI2kT0Rpha3KoCSJM92epTCoNDWF1d3knoK5hrmEiiYImLQUz/2Q==";
+
+    /// <summary>jpegtran keeps the DCT coefficients, so the progressive file must decode to exactly the baseline's pixels.</summary>
+    [Fact]
+    public void ProgressiveJpegDecodesLikeItsBaselineTwin()
+    {
+        byte[] baseline = Convert.FromBase64String(BaselineGray32x24), progressive = Convert.FromBase64String(ProgressiveGray32x24);
+        Assert.True(progressive.AsSpan().IndexOf([(byte)0xFF, (byte)0xC2]) > 0, "SOF2 (progressive) marker");
+        Assert.True(progressive.AsSpan().IndexOf([(byte)0xFF, (byte)0xC0]) < 0, "no SOF0 (baseline) marker");
+        var a = ImageFile.Decode(baseline, "baseline.jpg");
+        var b = ImageFile.Decode(progressive, "progressive.jpg");
+        Assert.Equal((32, 24, 1), (b.Width, b.Height, b.Source.Channels));
+        Assert.Equal(a.Pixels, b.Pixels);
+        byte[] source = Pattern(32, 24);
+        Assert.True(source.Select((v, i) => Math.Abs(a.Pixels[i] * 255 - v)).Average() < 2.5);
+    }
+
     [Fact]
     public void HugeSofHeaderIsRefusedQuickly()
     {
