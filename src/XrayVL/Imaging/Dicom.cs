@@ -1,0 +1,636 @@
+using System.Buffers.Binary;
+using System.Globalization;
+using System.Text;
+
+namespace XrayVL.Imaging;
+
+/// <summary>
+/// The non-identifying attributes of a DICOM image that rendering needs. Nothing that names or identifies a patient is
+/// read into this type (the reader never decodes those element values), so printing it is always safe.
+/// </summary>
+public sealed record DicomDataset
+{
+    public required string TransferSyntaxUid { get; init; }
+    public required bool ExplicitVr { get; init; }
+    /// <summary>Pixel data is encapsulated (JPEG baseline fragments) rather than native.</summary>
+    public required bool Encapsulated { get; init; }
+    public required int Rows { get; init; }
+    public required int Columns { get; init; }
+    public required int BitsAllocated { get; init; }
+    public required int BitsStored { get; init; }
+    public required int HighBit { get; init; }
+    /// <summary>0 unsigned, 1 two's-complement signed samples.</summary>
+    public required int PixelRepresentation { get; init; }
+    public required int SamplesPerPixel { get; init; }
+    /// <summary>0 interleaved (RGBRGB…), 1 planar (RR…GG…BB…); only read for 3 samples per pixel.</summary>
+    public required int PlanarConfiguration { get; init; }
+    public required string PhotometricInterpretation { get; init; }
+    public required int NumberOfFrames { get; init; }
+    public required double RescaleSlope { get; init; }
+    public required double RescaleIntercept { get; init; }
+    /// <summary>First value of Window Center / Width when both are present and usable; otherwise null.</summary>
+    public double? WindowCenter { get; init; }
+    public double? WindowWidth { get; init; }
+    /// <summary>LINEAR (default), LINEAR_EXACT or SIGMOID.</summary>
+    public required string VoiLutFunction { get; init; }
+    public string? ViewPosition { get; init; }
+    public string? Modality { get; init; }
+
+    public bool Signed => PixelRepresentation == 1;
+}
+
+/// <summary>
+/// The project's own DICOM reader (PS3.5 / PS3.10): a Part-10 file (128-byte preamble, "DICM", group-0002 meta in
+/// explicit VR little endian) or a bare data set; transfer syntaxes implicit VR little endian (1.2.840.10008.1.2),
+/// explicit VR little endian (1.2.840.10008.1.2.1) and JPEG baseline (1.2.840.10008.1.2.4.50, encapsulated, decoded
+/// with StbImageSharp). Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
+/// read, so patient-identifying values are never decoded, kept, printed or put in an exception message.
+/// Rendering: stored value → mask to BitsStored (→ sign) → rescale slope/intercept → VOI window (the file's, else a
+/// robust 0.5–99.5 percentile window) → [0, 1] → inverted for MONOCHROME1. The first frame is used.
+/// </summary>
+public static class Dicom
+{
+    public const string ImplicitVrLittleEndian = "1.2.840.10008.1.2";
+    public const string ExplicitVrLittleEndian = "1.2.840.10008.1.2.1";
+    public const string JpegBaseline = "1.2.840.10008.1.2.4.50";
+
+    private const uint Undefined = 0xFFFFFFFF;
+    private const uint ItemTag = 0xFFFEE000, ItemDelimitationTag = 0xFFFEE00D, SequenceDelimitationTag = 0xFFFEE0DD;
+    private const uint TransferSyntaxTag = 0x00020010, PixelDataTag = 0x7FE00010;
+    /// <summary>Deeper nesting than this is a corrupt or hostile file (real files nest a few levels).</summary>
+    private const int MaxSequenceDepth = 32;
+    /// <summary>The longest value of a wanted attribute we copy; real ones are a few bytes.</summary>
+    private const int MaxWantedValueLength = 1024;
+
+    /// <summary>The only attributes whose values the reader looks at: none identifies a patient.</summary>
+    private static readonly Dictionary<uint, string> Wanted = new()
+    {
+        [0x00080060] = "Modality",
+        [0x00185101] = "ViewPosition",
+        [0x00280002] = "SamplesPerPixel",
+        [0x00280004] = "PhotometricInterpretation",
+        [0x00280006] = "PlanarConfiguration",
+        [0x00280008] = "NumberOfFrames",
+        [0x00280010] = "Rows",
+        [0x00280011] = "Columns",
+        [0x00280100] = "BitsAllocated",
+        [0x00280101] = "BitsStored",
+        [0x00280102] = "HighBit",
+        [0x00280103] = "PixelRepresentation",
+        [0x00281050] = "WindowCenter",
+        [0x00281051] = "WindowWidth",
+        [0x00281052] = "RescaleIntercept",
+        [0x00281053] = "RescaleSlope",
+        [0x00281056] = "VOILUTFunction",
+    };
+
+    private static readonly HashSet<string> ValueRepresentations =
+    [
+        "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW", "PN",
+        "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+    ];
+
+    /// <summary>VRs encoded in explicit VR with 2 reserved bytes and a 4-byte length (PS3.5 table 7.1-1).</summary>
+    private static readonly HashSet<string> LongLengthVrs = ["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"];
+
+    private static readonly Dictionary<string, string> UnsupportedSyntaxes = new()
+    {
+        ["1.2.840.10008.1.2.2"] = "Explicit VR Big Endian",
+        ["1.2.840.10008.1.2.1.99"] = "Deflated Explicit VR Little Endian",
+        ["1.2.840.10008.1.2.5"] = "RLE Lossless",
+        ["1.2.840.10008.1.2.4.51"] = "JPEG Extended (12-bit)",
+        ["1.2.840.10008.1.2.4.57"] = "JPEG Lossless",
+        ["1.2.840.10008.1.2.4.70"] = "JPEG Lossless (first-order prediction)",
+        ["1.2.840.10008.1.2.4.80"] = "JPEG-LS Lossless",
+        ["1.2.840.10008.1.2.4.81"] = "JPEG-LS Near-Lossless",
+        ["1.2.840.10008.1.2.4.90"] = "JPEG 2000 Lossless",
+        ["1.2.840.10008.1.2.4.91"] = "JPEG 2000",
+        ["1.2.840.10008.1.2.4.92"] = "JPEG 2000 Part 2 Lossless",
+        ["1.2.840.10008.1.2.4.93"] = "JPEG 2000 Part 2",
+        ["1.2.840.10008.1.2.4.201"] = "HTJ2K Lossless",
+        ["1.2.840.10008.1.2.4.202"] = "HTJ2K Lossless RPCL",
+        ["1.2.840.10008.1.2.4.203"] = "HTJ2K",
+    };
+
+    private static readonly string[] KnownPhotometric = ["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT"];
+
+    /// <summary>Where the pixel data lies in the file (kept apart from <see cref="DicomDataset"/> so it never prints).</summary>
+    private sealed record PixelData(int Offset, int Length, List<(int Offset, int Length)>? Fragments, uint[]? BasicOffsetTable, int FirstItemStart);
+
+    /// <summary>"DICM" at byte 128, or (no preamble) a first element of group 0002 or 0008 that parses as one.</summary>
+    public static bool LooksLikeDicom(ReadOnlySpan<byte> data)
+    {
+        if (data.Length >= 132 && data.Slice(128, 4).SequenceEqual("DICM"u8)) return true;
+        return data.Length >= 8 && StartsWithPlausibleElement(data);
+    }
+
+    private static bool StartsWithPlausibleElement(ReadOnlySpan<byte> data)
+    {
+        ushort group = BinaryPrimitives.ReadUInt16LittleEndian(data);
+        if (group is not (0x0002 or 0x0008)) return false;
+        if (IsVr(data[4], data[5])) return true;                  // explicit VR
+        uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[4..]);
+        return group == 0x0008 && length != Undefined && length <= (uint)(data.Length - 8) && length < 1024;  // implicit VR
+    }
+
+    /// <summary>Reads the header attributes (no pixel decoding).</summary>
+    public static DicomDataset ReadDataset(ReadOnlySpan<byte> data, string name) => Parse(data, name).Dataset;
+
+    public static GrayImage Decode(ReadOnlySpan<byte> data, string name, ImageLimits? limits = null)
+    {
+        limits ??= ImageLimits.Default;
+        var (ds, pixelData) = Parse(data, name);
+        limits.CheckDimensions(name, "DICOM header (Columns × Rows)", ds.Columns, ds.Rows);
+        float[] pixels;
+        int width = ds.Columns, height = ds.Rows, bitDepth = ds.BitsStored;
+        if (ds.Encapsulated)
+        {
+            byte[] jpeg = FirstFrameJpeg(data, pixelData, ds.NumberOfFrames);
+            var samples = Jpeg.DecodeSamples(jpeg, name, limits, "encapsulated JPEG frame");
+            (width, height, bitDepth) = (samples.Width, samples.Height, 8);
+            if (ds.SamplesPerPixel == 1)
+            {
+                // Monochrome: the 8-bit samples are stored values for the modality and VOI transforms. A 3-component
+                // JPEG in a monochrome file (some encoders always write YCbCr) contributes its luma.
+                var stored = new int[samples.Width * samples.Height];
+                if (samples.Channels == 1)
+                    for (int i = 0; i < stored.Length; i++) stored[i] = samples.Data[i];
+                else
+                {
+                    var d = samples.Data;
+                    for (int i = 0; i < stored.Length; i++) stored[i] = (int)MathF.Round(Png.Luma(d[3 * i], d[3 * i + 1], d[3 * i + 2]));
+                }
+                pixels = RenderMonochrome(stored, ds with { BitsStored = 8, PixelRepresentation = 0 }, 0, 255);
+            }
+            else pixels = Jpeg.ToGray(samples);
+        }
+        else
+        {
+            CheckFrameLength(pixelData, ds, name);
+            pixels = ds.SamplesPerPixel == 1
+                ? RenderMonochrome(ReadStoredValues(data, pixelData, ds), ds, MinStored(ds), MaxStored(ds))
+                : RenderColour(data, pixelData, ds);
+        }
+        var source = new ImageSourceInfo(ImageFormat.Dicom, bitDepth, ds.SamplesPerPixel, ds.ViewPosition, ds.Modality);
+        return new GrayImage(width, height, pixels, source);
+    }
+
+    // ---------------------------------------------------------------- parsing
+
+    private static (DicomDataset Dataset, PixelData PixelData) Parse(ReadOnlySpan<byte> data, string name)
+    {
+        int pos;
+        if (data.Length >= 132 && data.Slice(128, 4).SequenceEqual("DICM"u8)) pos = 132;
+        else if (data.Length >= 8 && StartsWithPlausibleElement(data)) pos = 0;
+        else throw new XrayVLException($"{name}: not a DICOM file (no 'DICM' at byte 128 and no data set at the start)");
+
+        // File meta information: group 0002, always explicit VR little endian.
+        string? transferSyntax = null;
+        while (data.Length - pos >= 8 && BinaryPrimitives.ReadUInt16LittleEndian(data[pos..]) == 0x0002)
+        {
+            int start = pos;
+            var h = ReadHeader(data, ref pos, explicitVr: true, name);
+            if (h.Length == Undefined) throw Corrupt(name, start, "undefined length in the file meta information");
+            CheckFits(data, pos, h.Length, name, start);
+            if (h.Tag == TransferSyntaxTag) transferSyntax = ReadString(data.Slice(pos, (int)h.Length));
+            pos += (int)h.Length;
+        }
+        bool explicitVr;
+        if (transferSyntax is null)
+        {
+            // No meta: the encoding is guessed from the first element (two letters of a VR after the tag → explicit).
+            explicitVr = data.Length - pos >= 6 && IsVr(data[pos + 4], data[pos + 5]);
+            transferSyntax = explicitVr ? ExplicitVrLittleEndian : ImplicitVrLittleEndian;
+        }
+        else explicitVr = transferSyntax != ImplicitVrLittleEndian;
+        bool encapsulated = transferSyntax == JpegBaseline;
+        if (transferSyntax is not (ImplicitVrLittleEndian or ExplicitVrLittleEndian or JpegBaseline))
+            throw new XrayVLException($"{name}: DICOM transfer syntax {DescribeSyntax(transferSyntax)} is not supported " +
+                "(supported: implicit or explicit VR little endian, uncompressed or JPEG baseline)");
+
+        var values = new Dictionary<uint, byte[]>();
+        PixelData? pixelData = null;
+        while (pos < data.Length)
+        {
+            int start = pos;
+            var h = ReadHeader(data, ref pos, explicitVr, name);
+            if (h.Tag == PixelDataTag)
+            {
+                pixelData = ReadPixelData(data, ref pos, h.Length, encapsulated, name, start);
+                break;
+            }
+            if (h.Tag >> 16 == 0xFFFE) throw Corrupt(name, start, $"item or delimiter ({Tag(h.Tag)}) outside a sequence");
+            if (h.Length == Undefined)
+            {
+                // A sequence (or UN holding one; its content is implicit VR per PS3.5 6.2.2) of undefined length.
+                SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", 1, name);
+                continue;
+            }
+            CheckFits(data, pos, h.Length, name, start);
+            if (Wanted.TryGetValue(h.Tag, out string? attribute))
+            {
+                if (h.Length > MaxWantedValueLength) throw Corrupt(name, start, $"{attribute} {Tag(h.Tag)} is {h.Length} bytes long");
+                values[h.Tag] = data.Slice(pos, (int)h.Length).ToArray();
+            }
+            pos += (int)h.Length;
+        }
+        if (pixelData is null) throw new XrayVLException($"{name}: DICOM file has no pixel data (7FE0,0010){(pos >= data.Length ? "; truncated?" : "")}");
+        return (BuildDataset(values, transferSyntax, explicitVr, encapsulated, name), pixelData);
+    }
+
+    private readonly record struct ElementHeader(uint Tag, string Vr, uint Length);
+
+    private static ElementHeader ReadHeader(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, string name)
+    {
+        if (data.Length - pos < 8) throw Truncated(name, pos, "element header");
+        uint tag = (uint)BinaryPrimitives.ReadUInt16LittleEndian(data[pos..]) << 16 | BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 2)..]);
+        if (tag >> 16 == 0xFFFE || !explicitVr)
+        {
+            // Items and delimiters carry no VR in any transfer syntax; implicit VR: tag + 4-byte length.
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 4)..]);
+            pos += 8;
+            return new ElementHeader(tag, "", length);
+        }
+        if (!IsVr(data[pos + 4], data[pos + 5])) throw Corrupt(name, pos, $"invalid value representation in element {Tag(tag)}");
+        string vr = string.Create(2, (data[pos + 4], data[pos + 5]), (s, p) => { s[0] = (char)p.Item1; s[1] = (char)p.Item2; });
+        if (LongLengthVrs.Contains(vr))
+        {
+            if (data.Length - pos < 12) throw Truncated(name, pos, "element header");
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 8)..]);
+            pos += 12;
+            return new ElementHeader(tag, vr, length);
+        }
+        uint shortLength = BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 6)..]);
+        pos += 8;
+        return new ElementHeader(tag, vr, shortLength);
+    }
+
+    /// <summary>Skips the items of a sequence of undefined length, up to and including its sequence delimiter.</summary>
+    private static void SkipSequence(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, int depth, string name)
+    {
+        if (depth > MaxSequenceDepth) throw Corrupt(name, pos, $"sequences nested more than {MaxSequenceDepth} deep");
+        while (true)
+        {
+            int start = pos;
+            if (data.Length - pos < 8) throw Truncated(name, pos, "sequence");
+            uint tag = (uint)BinaryPrimitives.ReadUInt16LittleEndian(data[pos..]) << 16 | BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 2)..]);
+            uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 4)..]);
+            pos += 8;
+            if (tag == SequenceDelimitationTag) return;
+            if (tag != ItemTag) throw Corrupt(name, start, $"expected an item in a sequence, found {Tag(tag)}");
+            if (length == Undefined) SkipItem(data, ref pos, explicitVr, depth, name);
+            else
+            {
+                CheckFits(data, pos, length, name, start);
+                pos += (int)length;
+            }
+        }
+    }
+
+    /// <summary>Skips the elements of an item of undefined length, up to and including its item delimiter.</summary>
+    private static void SkipItem(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, int depth, string name)
+    {
+        while (true)
+        {
+            int start = pos;
+            var h = ReadHeader(data, ref pos, explicitVr, name);
+            if (h.Tag == ItemDelimitationTag) return;
+            if (h.Tag >> 16 == 0xFFFE) throw Corrupt(name, start, $"unexpected {Tag(h.Tag)} inside an item");
+            if (h.Length == Undefined) SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", depth + 1, name);
+            else
+            {
+                CheckFits(data, pos, h.Length, name, start);
+                pos += (int)h.Length;
+            }
+        }
+    }
+
+    private static PixelData ReadPixelData(ReadOnlySpan<byte> data, ref int pos, uint length, bool encapsulated, string name, int start)
+    {
+        if (!encapsulated)
+        {
+            if (length == Undefined) throw Corrupt(name, start, "encapsulated pixel data in an uncompressed transfer syntax");
+            if (length > (uint)(data.Length - pos))
+                throw new XrayVLException($"{name}: DICOM file is truncated (pixel data of {length} bytes, {data.Length - pos} present)");
+            return new PixelData(pos, (int)length, null, null, 0);
+        }
+        if (length != Undefined) throw Corrupt(name, start, "JPEG transfer syntax but pixel data is not encapsulated");
+        // PS3.5 A.4: a Basic Offset Table item (possibly empty), then one item per fragment, then a sequence delimiter.
+        uint[]? offsets = null;
+        var fragments = new List<(int, int)>();
+        int firstItemStart = -1;
+        while (true)
+        {
+            int itemStart = pos;
+            if (data.Length - pos < 8) throw Truncated(name, pos, "encapsulated pixel data");
+            uint tag = (uint)BinaryPrimitives.ReadUInt16LittleEndian(data[pos..]) << 16 | BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 2)..]);
+            uint itemLength = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 4)..]);
+            pos += 8;
+            if (tag == SequenceDelimitationTag) break;
+            if (tag != ItemTag || itemLength == Undefined) throw Corrupt(name, itemStart, $"expected a pixel data fragment, found {Tag(tag)}");
+            CheckFits(data, pos, itemLength, name, itemStart);
+            if (offsets is null)
+            {
+                offsets = new uint[itemLength / 4];
+                for (int i = 0; i < offsets.Length; i++) offsets[i] = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 4 * i)..]);
+            }
+            else
+            {
+                if (firstItemStart < 0) firstItemStart = itemStart;
+                fragments.Add((pos, (int)itemLength));
+            }
+            pos += (int)itemLength;
+        }
+        if (fragments.Count == 0) throw new XrayVLException($"{name}: DICOM encapsulated pixel data holds no fragments");
+        return new PixelData(0, 0, fragments, offsets, firstItemStart);
+    }
+
+    /// <summary>The JPEG bytes of frame 1: all fragments for one frame, else those before the offset-table entry of frame 2
+    /// (or, with no table, one fragment per frame, or fragments up to the next JPEG start-of-image).</summary>
+    private static byte[] FirstFrameJpeg(ReadOnlySpan<byte> data, PixelData p, int frames)
+    {
+        var fragments = p.Fragments!;
+        int count = fragments.Count;
+        if (frames > 1 && count > 1)
+        {
+            var bot = p.BasicOffsetTable;
+            if (bot is { Length: >= 2 } && bot[1] > bot[0])
+            {
+                count = 0;
+                foreach (var (offset, _) in fragments)
+                    if (offset - 8 - p.FirstItemStart < bot[1]) count++;
+                count = Math.Max(count, 1);
+            }
+            else if (count == frames) count = 1;
+            else
+            {
+                int next = 1;
+                while (next < count && !Jpeg.HasSignature(data.Slice(fragments[next].Offset, fragments[next].Length))) next++;
+                count = next;
+            }
+        }
+        long total = 0;
+        for (int i = 0; i < count; i++) total += fragments[i].Length;
+        var jpeg = new byte[total];
+        int at = 0;
+        for (int i = 0; i < count; i++)
+        {
+            data.Slice(fragments[i].Offset, fragments[i].Length).CopyTo(jpeg.AsSpan(at));
+            at += fragments[i].Length;
+        }
+        return jpeg;
+    }
+
+    private static DicomDataset BuildDataset(Dictionary<uint, byte[]> v, string transferSyntax, bool explicitVr, bool encapsulated, string name)
+    {
+        int rows = UShort(v, 0x00280010, name) ?? throw Missing(name, "Rows (0028,0010)");
+        int columns = UShort(v, 0x00280011, name) ?? throw Missing(name, "Columns (0028,0011)");
+        int samplesPerPixel = UShort(v, 0x00280002, name) ?? 1;
+        int bitsAllocated = UShort(v, 0x00280100, name) ?? (encapsulated ? 8 : throw Missing(name, "BitsAllocated (0028,0100)"));
+        int bitsStored = UShort(v, 0x00280101, name) ?? bitsAllocated;
+        int highBit = UShort(v, 0x00280102, name) ?? bitsStored - 1;
+        int pixelRepresentation = UShort(v, 0x00280103, name) ?? 0;
+        int planar = UShort(v, 0x00280006, name) ?? 0;
+        string? photometric = CodeString(v, 0x00280004);
+        int frames = (int)Math.Round(Number(v, 0x00280008, "NumberOfFrames (0028,0008)", name) ?? 1);
+        double slope = Number(v, 0x00281053, "RescaleSlope (0028,1053)", name) ?? 1;
+        double intercept = Number(v, 0x00281052, "RescaleIntercept (0028,1052)", name) ?? 0;
+        double? center = Number(v, 0x00281050, "WindowCenter (0028,1050)", name);
+        double? width = Number(v, 0x00281051, "WindowWidth (0028,1051)", name);
+        string voiFunction = CodeString(v, 0x00281056) ?? "LINEAR";
+
+        if (rows == 0 || columns == 0) throw Invalid(name, $"image size {columns}×{rows}");
+        if (samplesPerPixel is not (1 or 3)) throw Invalid(name, $"SamplesPerPixel {samplesPerPixel} (1 or 3 supported)");
+        if (!encapsulated && bitsAllocated is not (8 or 16)) throw Invalid(name, $"BitsAllocated {bitsAllocated} (8 or 16 supported)");
+        if (bitsStored < 1 || bitsStored > bitsAllocated) throw Invalid(name, $"BitsStored {bitsStored} with BitsAllocated {bitsAllocated}");
+        if (highBit < bitsStored - 1 || highBit >= bitsAllocated) throw Invalid(name, $"HighBit {highBit} with BitsStored {bitsStored}");
+        if (pixelRepresentation is not (0 or 1)) throw Invalid(name, $"PixelRepresentation {pixelRepresentation}");
+        if (frames < 1) throw Invalid(name, $"NumberOfFrames {frames}");
+        if (slope == 0 || !double.IsFinite(slope) || !double.IsFinite(intercept)) throw Invalid(name, "RescaleSlope/RescaleIntercept");
+        photometric ??= samplesPerPixel == 1 ? "MONOCHROME2" : "RGB";
+        // Only standard terms are echoed in messages: whatever else a corrupt file put there stays unprinted.
+        string shown = Array.IndexOf(KnownPhotometric, photometric) >= 0 ? photometric : "(unrecognised value)";
+        bool supported = samplesPerPixel == 1
+            ? photometric is "MONOCHROME1" or "MONOCHROME2"
+            : photometric == "RGB" || (encapsulated && photometric is "YBR_FULL" or "YBR_FULL_422");
+        if (!supported) throw Invalid(name, $"PhotometricInterpretation {shown} with {samplesPerPixel} sample(s) per pixel is not supported");
+        // A window needs a positive width (LINEAR: at least 1); otherwise the percentile window is used.
+        bool windowUsable = center is { } c && width is { } w && double.IsFinite(c) && double.IsFinite(w) && (voiFunction == "LINEAR" ? w >= 1 : w > 0);
+
+        return new DicomDataset
+        {
+            TransferSyntaxUid = transferSyntax,
+            ExplicitVr = explicitVr,
+            Encapsulated = encapsulated,
+            Rows = rows,
+            Columns = columns,
+            BitsAllocated = bitsAllocated,
+            BitsStored = bitsStored,
+            HighBit = highBit,
+            PixelRepresentation = pixelRepresentation,
+            SamplesPerPixel = samplesPerPixel,
+            PlanarConfiguration = planar,
+            PhotometricInterpretation = photometric,
+            NumberOfFrames = frames,
+            RescaleSlope = slope,
+            RescaleIntercept = intercept,
+            WindowCenter = windowUsable ? center : null,
+            WindowWidth = windowUsable ? width : null,
+            VoiLutFunction = voiFunction is "LINEAR" or "LINEAR_EXACT" or "SIGMOID" ? voiFunction : "LINEAR",
+            ViewPosition = CodeString(v, 0x00185101),
+            Modality = CodeString(v, 0x00080060),
+        };
+    }
+
+    // ---------------------------------------------------------------- pixels
+
+    private static int MinStored(DicomDataset ds) => ds.Signed ? -(1 << (ds.BitsStored - 1)) : 0;
+    private static int MaxStored(DicomDataset ds) => ds.Signed ? (1 << (ds.BitsStored - 1)) - 1 : (1 << ds.BitsStored) - 1;
+
+    private static long FrameBytes(DicomDataset ds) => (long)ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated / 8);
+
+    private static void CheckFrameLength(PixelData p, DicomDataset ds, string name)
+    {
+        long needed = FrameBytes(ds);
+        if (p.Length < needed)
+            throw new XrayVLException($"{name}: DICOM pixel data holds {p.Length} bytes but one {ds.Columns}×{ds.Rows} frame of " +
+                $"{ds.SamplesPerPixel}×{ds.BitsAllocated}-bit samples needs {needed} (truncated file?)");
+    }
+
+    /// <summary>Stored values of frame 1: the BitsStored bits ending at HighBit, sign-extended when signed.</summary>
+    private static int[] ReadStoredValues(ReadOnlySpan<byte> data, PixelData p, DicomDataset ds)
+    {
+        int n = ds.Rows * ds.Columns;
+        var pixels = data.Slice(p.Offset, p.Length);
+        var stored = new int[n];
+        int shift = ds.HighBit + 1 - ds.BitsStored;
+        int mask = (1 << ds.BitsStored) - 1, signBit = 1 << (ds.BitsStored - 1);
+        bool signed = ds.Signed, wide = ds.BitsAllocated == 16;
+        for (int i = 0; i < n; i++)
+        {
+            int word = wide ? BinaryPrimitives.ReadUInt16LittleEndian(pixels[(2 * i)..]) : pixels[i];
+            int value = (word >> shift) & mask;
+            if (signed && (value & signBit) != 0) value -= 1 << ds.BitsStored;
+            stored[i] = value;
+        }
+        return stored;
+    }
+
+    /// <summary>
+    /// Stored values → [0, 1] through a look-up table over all possible stored values (at most 2^16):
+    /// rescale (modality LUT), VOI window, MONOCHROME1 inversion.
+    /// </summary>
+    private static float[] RenderMonochrome(int[] stored, DicomDataset ds, int minStored, int maxStored)
+    {
+        double slope = ds.RescaleSlope, intercept = ds.RescaleIntercept;
+        Func<double, double> window;
+        if (ds.WindowCenter is { } c && ds.WindowWidth is { } w)
+            window = x => ApplyWindow(x, c, w, ds.VoiLutFunction);
+        else
+        {
+            var (lowStored, highStored) = PercentileRange(stored, minStored, maxStored, 0.005, 0.995);
+            double a = lowStored * slope + intercept, b = highStored * slope + intercept;
+            double lo = Math.Min(a, b), hi = Math.Max(a, b);
+            window = hi > lo ? x => Math.Clamp((x - lo) / (hi - lo), 0, 1) : _ => 0;
+        }
+        bool invert = ds.PhotometricInterpretation == "MONOCHROME1";
+        var lut = new float[maxStored - minStored + 1];
+        for (int s = minStored; s <= maxStored; s++)
+        {
+            double y = window(s * slope + intercept);
+            lut[s - minStored] = (float)(invert ? 1 - y : y);
+        }
+        var pixels = new float[stored.Length];
+        for (int i = 0; i < stored.Length; i++) pixels[i] = lut[stored[i] - minStored];
+        return pixels;
+    }
+
+    /// <summary>PS3.3 C.11.2.1.2 VOI LUT functions, output range [0, 1].</summary>
+    public static double ApplyWindow(double x, double center, double width, string function = "LINEAR")
+    {
+        switch (function)
+        {
+            case "LINEAR_EXACT":
+                return Math.Clamp((x - center) / width + 0.5, 0, 1);
+            case "SIGMOID":
+                return 1 / (1 + Math.Exp(-4 * (x - center) / width));
+            default:
+                if (x <= center - 0.5 - (width - 1) / 2) return 0;
+                if (x > center - 0.5 + (width - 1) / 2) return 1;
+                return (x - (center - 0.5)) / (width - 1) + 0.5;
+        }
+    }
+
+    /// <summary>
+    /// The stored values at ranks ⌊p_lo·(n−1)⌋ and ⌈p_hi·(n−1)⌉ of the sorted pixels (a histogram, not a sort); when
+    /// they coincide (a nearly flat image), the full minimum and maximum.
+    /// </summary>
+    internal static (int Low, int High) PercentileRange(int[] stored, int minStored, int maxStored, double pLow, double pHigh)
+    {
+        var histogram = new int[maxStored - minStored + 1];
+        foreach (int s in stored) histogram[s - minStored]++;
+        long n = stored.Length;
+        long lowRank = (long)Math.Floor(pLow * (n - 1)), highRank = (long)Math.Ceiling(pHigh * (n - 1));
+        int low = ValueAtRank(histogram, lowRank) + minStored, high = ValueAtRank(histogram, highRank) + minStored;
+        if (high <= low) (low, high) = (ValueAtRank(histogram, 0) + minStored, ValueAtRank(histogram, n - 1) + minStored);
+        return (low, high);
+    }
+
+    private static int ValueAtRank(int[] histogram, long rank)
+    {
+        long seen = 0;
+        for (int i = 0; i < histogram.Length; i++)
+        {
+            seen += histogram[i];
+            if (seen > rank) return i;
+        }
+        return histogram.Length - 1;
+    }
+
+    /// <summary>RGB native pixel data (secondary captures): luma of the stored values over their full range; no windowing.</summary>
+    private static float[] RenderColour(ReadOnlySpan<byte> data, PixelData p, DicomDataset ds)
+    {
+        int n = ds.Rows * ds.Columns;
+        var pixels = new float[n];
+        var raw = data.Slice(p.Offset, p.Length);   // length checked by the caller
+        bool wide = ds.BitsAllocated == 16;
+        int shift = ds.HighBit + 1 - ds.BitsStored, mask = (1 << ds.BitsStored) - 1;
+        float scale = 1f / mask;
+        Span<int> rgb = stackalloc int[3];
+        for (int i = 0; i < n; i++)
+        {
+            for (int c = 0; c < 3; c++)
+            {
+                int index = ds.PlanarConfiguration == 1 ? c * n + i : i * 3 + c;
+                int word = wide ? BinaryPrimitives.ReadUInt16LittleEndian(raw[(2 * index)..]) : raw[index];
+                rgb[c] = (word >> shift) & mask;
+            }
+            pixels[i] = Png.Luma(rgb[0], rgb[1], rgb[2]) * scale;
+        }
+        return pixels;
+    }
+
+    // ---------------------------------------------------------------- values
+
+    private static int? UShort(Dictionary<uint, byte[]> v, uint tag, string name)
+    {
+        if (!v.TryGetValue(tag, out var bytes)) return null;
+        if (bytes.Length < 2) throw Invalid(name, $"{Wanted[tag]} {Tag(tag)} has {bytes.Length} bytes, needs 2");
+        return BinaryPrimitives.ReadUInt16LittleEndian(bytes);
+    }
+
+    /// <summary>First value of a DS or IS attribute ("a\b" → a).</summary>
+    private static double? Number(Dictionary<uint, byte[]> v, uint tag, string what, string name)
+    {
+        if (!v.TryGetValue(tag, out var bytes)) return null;
+        string text = ReadString(bytes);
+        int backslash = text.IndexOf('\\');
+        if (backslash >= 0) text = text[..backslash].Trim();
+        if (text.Length == 0) return null;
+        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out double value) || !double.IsFinite(value))
+            throw Invalid(name, $"{what} is not a number");
+        return value;
+    }
+
+    /// <summary>A CS value (first of several), or null when absent or not a valid code string
+    /// (A–Z, 0–9, space, underscore; at most 16 characters).</summary>
+    private static string? CodeString(Dictionary<uint, byte[]> v, uint tag)
+    {
+        if (!v.TryGetValue(tag, out var bytes)) return null;
+        string text = ReadString(bytes);
+        int backslash = text.IndexOf('\\');
+        if (backslash >= 0) text = text[..backslash].Trim();
+        if (text.Length is 0 or > 16) return null;
+        foreach (char ch in text)
+            if (!(char.IsAsciiLetterUpper(ch) || char.IsAsciiDigit(ch) || ch is ' ' or '_')) return null;
+        return text;
+    }
+
+    private static string ReadString(ReadOnlySpan<byte> bytes) => Encoding.Latin1.GetString(bytes).Trim('\0', ' ');
+
+    private static bool IsVr(byte a, byte b) =>
+        a is >= (byte)'A' and <= (byte)'Z' && b is >= (byte)'A' and <= (byte)'Z' &&
+        ValueRepresentations.Contains(string.Create(2, (a, b), (s, p) => { s[0] = (char)p.a; s[1] = (char)p.b; }));
+
+    /// <summary>Names a transfer syntax for a message; a UID outside the DICOM root is not echoed.</summary>
+    private static string DescribeSyntax(string uid)
+    {
+        bool standard = uid.StartsWith("1.2.840.10008.", StringComparison.Ordinal) && uid.Length <= 64 && uid.All(ch => char.IsAsciiDigit(ch) || ch == '.');
+        if (!standard) return "(a UID outside the DICOM standard)";
+        if (UnsupportedSyntaxes.TryGetValue(uid, out string? label)) return $"{label} ({uid})";
+        if (uid.StartsWith("1.2.840.10008.1.2.4.1", StringComparison.Ordinal)) return $"video or JPEG XL ({uid})";
+        return uid;
+    }
+
+    private static void CheckFits(ReadOnlySpan<byte> data, int pos, uint length, string name, int elementStart)
+    {
+        if (length > (uint)(data.Length - pos)) throw Truncated(name, elementStart, $"element of {length} bytes");
+    }
+
+    private static string Tag(uint tag) => $"({tag >> 16:X4},{tag & 0xFFFF:X4})";
+
+    private static XrayVLException Corrupt(string name, int offset, string what) => new($"{name}: corrupt DICOM at byte {offset} ({what})");
+    private static XrayVLException Truncated(string name, int offset, string what) => new($"{name}: DICOM file is truncated ({what} at byte {offset} runs past the end)");
+    private static XrayVLException Missing(string name, string attribute) => new($"{name}: DICOM image lacks {attribute}");
+    private static XrayVLException Invalid(string name, string what) => new($"{name}: unsupported or invalid DICOM image: {what}");
+}

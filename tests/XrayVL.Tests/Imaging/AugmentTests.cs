@@ -1,0 +1,95 @@
+using XrayVL.Imaging;
+using static XrayVL.Tests.Imaging.ImagingFixtures;
+
+namespace XrayVL.Tests.Imaging;
+
+public class AugmentTests
+{
+    private static GrayImage Random5x5(int seed)
+    {
+        var random = new Random(seed);
+        return new GrayImage(5, 5, Enumerable.Range(0, 25).Select(_ => (float)random.NextDouble()).ToArray());
+    }
+
+    [Fact]
+    public void SameSeedSameImageOtherSeedOtherImage()
+    {
+        var image = ImageFile.Load(IuPng("2_2.png"));
+        var config = new AugmentConfig();
+        var a = Augment.Apply(image, config, new Random(42));
+        var b = Augment.Apply(image, config, new Random(42));
+        var c = Augment.Apply(image, config, new Random(43));
+        Assert.Equal(a.Pixels, b.Pixels);
+        Assert.NotEqual(a.Pixels, c.Pixels);
+        Assert.All(a.Pixels, v => Assert.InRange(v, 0f, 1f));
+        Assert.Equal((image.Width, image.Height), (a.Width, a.Height));
+    }
+
+    [Fact]
+    public void DrawsStayInTheirRangesAndNeverFlipByDefault()
+    {
+        var image = new GrayImage(100, 80, new float[8000]);
+        var config = new AugmentConfig();
+        Assert.Equal(0, config.HorizontalFlipProbability);
+        var random = new Random(1);
+        for (int i = 0; i < 500; i++)
+        {
+            var p = Augment.Draw(image, config, random);
+            Assert.InRange(p.AngleDegrees, -7, 7);
+            Assert.InRange(p.Scale, 0.9, 1.0);
+            Assert.InRange(Math.Abs(p.ShiftX), 0, (1 - p.Scale) * 50 + 1e-9);   // the crop stays inside the image
+            Assert.InRange(Math.Abs(p.ShiftY), 0, (1 - p.Scale) * 40 + 1e-9);
+            Assert.InRange(p.Brightness, 0.9, 1.1);
+            Assert.InRange(p.Contrast, 0.9, 1.1);
+            Assert.False(p.Flip);
+        }
+    }
+
+    [Fact]
+    public void NoAugmentationIsTheIdentity()
+    {
+        var image = Random5x5(1);
+        Assert.Equal(image.Pixels, Augment.Apply(image, AugmentConfig.None, new Random(3)).Pixels);
+    }
+
+    /// <summary>θ = 90° on a 5×5 image: output (x, y) samples source (4 − y, x), so the right edge moves to the top
+    /// (counter-clockwise as displayed).</summary>
+    [Fact]
+    public void QuarterTurnMapsPixelsAsComputedByHand()
+    {
+        var image = Random5x5(2);
+        var turned = Augment.Warp(image, 90, 1);
+        for (int y = 0; y < 5; y++)
+            for (int x = 0; x < 5; x++) Assert.Equal(image[4 - y, x], turned[x, y], 1e-5);
+    }
+
+    [Fact]
+    public void FlipMirrorsColumns()
+    {
+        var image = Random5x5(3);
+        var flipped = Augment.Warp(image, 0, 1, flip: true);
+        for (int y = 0; y < 5; y++)
+            for (int x = 0; x < 5; x++) Assert.Equal(image[4 - x, y], flipped[x, y]);
+    }
+
+    /// <summary>Scale 0.5 on an 8-px ramp v = x/7: output x samples source 0.5·(x + 0.5 − 4) + 4 − 0.5 = 0.5x + 1.75.</summary>
+    [Fact]
+    public void CropZoomsAroundTheShiftedCentre()
+    {
+        var ramp = new GrayImage(8, 8, Enumerable.Range(0, 64).Select(i => i % 8 / 7f).ToArray());
+        var zoomed = Augment.Warp(ramp, 0, 0.5);
+        for (int x = 0; x < 8; x++) Assert.Equal((0.5 * x + 1.75) / 7, zoomed[x, 3], 1e-5);
+        var shifted = Augment.Warp(ramp, 0, 0.5, shiftX: 2);
+        for (int x = 0; x < 7; x++) Assert.Equal((0.5 * x + 3.75) / 7, shifted[x, 3], 1e-5);   // x = 7 reaches past the last pixel
+    }
+
+    [Fact]
+    public void JitterScalesContrastAroundTheMeanThenBrightness()
+    {
+        var image = new GrayImage(4, 1, [0.2f, 0.4f, 0.6f, 0.8f]);   // mean 0.5
+        var jittered = Augment.Jitter(image, brightness: 0.9, contrast: 1.1);
+        double[] expected = [((0.2 - 0.5) * 1.1 + 0.5) * 0.9, ((0.4 - 0.5) * 1.1 + 0.5) * 0.9, ((0.6 - 0.5) * 1.1 + 0.5) * 0.9, ((0.8 - 0.5) * 1.1 + 0.5) * 0.9];
+        for (int i = 0; i < 4; i++) Assert.Equal(expected[i], jittered.Pixels[i], 1e-5);
+        Assert.Equal(1f, Augment.Jitter(new GrayImage(2, 1, [0f, 1f]), 1.1, 1)[1, 0]);   // clamped
+    }
+}
