@@ -97,7 +97,7 @@ public sealed class ClipVisionEncoder : VisionEncoder
         using var _ = no_grad();
         foreach (var (name, p) in named_parameters())
         {
-            if (p.dim() >= 2 || name.EndsWith("class_embedding")) nn.init.trunc_normal_(p, std: 0.02, a: -0.04, b: 0.04);
+            if (p.dim() >= 2 || name.EndsWith("class_embedding")) Layers.TruncatedNormal_(p, std: 0.02, low: -0.04, high: 0.04);
             else if (name.EndsWith(".bias") && !name.Contains("norm")) p.zero_();
         }
     }

@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 namespace XrayVL.Modeling;
 
 /// <summary>
-/// Factories for the layers every model file shares, so a change happens in one place.
+/// Factories and initialisers every model file shares, so a change happens in one place.
 /// Every linear is an <see cref="AdaptableLinear"/>: nn.Linear's keys (`weight` (out, in), `bias` (out)), and a slot for
 /// a LoRA pair that <see cref="Lora.Inject"/> can attach later.
 /// `device` null means the default (CPU); `torch.META` builds shapes without memory (parameter counts of large configs).
@@ -12,4 +12,22 @@ public static class Layers
 {
     public static nn.Module<Tensor, Tensor> Linear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null) =>
         new AdaptableLinear(inFeatures, outFeatures, hasBias, device);
+
+    /// <summary>
+    /// Fills <paramref name="tensor"/> in place with N(0, std²) truncated to [low, high], by inverse-CDF sampling:
+    /// u ~ U(Φ(low/std), Φ(high/std)), x = std·√2·erfinv(2u − 1).
+    /// TorchSharp 0.107's nn.init.trunc_normal_ fills every element with the same value (measured), which makes a
+    /// fresh ViT output exactly zero after its first LayerNorm; this replaces it.
+    /// </summary>
+    public static Tensor TruncatedNormal_(Tensor tensor, double std, double low, double high, Generator? generator = null)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        static double Phi(double x) => 0.5 * (1 + TorchSharp.torch.tensor(x / Math.Sqrt(2), ScalarType.Float64).erf().item<double>());
+        double lo = Phi(low / std), hi = Phi(high / std);
+        var u = empty(tensor.shape, ScalarType.Float64).uniform_(2 * lo - 1, 2 * hi - 1, generator);
+        var values = u.erfinv_().mul_(std * Math.Sqrt(2)).clamp_(low, high);
+        tensor.copy_(values.to(tensor.dtype, tensor.device));
+        return tensor;
+    }
 }
