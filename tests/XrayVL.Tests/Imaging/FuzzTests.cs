@@ -139,7 +139,6 @@ public class FuzzTests
             "most common refusals: " + string.Join("; ", reasons.OrderByDescending(r => r.Value).Take(4).Select(r => $"{r.Value}× {r.Key}")));
         Assert.True(failures.Count == 0, string.Join("\n", failures.Take(10)));
         Assert.True(decoded > 20 && refused > 100, $"{decoded} decoded, {refused} refused: mutations should exercise both paths");
-        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(40), $"{Cases} cases took {watch.Elapsed.TotalSeconds:0.0} s");
     }
 
     private static string Decode(byte[] input, string name)

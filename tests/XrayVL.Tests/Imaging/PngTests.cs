@@ -142,17 +142,14 @@ public class PngTests
     }
 
     [Fact]
-    public void DecompressionBombHeaderIsRefusedQuicklyWithoutAllocating()
+    public void DecompressionBombHeaderIsRefusedFromTheHeaderWithoutAllocating()
     {
         byte[] bomb = HeaderOnlyPng(60000, 60000, bitDepth: 8, colorType: 0);
         long before = GC.GetAllocatedBytesForCurrentThread();
-        var watch = Stopwatch.StartNew();
         var e = Assert.Throws<XrayVLException>(() => ImageFile.Decode(bomb, "bomb.png"));
-        watch.Stop();
         long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
         Assert.Contains("bomb.png", e.Message);
         Assert.Contains("60000×60000", e.Message);
-        Assert.True(watch.ElapsedMilliseconds < 500, $"{watch.ElapsedMilliseconds} ms");
         Assert.True(allocated < 1_000_000, $"{allocated} bytes allocated");
     }
 

@@ -1,0 +1,175 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using TorchSharp;
+using XrayVL.Imaging;
+using XrayVL.Modeling;
+using XrayVL.Text;
+using static TorchSharp.torch;
+
+namespace XrayVL.IO;
+
+/// <summary>A model ready to use: weights, tokenizer, image preprocessing, and where it came from.</summary>
+public sealed record LoadedModel(VisionLanguageModel Model, XrayTokenizer Tokenizer, PreprocessConfig Preprocess, string Directory)
+{
+    public VisionLanguageConfig Config => Model.Config;
+    public string Name => Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(Directory)));
+}
+
+/// <summary>
+/// Checkpoint folders in the Hugging Face layout:
+/// config.json (the composed config) + model.safetensors (or shards with model.safetensors.index.json)
+/// + tokenizer files + preprocessor_config.json. Folders of a plain HF LLaMA/Qwen2 language model or a CLIP vision
+/// tower load on their own too, so pretrained parts can be composed into a new vision-language model.
+/// </summary>
+public static class Checkpoint
+{
+    public const string ConfigFileName = "config.json";
+    public const string WeightsFileName = "model.safetensors";
+    public const string WeightsIndexFileName = "model.safetensors.index.json";
+    public const string PreprocessorFileName = "preprocessor_config.json";
+
+    /// <summary>
+    /// Writes the folder atomically: everything goes to a sibling temporary folder, which then replaces <paramref name="dir"/>.
+    /// A crash mid-save leaves the previous checkpoint intact.
+    /// </summary>
+    public static void Save(string dir, VisionLanguageModel model, XrayTokenizer tokenizer, PreprocessConfig preprocess,
+        IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        string full = Path.GetFullPath(Path.TrimEndingDirectorySeparator(dir));
+        string tmp = full + ".saving-" + Environment.ProcessId;
+        if (System.IO.Directory.Exists(tmp)) System.IO.Directory.Delete(tmp, recursive: true);
+        System.IO.Directory.CreateDirectory(tmp);
+        ConfigFile.Write(Path.Combine(tmp, ConfigFileName), model.Config);
+        var meta = new Dictionary<string, string> { ["format"] = "pt" };
+        if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
+        SafeTensors.SaveModule(Path.Combine(tmp, WeightsFileName), model, metadata: meta);
+        tokenizer.Save(tmp);
+        ConfigFile.Write(Path.Combine(tmp, PreprocessorFileName), preprocess);
+        ReplaceDirectory(tmp, full);
+    }
+
+    /// <summary>Loads a composed model folder written by <see cref="Save"/> (or by another tool in the same layout).</summary>
+    public static LoadedModel Load(string dir, ScalarType? dtype = null)
+    {
+        RequireFolder(dir, "model");
+        var config = ConfigFile.Read<VisionLanguageConfig>(Path.Combine(dir, ConfigFileName));
+        var tokenizer = XrayTokenizer.Load(dir);
+        if (tokenizer.VocabSize > config.TextConfig.VocabSize)
+            throw new XrayVLException($"{dir}: tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
+        if (tokenizer.ImageId != config.ImageTokenIndex)
+            throw new XrayVLException($"{dir}: image token is {tokenizer.ImageId} in the tokenizer but {config.ImageTokenIndex} in config.json");
+        string preprocessPath = Path.Combine(dir, PreprocessorFileName);
+        var preprocess = File.Exists(preprocessPath)
+            ? ConfigFile.Read<PreprocessConfig>(preprocessPath)
+            : new PreprocessConfig { ImageSize = config.VisionConfig.ImageSize, Channels = config.VisionConfig.NumChannels };
+        var model = new VisionLanguageModel(config);
+        LoadWeights(dir, model, prefix: "");
+        if (dtype is { } t) model.to(t);
+        model.eval();
+        return new LoadedModel(model, tokenizer, preprocess, dir);
+    }
+
+    /// <summary>Loads a Hugging Face LlamaForCausalLM / Qwen2ForCausalLM folder (config.json + safetensors).</summary>
+    public static LanguageModel LoadLanguageModel(string dir)
+    {
+        RequireFolder(dir, "language model");
+        var config = ConfigFile.Read<LanguageModelConfig>(Path.Combine(dir, ConfigFileName));
+        var model = new LanguageModel(config);
+        var tensors = ReadWeights(dir);
+        // Some tied checkpoints store lm_head.weight anyway (a copy of the embeddings): it has no place in a tied model.
+        if (config.TieWordEmbeddings && tensors.Remove("lm_head.weight", out var head)) head.Dispose();
+        LoadInto(dir, model, tensors, prefix: "");
+        model.eval();
+        return model;
+    }
+
+    /// <summary>
+    /// Loads a vision tower folder: HF CLIPVisionModel (`model_type` clip_vision_model, keys `vision_model.*`), a full
+    /// HF CLIPModel (its `vision_config`; text weights ignored), or a ResNet with torchvision keys.
+    /// </summary>
+    public static VisionEncoder LoadVisionTower(string dir, int featureLayer = -1, string selectStrategy = "default")
+    {
+        RequireFolder(dir, "vision tower");
+        string path = Path.Combine(dir, ConfigFileName);
+        JsonNode? root;
+        try { root = JsonNode.Parse(File.ReadAllText(path)); }
+        catch (JsonException e) { throw new XrayVLException($"{path}: not valid JSON ({e.Message})"); }
+        var node = root?["model_type"]?.GetValue<string>() == "clip" ? root["vision_config"] : root;
+        VisionConfig config;
+        try { config = (node?.Deserialize<VisionConfig>(Json.Options) ?? throw new XrayVLException($"{path}: empty config")).Validate(); }
+        catch (JsonException e) { throw new XrayVLException($"{path}: not a valid vision config ({e.Message})"); }
+        catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
+        var encoder = VisionEncoder.Create(config, featureLayer, selectStrategy);
+        LoadWeights(dir, encoder, prefix: "", strict: false, requireAllOfModel: true);
+        encoder.eval();
+        return encoder;
+    }
+
+    /// <summary>
+    /// Copies the folder's tensors into <paramref name="module"/>. Strict by default: missing keys, unexpected keys and
+    /// shape mismatches are refused with a message listing them. With <paramref name="requireAllOfModel"/>, extra keys
+    /// in the file (e.g. a CLIP text tower) are allowed but every model key must be present.
+    /// </summary>
+    public static void LoadWeights(string dir, nn.Module module, string prefix, bool strict = true, bool requireAllOfModel = false) =>
+        LoadInto(dir, module, ReadWeights(dir), prefix, strict, requireAllOfModel);
+
+    private static void LoadInto(string dir, nn.Module module, Dictionary<string, Tensor> tensors, string prefix, bool strict = true, bool requireAllOfModel = false)
+    {
+        try
+        {
+            if (!strict && requireAllOfModel)
+            {
+                var wanted = module.state_dict().Keys.Select(k => prefix + k).ToHashSet();
+                foreach (var extra in tensors.Keys.Where(k => !wanted.Contains(k)).ToList())
+                {
+                    tensors[extra].Dispose();
+                    tensors.Remove(extra);
+                }
+                strict = true;
+            }
+            SafeTensors.LoadInto(module, tensors, prefix, strict);
+        }
+        catch (XrayVLException e) { throw new XrayVLException($"{dir}: {e.Message}"); }
+        finally
+        {
+            foreach (var t in tensors.Values) t.Dispose();
+        }
+    }
+
+    /// <summary>All tensors of a folder: one model.safetensors, or the shards an index file lists.</summary>
+    public static Dictionary<string, Tensor> ReadWeights(string dir)
+    {
+        string single = Path.Combine(dir, WeightsFileName);
+        if (File.Exists(single)) return SafeTensors.Load(single);
+        string index = Path.Combine(dir, WeightsIndexFileName);
+        if (!File.Exists(index)) throw new XrayVLException($"{dir}: no {WeightsFileName} or {WeightsIndexFileName}");
+        JsonNode? map;
+        try { map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"]; }
+        catch (JsonException e) { throw new XrayVLException($"{index}: not valid JSON ({e.Message})"); }
+        if (map is not JsonObject weightMap) throw new XrayVLException($"{index}: no weight_map");
+        var all = new Dictionary<string, Tensor>();
+        foreach (string shard in weightMap.Select(kv => kv.Value!.GetValue<string>()).Distinct())
+        {
+            string shardPath = Path.Combine(dir, shard);
+            if (!File.Exists(shardPath)) throw new XrayVLException($"{index}: lists shard {shard}, which is missing");
+            foreach (var (name, tensor) in SafeTensors.Load(shardPath)) all[name] = tensor;
+        }
+        return all;
+    }
+
+    private static void RequireFolder(string dir, string what)
+    {
+        if (!System.IO.Directory.Exists(dir)) throw new XrayVLException($"{dir}: {what} folder not found");
+        if (!File.Exists(Path.Combine(dir, ConfigFileName))) throw new XrayVLException($"{dir}: no {ConfigFileName}: not a {what} folder");
+    }
+
+    /// <summary>Moves <paramref name="source"/> over <paramref name="target"/>: the old folder is renamed aside first, removed last.</summary>
+    private static void ReplaceDirectory(string source, string target)
+    {
+        string old = target + ".old-" + Environment.ProcessId;
+        bool hadOld = System.IO.Directory.Exists(target);
+        if (hadOld) System.IO.Directory.Move(target, old);
+        System.IO.Directory.Move(source, target);
+        if (hadOld) System.IO.Directory.Delete(old, recursive: true);
+    }
+}
