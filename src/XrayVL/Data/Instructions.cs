@@ -76,6 +76,17 @@ public static class Instructions
         return list;
     }
 
+    /// <summary>
+    /// `xrayvl data instructions`: reads a manifest, builds the conversations, writes them as generic JSONL
+    /// (<see cref="ConversationJsonl"/>, atomically) and returns the summary.
+    /// </summary>
+    public static InstructionSummary BuildFile(string manifestPath, string outputPath, InstructionOptions options, ILabeler? labeler = null)
+    {
+        var conversations = Build(Manifest.Read(manifestPath), options, labeler);
+        ConversationJsonl.Write(outputPath, conversations);
+        return Summarize(conversations);
+    }
+
     public static InstructionSummary Summarize(IEnumerable<Conversation> conversations)
     {
         var byTask = new SortedDictionary<string, int>(StringComparer.Ordinal);

@@ -6,7 +6,8 @@ namespace XrayVL.Data;
 /// Cleans report text for training and display:
 /// 1. de-identification tokens (IU "XXXX", MIMIC "___") are taken out: "x-XXXX" → "x-ray", "no XXXX of" → "no evidence of",
 ///    "lymph XXXX" → "lymph nodes"; elsewhere the token is deleted, and a sentence the deletion would leave broken
-///    ("The XXXX is normal" → "The is normal", "XXXX are intact") or empty ("XXXX XXXX.") is dropped whole;
+///    ("The XXXX is normal" → "The is normal", "XXXX are intact") or empty, or that is mostly tokens
+///    ("XXXX XXXX.", "Inferior XXXX XXXX XXXX."), is dropped whole;
 /// 2. list numbering ("1. ", "2) ") at line or sentence starts is stripped;
 /// 3. whitespace is collapsed and punctuation spacing normalized (" ." → ".", "clear.The" → "clear. The", "..." → ".").
 /// Chinese text passes through with only whitespace trimmed around it (no spaces are added after 。，).
@@ -43,7 +44,7 @@ public static partial class ReportCleaner
     private static string RemoveDeidentification(string s)
     {
         s = XRay().Replace(s, m => m.Groups[1].Value + "-ray");
-        s = NoTokenOf().Replace(s, m => m.Groups[1].Value + " evidence of");
+        s = NoTokenOf().Replace(s, m => m.Groups[1].Value + " evidence");
         s = LymphToken().Replace(s, m => m.Groups[1].Value + " nodes");
         s = YearOld().Replace(s, "");
         var kept = new List<string>();
@@ -60,6 +61,8 @@ public static partial class ReportCleaner
     private static string? DeleteTokens(string sentence)
     {
         var words = sentence.Split(' ', StringSplitOptions.RemoveEmptyEntries).ToList();
+        // Mostly tokens ("Inferior XXXX XXXX XXXX."): nothing readable is left.
+        if (2 * words.Count(w => Deid().IsMatch(w)) > words.Count) return null;
         var result = new List<string>();
         for (int i = 0; i < words.Count; i++)
         {

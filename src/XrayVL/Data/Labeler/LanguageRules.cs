@@ -129,7 +129,8 @@ internal sealed class LanguageRules
         WeakUncertainty = Rx(@"提示|暗示|符合|代表|担心|令人担忧|令人担心|可疑"),
         PostNegation = Rx(@"(?:也|均|都)?(?:已经被排除|已被排除|已经排除|已排除|被排除)|未见|未发现|不明显|已消失|消失|已消退|消退|" +
                           @"已吸收|吸收|(?:是|均为|为)?阴性|不存在|已移除|已拔除|已去除|得到解决|已经解决|已解决|解决了"),
-        PostUncertainty = Rx(@"不能完全排除|不能排除|不除外|未能排除|无法排除|待排|待除外|可能性|待查|不确定"),
+        // "可能" after a mention counts only at the clause end ("右下肺炎可能。"), not before the next noun ("或可能的积液").
+        PostUncertainty = Rx(@"不能完全排除|不能排除|不除外|未能排除|无法排除|待排|待除外|可能性|待查|不确定|可能(?=\s*(?:[，,。；;]|$))"),
         PostBlocker = Rx(@"是|有|见|示|伴|但"),
         AttributeNotAbnormal = Rx(@"(?:没有|未见|并无|无|未|不)(?:明显|显著|明确|再)?(?:增大|扩大|肿大|增宽|变宽|大|宽)"),
         AttributeBorderline = Rx(@"临界|正常[\u4e00-\u9fff]{0,4}上限|正常高限|上限|偏大|边缘性"),

@@ -85,11 +85,11 @@ internal sealed class RuleLabeler(LanguageRules rules)
         var book = rules.Phrases;
         for (int o = 0; o < Observations.Names.Count; o++)
         {
-            var excluded = Spans(book.Unmentions[o], lower);
-            AddMatches(found, book.Mentions[o], lower, o, isAttribute: false, excluded);
-            AddMatches(found, book.Attributes[o], lower, o, isAttribute: true, excluded);
+            var unmention = book.Unmentions[o];
+            AddMatches(found, book.Mentions[o], lower, o, isAttribute: false, unmention);
+            AddMatches(found, book.Attributes[o], lower, o, isAttribute: true, unmention);
         }
-        AddMatches(found, book.Other, lower, OtherAbnormality, isAttribute: false, Spans(book.OtherUnmention, lower));
+        AddMatches(found, book.Other, lower, OtherAbnormality, isAttribute: false, book.OtherUnmention);
 
         // A structure mention inside a finding mention of the same observation adds nothing ("心脏" in "心脏增大"),
         // nor does a mention inside a longer one of the same observation and kind ("heart" in "the heart").
@@ -100,14 +100,14 @@ internal sealed class RuleLabeler(LanguageRules rules)
         return found;
     }
 
-    private static List<(int Start, int End)> Spans(Regex? rx, string text) =>
-        rx == null ? [] : rx.Matches(text).Select(m => (m.Index, m.Index + m.Length)).ToList();
-
-    private static void AddMatches(List<Mention> found, Regex? rx, string lower, int observation, bool isAttribute,
-        List<(int Start, int End)> excluded)
+    private static void AddMatches(List<Mention> found, Regex? rx, string lower, int observation, bool isAttribute, Regex? unmention)
     {
         if (rx == null) return;
-        foreach (Match m in rx.Matches(lower))
+        var matches = rx.Matches(lower);
+        if (matches.Count == 0) return;
+        // Unmention phrases are looked for only when there is a mention to exclude (most sentences have none).
+        var excluded = unmention == null ? [] : unmention.Matches(lower).Select(m => (Start: m.Index, End: m.Index + m.Length)).ToList();
+        foreach (Match m in matches)
         {
             int end = m.Index + m.Length;
             if (excluded.Any(x => x.Start < end && m.Index < x.End)) continue;

@@ -39,12 +39,13 @@ public sealed class IuCsvSource : IReportSource
                 result.NoteEmptyReport($"{id} ({Path.GetFileName(reports)} line {row.Line})");
                 continue;
             }
-            var images = projections.ForUid(uid).Select(p => IuCommon.Resolve(folder, p.File, p.View)).ToList();
+            // The k-th image of the study may also be stored under XrayGLM's name "{uid}_{k}.png".
+            var images = projections.ForUid(uid).Select((p, k) => IuCommon.Resolve(folder, p.File, p.View, $"{uid}_{k + 1}.png")).ToList();
             if (images.Count == 0) result.Warnings.Add($"{id}: no images in {Path.GetFileName(projectionsPath)}");
             var meta = new Dictionary<string, string>();
             if (row.Has("MeSH")) meta["mesh"] = row["MeSH"];
             if (row.Has("Problems")) meta["problems"] = row["Problems"];
-            if (row.Has("image") && row["image"].Length > 0) meta["exam"] = row["image"];
+            if (row.Has("image") && ReportCleaner.Clean(row["image"]) is { Length: > 0 } exam) meta["exam"] = exam;
             var study = new Study
             {
                 StudyId = id,

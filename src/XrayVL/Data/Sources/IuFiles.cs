@@ -110,7 +110,7 @@ internal sealed class IuProjections
 
     public string? ViewOf(string fileName) => viewByKey.GetValueOrDefault(IuImageFolder.Key(fileName));
 
-    /// <summary>The projections file: the given path, else iu_projections.csv (or indiana_projections.csv) beside any of the paths.</summary>
+    /// <summary>The projections file: the given path, else iu_projections.csv (or indiana_projections.csv) beside any of the paths or one folder up.</summary>
     public static string? Locate(string? given, params string?[] near)
     {
         if (given != null) return File.Exists(given) ? given : throw new XrayVLException($"{given}: projections file not found");
@@ -118,10 +118,14 @@ internal sealed class IuProjections
         {
             if (n == null) continue;
             string dir = Directory.Exists(n) ? n : Path.GetDirectoryName(Path.GetFullPath(n)) ?? ".";
-            foreach (string name in new[] { "iu_projections.csv", "indiana_projections.csv" })
+            // The folder itself, then its parent (split files often sit in a splits/ folder beside the CSVs).
+            foreach (string d in new[] { dir, Path.GetDirectoryName(Path.GetFullPath(dir)) ?? dir })
             {
-                string p = Path.Combine(dir, name);
-                if (File.Exists(p)) return p;
+                foreach (string name in new[] { "iu_projections.csv", "indiana_projections.csv" })
+                {
+                    string p = Path.Combine(d, name);
+                    if (File.Exists(p)) return p;
+                }
             }
         }
         return null;

@@ -5,7 +5,8 @@ namespace XrayVL.Data.Sources;
 /// <summary>
 /// XrayGLM's caption files <c>openi-en.json</c> / <c>openi-zh.json</c>: <c>{"annotations": [{"image_id": "N_k", "caption": ...}]}</c>.
 /// An id N_k is IU report uid N and the k-th image of that study in iu_projections.csv order (k from 1). Each record
-/// becomes one manifest entry (study id "N_k", patient "CXR{N}") with one image; its caption, a rewrite of the whole
+/// becomes one manifest entry (study id "N_k", or "N_k-zh"/"N_k-en" when a folder's files are read together;
+/// patient "CXR{N}") with one image; its caption, a rewrite of the whole
 /// report, goes into findings. Input: one json file, or a folder whose openi-*.json files are all read. Language
 /// comes from the file name ("-zh"/"-en"), else from the text. Images: <c>N_k.png</c> (XrayGLM's naming) or the
 /// k-th projection's file in any IU layout.
@@ -64,7 +65,8 @@ public sealed class XrayGlmSource : IReportSource
                     : IuCommon.Resolve(folder, xrayGlmName, view);
                 var study = new Study
                 {
-                    StudyId = caption.ImageId,
+                    // Several files (a folder with openi-en.json and openi-zh.json) hold the same ids: tell them apart.
+                    StudyId = files.Length > 1 ? $"{caption.ImageId}-{language}" : caption.ImageId,
                     PatientId = IuCommon.StudyId(uid),
                     Findings = text,
                     Language = language,
