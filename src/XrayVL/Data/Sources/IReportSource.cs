@@ -18,7 +18,10 @@ public sealed record SourceOptions
     public string? Images { get; init; }
     /// <summary>IU iu_projections.csv (uid → file → Frontal/Lateral); looked for beside the input when null.</summary>
     public string? Projections { get; init; }
-    /// <summary>An official split: R2Gen annotation.json for IU sources, mimic-cxr-2.0.0-split.csv(.gz) for MIMIC.</summary>
+    /// <summary>
+    /// An official split: mimic-cxr-2.0.0-split.csv(.gz), read by the MIMIC source (found beside the images when null);
+    /// for the other sources an R2Gen-style annotation.json that <see cref="DatasetBuilder"/> applies by study, then patient id.
+    /// </summary>
     public string? SplitFile { get; init; }
     /// <summary>MIMIC mimic-cxr-2.0.0-metadata.csv(.gz) for view positions; looked for beside the images when null.</summary>
     public string? Metadata { get; init; }
