@@ -14,29 +14,29 @@ public static class Manifest
     public static int Write(string path, IEnumerable<Study> studies) =>
         WriteLinesAtomic(path, studies.Select(s => JsonSerializer.Serialize(s, Json.Line)));
 
-    public static List<Study> Read(string path)
+    public static List<Study> Read(string path) =>
+        ReadLines(path).Select(l => ParseLine(l.Text, $"{path}:{l.Line}")).ToList();
+
+    /// <summary>One manifest line, validated; <paramref name="where"/> ("file:line") starts every error message.</summary>
+    public static Study ParseLine(string text, string where)
     {
-        var list = new List<Study>();
-        foreach (var (line, text) in ReadLines(path))
+        Study? study;
+        try { study = JsonSerializer.Deserialize<Study>(text, Json.Line); }
+        catch (JsonException e) { throw new XrayVLException($"{where}: invalid manifest line ({FirstLine(e.Message)})", e); }
+        if (study == null) throw new XrayVLException($"{where}: null instead of a study");
+        if (string.IsNullOrWhiteSpace(study.StudyId)) throw new XrayVLException($"{where}: empty study_id");
+        if (string.IsNullOrWhiteSpace(study.PatientId)) throw new XrayVLException($"{where}: empty patient_id");
+        if (study.Images == null) throw new XrayVLException($"{where}: images is null");
+        if (study.Images.Any(i => i == null || string.IsNullOrWhiteSpace(i.Path))) throw new XrayVLException($"{where}: an image has no path");
+        if (study.Labels != null)
         {
-            Study? study;
-            try { study = JsonSerializer.Deserialize<Study>(text, Json.Line); }
-            catch (JsonException e) { throw new XrayVLException($"{path}:{line}: invalid manifest line ({FirstLine(e.Message)})", e); }
-            if (study == null) throw new XrayVLException($"{path}:{line}: null instead of a study");
-            if (string.IsNullOrWhiteSpace(study.StudyId)) throw new XrayVLException($"{path}:{line}: empty study_id");
-            if (string.IsNullOrWhiteSpace(study.PatientId)) throw new XrayVLException($"{path}:{line}: empty patient_id");
-            if (study.Images == null) throw new XrayVLException($"{path}:{line}: images is null");
-            if (study.Labels != null)
+            foreach (var (name, value) in study.Labels)
             {
-                foreach (var (name, value) in study.Labels)
-                {
-                    if (!Observations.TryParse(name, out _)) throw new XrayVLException($"{path}:{line}: unknown label '{name}'");
-                    if (value is not (null or 1 or 0 or -1)) throw new XrayVLException($"{path}:{line}: label '{name}' is {value}, not 1, 0, -1 or null");
-                }
+                if (!Observations.TryParse(name, out _)) throw new XrayVLException($"{where}: unknown label '{name}'");
+                if (value is not (null or 1 or 0 or -1)) throw new XrayVLException($"{where}: label '{name}' is {value}, not 1, 0, -1 or null");
             }
-            list.Add(study);
         }
-        return list;
+        return study;
     }
 
     /// <summary>The non-blank lines of a UTF-8 text file with their 1-based line numbers.</summary>

@@ -232,3 +232,64 @@ public class FixtureSourceTests
         Assert.All(ReportSources.Names, n => Assert.Equal(n, ReportSources.Create(n).Name));
     }
 }
+
+public class CovidFixtureTests
+{
+    private static byte[] Jpeg(int width, int height)
+    {
+        var pixels = new byte[width * height];
+        using var ms = new MemoryStream();
+        new StbImageWriteSharp.ImageWriter().WriteJpg(pixels, width, height, StbImageWriteSharp.ColorComponents.Grey, ms, 90);
+        return ms.ToArray();
+    }
+
+    private static TempDir Tree(string boxes)
+    {
+        var t = new TempDir();
+        t.Write("metadata.csv",
+            "patientid,offset,sex,age,finding,view,modality,folder,filename,clinical_notes\n" +
+            "7,0,F,50,Pneumonia/Bacterial/Streptococcus,PA,X-ray,images,a.jpg,\"Chest radiograph shows right lower lobe consolidation, no pleural effusion.\"\n" +
+            "7,3,F,50,No Finding,AP Supine,X-ray,images,b.jpg,\n" +
+            "8,0,M,60,COVID-19,,CT,images,c.jpg,\n" +
+            "9,0,M,70,todo,L,X-ray,images,missing.jpg,\n");
+        t.WriteBytes("images/a.jpg", Jpeg(200, 100));  // annotated at 400×200: same aspect ratio
+        t.WriteBytes("images/b.jpg", Jpeg(100, 100));  // annotated at 400×200: different aspect ratio → no boxes
+        t.Write("annotations/imageannotation_ai_lung_bounding_boxes.json", boxes);
+        return t;
+    }
+
+    private const string Coco = """
+        {"categories": [{"id": 1, "name": "Right Lung"}, {"id": 2, "name": "Left Lung"}],
+         "images": [{"id": 1, "file_name": "a.jpeg", "width": 400, "height": 200}, {"id": 2, "file_name": "b.png", "width": 400, "height": 200}],
+         "annotations": [{"image_id": 1, "category_id": 1, "bbox": [40, 20, 100, 150]}, {"image_id": 1, "category_id": 2, "bbox": [None]},
+                         {"image_id": 2, "category_id": 1, "bbox": [0, 0, 10, 10]}]}
+        """;
+
+    [Fact]
+    public void RowsLabelsAndBoxesOnTheGrid()
+    {
+        using var t = Tree(Coco.Replace("[None]", "[null, null, null, null]"));
+        var r = new CovidSource().Read(new SourceOptions { Input = t.Path });
+        Assert.Equal(4, r.Records);
+        Assert.Equal(["covid-7-a", "covid-7-b"], r.Studies.Select(s => s.StudyId));  // CT left out, missing image counted
+        Assert.Equal(1, r.MissingImages);
+        Assert.Contains(r.Warnings, w => w.StartsWith("1 rows are not X-rays"));
+        var a = r.Studies[0];
+        Assert.Equal([new StudyBox(0, "Right Lung", 10, 10, 35, 85)], a.Boxes!);  // (40/400, 20/200, 140/400, 170/200) × 100
+        Assert.Null(r.Studies[1].Boxes);
+        Assert.Equal(1, a.Labels!["Pneumonia"]);
+        Assert.Equal(1, a.Labels["Consolidation"]);       // from the notes
+        Assert.Equal(0, a.Labels["Pleural Effusion"]);
+        Assert.Null(a.Labels["No Finding"]);
+        Assert.Equal(1, r.Studies[1].Labels!["No Finding"]);
+        Assert.Equal("AP supine", r.Studies[1].Images[0].View);
+    }
+
+    [Fact]
+    public void BrokenBoxFileIsAnErrorNamingIt()
+    {
+        using var t = Tree("{\"categories\": [], \"images\": [{\"id\": 1, \"width\": 4, \"height\": 2}], \"annotations\": []}");
+        var e = Assert.Throws<XrayVLException>(() => new CovidSource().Read(new SourceOptions { Input = t.Path }));
+        Assert.Contains("imageannotation_ai_lung_bounding_boxes.json", e.Message);
+    }
+}

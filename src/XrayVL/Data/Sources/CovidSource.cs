@@ -143,37 +143,45 @@ public sealed class CovidSource : IReportSource
         catch (JsonException e) { throw new XrayVLException($"{path}: invalid JSON ({e.Message})", e); }
         using (doc)
         {
-            var root = doc.RootElement;
-            if (!root.TryGetProperty("images", out var images) || !root.TryGetProperty("annotations", out var annotations)
-                || !root.TryGetProperty("categories", out var categories))
-                throw new XrayVLException($"{path}: expected COCO images/annotations/categories");
-            var categoryName = categories.EnumerateArray().ToDictionary(c => c.GetProperty("id").GetInt32(), c => c.GetProperty("name").GetString() ?? "");
-            var byId = new Dictionary<int, (string Stem, AnnotatedImage Image)>();
-            foreach (var im in images.EnumerateArray())
+            try { ReadCoco(doc.RootElement, path, byStem, result); }
+            catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException or ArgumentException)
             {
-                if (!im.TryGetProperty("width", out var w) || !im.TryGetProperty("height", out var h)
-                    || w.ValueKind != JsonValueKind.Number || h.ValueKind != JsonValueKind.Number) continue;
-                string stem = Path.GetFileNameWithoutExtension(im.GetProperty("file_name").GetString() ?? "").ToLowerInvariant();
-                byId[im.GetProperty("id").GetInt32()] = (stem, new AnnotatedImage(w.GetInt32(), h.GetInt32(), []));
+                throw new XrayVLException($"{path}: not a COCO box file this reader understands ({e.Message})", e);
             }
-            int unusable = 0;
-            foreach (var a in annotations.EnumerateArray())
-            {
-                if (!byId.TryGetValue(a.GetProperty("image_id").GetInt32(), out var target)) { unusable++; continue; }
-                var bbox = a.GetProperty("bbox");
-                if (bbox.ValueKind != JsonValueKind.Array || bbox.GetArrayLength() != 4
-                    || bbox.EnumerateArray().Any(v => v.ValueKind != JsonValueKind.Number)) { unusable++; continue; }
-                double[] v = bbox.EnumerateArray().Select(x => x.GetDouble()).ToArray();
-                if (v[2] <= 0 || v[3] <= 0) { unusable++; continue; }
-                target.Image.Boxes.Add((categoryName.GetValueOrDefault(a.GetProperty("category_id").GetInt32(), "box"), v[0], v[1], v[2], v[3]));
-            }
-            foreach (var (stem, image) in byId.Values)
-            {
-                if (image.Boxes.Count > 0) byStem.TryAdd(stem, image);
-            }
-            if (unusable > 0) result.Warnings.Add($"{unusable} lung box annotations have no usable box (null or empty) and were skipped");
         }
         return byStem;
+    }
+
+    private static void ReadCoco(JsonElement root, string path, Dictionary<string, AnnotatedImage> byStem, SourceResult result)
+    {
+        if (!root.TryGetProperty("images", out var images) || !root.TryGetProperty("annotations", out var annotations)
+            || !root.TryGetProperty("categories", out var categories))
+            throw new XrayVLException($"{path}: expected COCO images/annotations/categories");
+        var categoryName = categories.EnumerateArray().ToDictionary(c => c.GetProperty("id").GetInt32(), c => c.GetProperty("name").GetString() ?? "");
+        var byId = new Dictionary<int, (string Stem, AnnotatedImage Image)>();
+        foreach (var im in images.EnumerateArray())
+        {
+            if (!im.TryGetProperty("width", out var w) || !im.TryGetProperty("height", out var h)
+                || w.ValueKind != JsonValueKind.Number || h.ValueKind != JsonValueKind.Number || w.GetInt32() <= 0 || h.GetInt32() <= 0) continue;
+            string stem = Path.GetFileNameWithoutExtension(im.GetProperty("file_name").GetString() ?? "").ToLowerInvariant();
+            byId[im.GetProperty("id").GetInt32()] = (stem, new AnnotatedImage(w.GetInt32(), h.GetInt32(), []));
+        }
+        int unusable = 0;
+        foreach (var a in annotations.EnumerateArray())
+        {
+            if (!byId.TryGetValue(a.GetProperty("image_id").GetInt32(), out var target)) { unusable++; continue; }
+            var bbox = a.GetProperty("bbox");
+            if (bbox.ValueKind != JsonValueKind.Array || bbox.GetArrayLength() != 4
+                || bbox.EnumerateArray().Any(v => v.ValueKind != JsonValueKind.Number)) { unusable++; continue; }
+            double[] v = bbox.EnumerateArray().Select(x => x.GetDouble()).ToArray();
+            if (v[2] <= 0 || v[3] <= 0) { unusable++; continue; }
+            target.Image.Boxes.Add((categoryName.GetValueOrDefault(a.GetProperty("category_id").GetInt32(), "box"), v[0], v[1], v[2], v[3]));
+        }
+        foreach (var (stem, image) in byId.Values)
+        {
+            if (image.Boxes.Count > 0) byStem.TryAdd(stem, image);
+        }
+        if (unusable > 0) result.Warnings.Add($"{unusable} lung box annotations have no usable box (null or empty) and were skipped");
     }
 
     private static Dictionary<string, (string Geographic, string Opacity)> ReadSeverity(string path)

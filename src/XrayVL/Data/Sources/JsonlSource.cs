@@ -53,8 +53,7 @@ public sealed class JsonlSource : IReportSource
             }
             else
             {
-                try { study = JsonSerializer.Deserialize<Study>(text, Json.Line) ?? throw new XrayVLException($"{where}: null line"); }
-                catch (JsonException e) { throw new XrayVLException($"{where}: neither a conversation record nor a study ({e.Message.Split('\n')[0]})", e); }
+                study = Manifest.ParseLine(text, where);
                 if (options.Language != null) study = study with { Language = options.Language };
             }
             if (!ids.Add(study.StudyId)) throw new XrayVLException($"{where}: id '{study.StudyId}' appears twice");

@@ -75,8 +75,9 @@ public sealed class R2GenSource : IReportSource
                     string id = Str(item, "id") ?? throw new XrayVLException($"{where} has no id");
                     string report = Str(item, "report") ?? throw new XrayVLException($"{where} ({id}) has no report");
                     var images = item.TryGetProperty("image_path", out var ip) && ip.ValueKind == JsonValueKind.Array
-                        ? ip.EnumerateArray().Select(x => x.GetString() ?? "").Where(x => x.Length > 0).ToList()
-                        : throw new XrayVLException($"{where} ({id}) has no image_path list");
+                        && ip.EnumerateArray().All(x => x.ValueKind == JsonValueKind.String)
+                        ? ip.EnumerateArray().Select(x => x.GetString()!).Where(x => x.Length > 0).ToList()
+                        : throw new XrayVLException($"{where} ({id}) has no image_path list of strings");
                     entries.Add(new Entry(id, report, images, split, Str(item, "study_id"), Str(item, "subject_id")));
                 }
             }
