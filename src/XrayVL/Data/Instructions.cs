@@ -315,6 +315,14 @@ public static class Instructions
         return (int)(h & 0x7fffffff);
     }
 
+    /// <summary>
+    /// The report request the front ends send (CLI `report`, the web page's button): one of the training phrasings,
+    /// so a model trained on these sets has seen it.
+    /// </summary>
+    public static string ReportRequest(string lang) => Prompts.Report.TryGetValue(lang, out var pool)
+        ? pool[1]
+        : throw new XrayVLException($"language '{lang}' is not supported (en, zh)");
+
     /// <summary>The phrasing pools, several per task and language.</summary>
     private static class Prompts
     {
