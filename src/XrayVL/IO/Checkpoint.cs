@@ -33,18 +33,38 @@ public static class Checkpoint
     /// A crash mid-save leaves the previous checkpoint intact.
     /// </summary>
     public static void Save(string dir, VisionLanguageModel model, XrayTokenizer tokenizer, PreprocessConfig preprocess,
-        IReadOnlyDictionary<string, string>? metadata = null)
+        IReadOnlyDictionary<string, string>? metadata = null) =>
+        Save(dir, model.Config, model.state_dict(), tokenizer, preprocess, metadata);
+
+    /// <summary>
+    /// <see cref="Save(string, VisionLanguageModel, XrayTokenizer, PreprocessConfig, IReadOnlyDictionary{string, string}?)"/>
+    /// with the weights given as a state dict (e.g. LoRA merged on the fly, adapter keys left out).
+    /// <paramref name="writeExtra"/> may add files to the temporary folder before it replaces <paramref name="dir"/>, so that
+    /// they appear together with the model or not at all (the trainer's optimizer and trainer state).
+    /// </summary>
+    public static void Save(string dir, VisionLanguageConfig config, IReadOnlyDictionary<string, Tensor> weights,
+        XrayTokenizer tokenizer, PreprocessConfig preprocess, IReadOnlyDictionary<string, string>? metadata = null,
+        Action<string>? writeExtra = null)
     {
         string full = Path.GetFullPath(Path.TrimEndingDirectorySeparator(dir));
         string tmp = full + ".saving-" + Environment.ProcessId;
         if (System.IO.Directory.Exists(tmp)) System.IO.Directory.Delete(tmp, recursive: true);
         System.IO.Directory.CreateDirectory(tmp);
-        ConfigFile.Write(Path.Combine(tmp, ConfigFileName), model.Config);
-        var meta = new Dictionary<string, string> { ["format"] = "pt" };
-        if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
-        SafeTensors.SaveModule(Path.Combine(tmp, WeightsFileName), model, metadata: meta);
-        tokenizer.Save(tmp);
-        ConfigFile.Write(Path.Combine(tmp, PreprocessorFileName), preprocess);
+        try
+        {
+            ConfigFile.Write(Path.Combine(tmp, ConfigFileName), config);
+            var meta = new Dictionary<string, string> { ["format"] = "pt" };
+            if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
+            SafeTensors.Save(Path.Combine(tmp, WeightsFileName), weights, meta);
+            tokenizer.Save(tmp);
+            ConfigFile.Write(Path.Combine(tmp, PreprocessorFileName), preprocess);
+            writeExtra?.Invoke(tmp);
+        }
+        catch
+        {
+            try { System.IO.Directory.Delete(tmp, recursive: true); } catch (IOException) { /* best effort; the target is untouched */ }
+            throw;
+        }
         ReplaceDirectory(tmp, full);
     }
 
@@ -164,7 +184,7 @@ public static class Checkpoint
     }
 
     /// <summary>Moves <paramref name="source"/> over <paramref name="target"/>: the old folder is renamed aside first, removed last.</summary>
-    private static void ReplaceDirectory(string source, string target)
+    public static void ReplaceDirectory(string source, string target)
     {
         string old = target + ".old-" + Environment.ProcessId;
         bool hadOld = System.IO.Directory.Exists(target);

@@ -43,6 +43,18 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
 
     public long InFeatures { get; }
     public long OutFeatures { get; }
+
+    /// <summary>
+    /// Redraws weight and bias as the constructor does (nn.Linear's init: kaiming-uniform(a = √5) is U(±1/√in)), from
+    /// <paramref name="generator"/> when given. An attached adapter is left alone.
+    /// </summary>
+    public void ResetParameters(torch.Generator? generator = null)
+    {
+        double bound = InFeatures > 0 ? 1.0 / Math.Sqrt(InFeatures) : 0.0;
+        using var _ = torch.no_grad();
+        weight.uniform_(-bound, bound, generator);
+        bias?.uniform_(-bound, bound, generator);
+    }
     public Parameter Weight => weight;
     public Parameter? Bias => bias;
 

@@ -21,7 +21,7 @@ public sealed class ClipVisionEncoder : VisionEncoder
     {
         vision_model = new ClipVisionTransformer(config, device);
         RegisterComponents();
-        InitWeights();
+        InitializeWeights();
     }
 
     public int GridSize => Config.ImageSize / Config.PatchSize;
@@ -90,15 +90,16 @@ public sealed class ClipVisionEncoder : VisionEncoder
         return torch.cat([cls, rows], 0).MoveToOuterDisposeScope();
     }
 
-    private void InitWeights()
+    public override void InitializeWeights(Generator? generator = null)
     {
         // ViT-style: truncated normal (std 0.02, cut at 2 std) for matrices, patch kernel, positions and the CLS vector;
-        // zero biases; LayerNorm weights stay 1.
+        // zero biases; LayerNorm weight 1, bias 0.
         using var _ = no_grad();
         foreach (var (name, p) in named_parameters())
         {
-            if (p.dim() >= 2 || name.EndsWith("class_embedding")) Layers.TruncatedNormal_(p, std: 0.02, low: -0.04, high: 0.04);
-            else if (name.EndsWith(".bias") && !name.Contains("norm")) p.zero_();
+            if (p.dim() >= 2 || name.EndsWith("class_embedding")) Layers.TruncatedNormal_(p, std: 0.02, low: -0.04, high: 0.04, generator);
+            else if (name.EndsWith(".bias")) p.zero_();
+            else if (name.Contains("norm")) p.fill_(1.0);
         }
     }
 }

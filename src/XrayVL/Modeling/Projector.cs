@@ -41,6 +41,12 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
         _ => throw new XrayVLException($"projector_type '{type}' is not supported (linear, mlp2x_gelu, merge4)"),
     };
 
+    /// <summary>Redraws the linear layers' weights (nn.Linear's init), from <paramref name="generator"/> when given.</summary>
+    public void InitializeWeights(Generator? generator = null)
+    {
+        foreach (var layer in modules().OfType<AdaptableLinear>()) layer.ResetParameters(generator);
+    }
+
     /// <summary>Output token count for `inputTokens` vision tokens; throws when merging cannot divide them evenly.</summary>
     public int OutputTokens(int inputTokens)
     {

@@ -34,7 +34,7 @@ public sealed class ResNetEncoder : VisionEncoder
         layer3 = Stage(ref inplanes, 4 * w, config.Layers[2], 2, device);
         layer4 = Stage(ref inplanes, 8 * w, config.Layers[3], 2, device);
         RegisterComponents();
-        InitWeights();
+        InitializeWeights();
     }
 
     /// <summary>Channels of hidden state k (0 = stem, k = layer k).</summary>
@@ -112,12 +112,16 @@ public sealed class ResNetEncoder : VisionEncoder
         return nn.Sequential(list.ToArray());
     }
 
-    private void InitWeights()
+    public override void InitializeWeights(Generator? generator = null)
     {
-        // torchvision: He-normal (fan_out, ReLU) for convs; BatchNorm weight 1, bias 0 (its defaults).
+        // torchvision: He-normal (fan_out, ReLU: std = √(2 / (out · kh · kw))) for convs; BatchNorm weight 1, bias 0.
         using var _ = no_grad();
-        foreach (var (_, p) in named_parameters())
-            if (p.dim() == 4) nn.init.kaiming_normal_(p, mode: nn.init.FanInOut.FanOut, nonlinearity: nn.init.NonlinearityType.ReLU);
+        foreach (var (name, p) in named_parameters())
+        {
+            if (p.dim() == 4) p.normal_(0, Math.Sqrt(2.0 / (p.shape[0] * p.shape[2] * p.shape[3])), generator);
+            else if (name.EndsWith(".bias")) p.zero_();
+            else p.fill_(1.0);
+        }
     }
 
     /// <summary>1×1 conv + BatchNorm on the shortcut when the shape changes (`downsample.0`, `downsample.1`).</summary>

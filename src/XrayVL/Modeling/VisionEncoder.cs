@@ -50,6 +50,12 @@ public abstract class VisionEncoder : nn.Module<Tensor, Tensor>
     /// <summary>One global vector per image (B, PooledDim) from the last layer, for retrieval-style baselines.</summary>
     public abstract Tensor Pooled(Tensor pixels);
 
+    /// <summary>
+    /// Redraws every weight as the constructor does; a seeded <paramref name="generator"/> makes the weights reproducible
+    /// whatever else draws from the global generator (a trainer's seed, tests running in parallel).
+    /// </summary>
+    public abstract void InitializeWeights(Generator? generator = null);
+
     /// <summary>Builds the encoder named by `model_type`; `device` null is CPU, `torch.META` allocates nothing.</summary>
     public static VisionEncoder Create(VisionConfig config, int featureLayer = -1, string selectStrategy = "default", Device? device = null)
     {

@@ -34,6 +34,18 @@ public sealed class VisionLanguageModel : nn.Module
         RegisterComponents();
     }
 
+    /// <summary>
+    /// Redraws every weight (vision tower, projector, language model) as the constructors do, from a seeded
+    /// <paramref name="generator"/> when given: the same seed gives the same model whatever else uses the global generator.
+    /// Call it before attaching LoRA adapters (the language model's reset covers them too).
+    /// </summary>
+    public void InitializeWeights(torch.Generator? generator = null)
+    {
+        vision_tower.InitializeWeights(generator);
+        multi_modal_projector.InitializeWeights(generator);
+        language_model.InitializeWeights(generator);
+    }
+
     public VisionEncoder VisionTower => vision_tower;
     public LanguageModel LanguageModel => language_model;
     public Projector Projector => multi_modal_projector;

@@ -1,0 +1,111 @@
+using XrayVL.Data;
+using XrayVL.Tests.Text;
+using XrayVL.Training;
+
+namespace XrayVL.Tests.Training;
+
+public class RecipeTests
+{
+    private const string Model = """
+        "model": { "config": { "vision_config": { "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_attention_heads": 2 },
+                               "text_config": { "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2 } } }
+        """;
+
+    private static string Recipe(string stages, string extra = "", string model = Model) => $$"""
+        {
+          "seed": 3, {{extra}}
+          {{model}},
+          "data": { "sources": { "iu": { "source": "xrayglm", "input": "${shared}/iu-xray" } } },
+          "stages": {{stages}}
+        }
+        """;
+
+    private static XrayVLException Invalid(string json)
+    {
+        string path = Path.Combine(TempDir.Create("xrayvl-recipe"), "bad.json");
+        File.WriteAllText(path, json);
+        var e = Assert.Throws<XrayVLException>(() => TrainRecipe.Load(path));
+        Assert.StartsWith(path, e.Message);          // every error names the file
+        return e;
+    }
+
+    [Fact]
+    public void DefaultsFillInAndEveryStageGetsItsKindsParts()
+    {
+        var recipe = TrainRecipe.Parse(Recipe("""
+            [ { "name": "t", "kind": "text", "steps": 10 },
+              { "name": "a", "kind": "align", "epochs": 2 },
+              { "name": "i", "kind": "instruct", "steps": 5, "data": [ { "source": "iu", "tasks": ["vqa"], "repeat": 3 } ] } ]
+            """));
+        Assert.Equal("bf16", recipe.Dtype);
+        Assert.Equal(TrainableParts.LanguageModel, recipe.Stages[0].Parts);
+        Assert.Equal(TrainableParts.Projector, recipe.Stages[1].Parts);
+        Assert.Equal(TrainableParts.Projector | TrainableParts.Lora, recipe.Stages[2].Parts);
+        Assert.Equal(16, recipe.Stages[2].EffectiveLora!.R);
+        Assert.Null(recipe.Stages[0].EffectiveLora);
+        Assert.Equal("iu", Assert.Single(recipe.Stages[0].Data).Source);       // no data: every source
+        Assert.Equal([Instructions.Report, Instructions.Findings], recipe.Stages[1].TasksFor(recipe.Stages[1].Data[0]));
+        Assert.Equal(3e-5, recipe.Stages[0].EffectiveMinLr, 12);
+        Assert.Equal(TrainableParts.Full, StageRecipe.ParseTrainable("full"));
+        Assert.Equal(TrainableParts.Vision | TrainableParts.Projector | TrainableParts.Lora, StageRecipe.ParseTrainable("vision+projector+lora"));
+    }
+
+    [Fact]
+    public void SharedPlaceholderAndRelativePathsResolve()
+    {
+        string dir = TempDir.Create("xrayvl-recipe");
+        string path = Path.Combine(dir, "r.json");
+        File.WriteAllText(path, Recipe("""[ { "name": "t", "kind": "text", "steps": 1 } ]"""));
+        var recipe = TrainRecipe.Load(path);
+        Assert.Equal(Path.Combine("/data/x", "iu-xray"), recipe.ResolvePath("${shared}/iu-xray", "/data/x"));
+        Assert.Equal(Path.Combine(dir, "sub", "f.json"), recipe.ResolvePath("sub/f.json", null));
+        var e = Assert.Throws<XrayVLException>(() => recipe.ResolvePath("${shared}/iu-xray", null));
+        Assert.Contains("--shared", e.Message);
+        Assert.Equal(Path.GetFullPath("/elsewhere"), recipe.SharedDirectory("/elsewhere"));
+    }
+
+    [Fact]
+    public void FingerprintIgnoresLoggingButNotOptimisation()
+    {
+        string stages(string extra) => $$"""[ { "name": "t", "kind": "text", "steps": 10 {{extra}} } ]""";
+        string a = TrainRecipe.Parse(Recipe(stages(""))).Fingerprint;
+        Assert.Equal(a, TrainRecipe.Parse(Recipe(stages(", \"eval_every\": 3, \"save_every\": 7, \"keep_last\": 5"))).Fingerprint);
+        Assert.NotEqual(a, TrainRecipe.Parse(Recipe(stages(", \"lr\": 1e-3"))).Fingerprint);
+        Assert.NotEqual(a, TrainRecipe.Parse(Recipe(stages(""), "\"dtype\": \"fp32\",")).Fingerprint);
+    }
+
+    [Theory]
+    [InlineData("""[ { "name": "t", "kind": "pretrain", "steps": 1 } ]""", "kind 'pretrain'")]
+    [InlineData("""[ { "name": "t", "kind": "text" } ]""", "steps or epochs")]
+    [InlineData("""[ { "name": "t", "kind": "text", "steps": 1, "epochs": 2 } ]""", "steps or epochs")]
+    [InlineData("""[ { "name": "t", "kind": "text", "steps": 1, "trainable": "projector" } ]""", "text stage has no images")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "trainable": "lm+lora" } ]""", "both lm and lora")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "trainable": "decoder" } ]""", "trainable part 'decoder'")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "lora": { "r": 4, "target_modules": ["q_proj"] } } ]""", "trainable has no lora")]
+    [InlineData("""[ { "name": "t", "kind": "instruct", "steps": 1, "trainable": "lora", "lora": { "r": 0, "target_modules": ["q_proj"] } } ]""", "r must be positive")]
+    [InlineData("""[ { "name": "t", "kind": "text", "steps": 1, "lr": -1 } ]""", "lr must be positive")]
+    [InlineData("""[ { "name": "t", "kind": "text", "steps": 1, "batch_size": 0 } ]""", "batch_size")]
+    [InlineData("""[ { "name": "t", "kind": "text", "steps": 1, "min_lr": 1 } ]""", "min_lr")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "data": [ { "source": "mimic" } ] } ]""", "source 'mimic'")]
+    [InlineData("""[ { "name": "t", "kind": "instruct", "steps": 1, "data": [ { "source": "iu", "tasks": ["caption"] } ] } ]""", "task 'caption'")]
+    [InlineData("""[ { "name": "t", "kind": "text", "steps": 1 }, { "name": "t", "kind": "text", "steps": 1 } ]""", "used twice")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "text_format": "plain" } ]""", "text stages only")]
+    [InlineData("""[]""", "stages is empty")]
+    public void InvalidStagesAreNamed(string stages, string expected)
+    {
+        var e = Invalid(Recipe(stages));
+        Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void InvalidTopLevelFieldsAreNamed()
+    {
+        const string ok = """[ { "name": "t", "kind": "text", "steps": 1 } ]""";
+        Assert.Contains("dtype 'fp16'", Invalid(Recipe(ok, "\"dtype\": \"fp16\",")).Message);
+        Assert.Contains("$.stages[0].lrr", Invalid(Recipe("""[ { "name": "t", "kind": "text", "steps": 1, "lrr": 3 } ]""")).Message);
+        Assert.Contains("exactly one of config", Invalid(Recipe(ok, model: "\"model\": {}")).Message);
+        Assert.Contains("model.config", Invalid(Recipe(ok, model: """ "model": { "config": { "projector_type": "qformer" } } """)).Message);
+        Assert.Contains("not a valid recipe", Invalid("{ \"seed\": ").Message);
+        Assert.Contains("recipe file not found", Assert.Throws<XrayVLException>(() => TrainRecipe.Load("/no/such/recipe.json")).Message);
+    }
+}
