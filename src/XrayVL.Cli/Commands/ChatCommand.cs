@@ -52,21 +52,30 @@ public static class ChatCommand
                     if (!HandleCommand(line, session, io)) break;
                     continue;
                 }
+                IAsyncEnumerable<string> answer;
                 try
                 {
-                    io.Out.Write("xrayvl> ");
-                    await foreach (var piece in session.AskAsync(line, options, cancel))
+                    answer = session.AskAsync(line, options, cancel);
+                }
+                catch (XrayVLException e)
+                {
+                    io.Err.WriteLine($"error: {e.Message}");                  // a bad turn does not end the chat
+                    continue;
+                }
+                io.Out.Write("xrayvl> ");
+                try
+                {
+                    await foreach (var piece in answer)
                     {
                         io.Out.Write(piece);
                         io.Out.Flush();
                     }
-                    io.Out.WriteLine();
                 }
                 catch (XrayVLException e)
                 {
-                    io.Out.WriteLine();
-                    io.Err.WriteLine($"error: {e.Message}");                  // a bad turn does not end the chat
+                    io.Err.WriteLine($"error: {e.Message}");
                 }
+                io.Out.WriteLine();
             }
             return 0;
         });
