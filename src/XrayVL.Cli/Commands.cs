@@ -12,5 +12,6 @@ public static class Commands
         InfoCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),
+        BenchCommand.Create(io),
     ];
 }

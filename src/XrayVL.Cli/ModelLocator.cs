@@ -21,14 +21,8 @@ public static class ModelLocator
             if (!Directory.Exists(env)) throw new XrayVLException($"{env} (from XRAYVL_MODEL): model folder not found");
             return env;
         }
-        // The shipped model sits at the repository root; the CLI runs from src/XrayVL.Cli/bin/<config>/net10.0/linux-x64/
-        // or from a published folder next to it.
-        foreach (string start in new[] { AppContext.BaseDirectory, Environment.CurrentDirectory })
-            for (var dir = new DirectoryInfo(start); dir != null; dir = dir.Parent)
-            {
-                string candidate = Path.Combine(dir.FullName, DefaultRelative);
-                if (File.Exists(Path.Combine(candidate, Checkpoint.ConfigFileName))) return candidate;
-            }
+        // The shipped model sits at the repository root, above src/XrayVL.Cli/bin/... or the working folder.
+        if (RepositoryFiles.Find(Path.Combine(DefaultRelative, Checkpoint.ConfigFileName)) is { } config) return Path.GetDirectoryName(config)!;
         throw new XrayVLException(
             $"no model given and no default model found ({DefaultRelative}/ is missing): pass --model DIR with a checkpoint " +
             "folder, e.g. OUT/model written by `xrayvl train --config configs/default.json --out OUT`");
