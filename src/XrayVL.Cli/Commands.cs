@@ -2,8 +2,16 @@ using System.CommandLine;
 
 namespace XrayVL.Cli;
 
-/// <summary>The command list, in the order `xrayvl --help` shows them.</summary>
+/// <summary>The command list, in the order `xrayvl --help` shows them (one file per command in Commands/).</summary>
 public static class Commands
 {
-    public static IEnumerable<Command> All(CliIO io) => [];
+    public static IEnumerable<Command> All(CliIO io) =>
+    [
+        ReportCommand.Create(io),
+        ChatCommand.Create(io),
+        InfoCommand.Create(io),
+        LabelCommand.Create(io),
+        DataCommand.Create(io),
+        BenchCommand.Create(io),
+    ];
 }

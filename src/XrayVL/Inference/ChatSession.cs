@@ -60,11 +60,17 @@ public sealed class ChatSession
     /// Asks <paramref name="text"/> (with the pending images) and streams the answer's text as it is generated.
     /// The turn is kept in the conversation once the answer is complete; a cancelled answer leaves no trace.
     /// </summary>
-    public async IAsyncEnumerable<string> AskAsync(string text, GenerationOptions? options = null,
-        [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    /// <remarks>Checks the question at once (an empty question or no image throws here, before any output).</remarks>
+    public IAsyncEnumerable<string> AskAsync(string text, GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         if (string.IsNullOrWhiteSpace(text)) throw new XrayVLException("the question is empty");
         if (images.Count == 0) throw new XrayVLException("no image yet: add an X-ray before asking");
+        return AnswerAsync(text, options, cancellationToken);
+    }
+
+    private async IAsyncEnumerable<string> AnswerAsync(string text, GenerationOptions? options,
+        [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
         var user = new ChatMessage(ChatRole.User, text.Trim(), pendingImages);
         var conversation = new Conversation(ChatTemplate.DefaultSystemPrompt(Language), [.. messages, user]);
         var opts = DefaultOptions(options);

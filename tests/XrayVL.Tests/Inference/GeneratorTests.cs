@@ -337,11 +337,11 @@ public class DecodeBenchmarkTests
     public void BenchmarkRunsOnATinyConfigAndReportsEveryFigure()
     {
         var config = XrayVL.Tests.Support.TinyLanguageModels.Config();
-        var result = DecodeBenchmark.Run(config, context: 16, threads: 1, repeats: 1, decodeTokens: 4, recomputeTokens: 2);
+        var result = XrayVL.Benchmarks.DecodeBenchmark.Run(config, context: 16, threads: 1, repeats: 1, decodeTokens: 4, recomputeTokens: 2);
         Assert.Equal(LanguageModel.CountParameters(config), result.Parameters);
         Assert.All(new[] { result.CachedTokensPerSecondFp32, result.RecomputeTokensPerSecondFp32, result.CachedTokensPerSecondBf16,
                            result.PrefillMillisecondsFp32, result.PrefillMillisecondsBf16 }, v => Assert.True(v > 0 && double.IsFinite(v)));
         Assert.Contains("tokens/s", result.ToString());
-        Assert.Throws<XrayVLException>(() => DecodeBenchmark.Run(config, context: 4, decodeTokens: 4));
+        Assert.Throws<XrayVLException>(() => XrayVL.Benchmarks.DecodeBenchmark.Run(config, context: 4, decodeTokens: 4));
     }
 }

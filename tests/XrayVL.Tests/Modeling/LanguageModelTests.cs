@@ -388,7 +388,7 @@ public class LanguageModelTests
     {
         Assert.Equal(494_032_768, LanguageModel.CountParameters(Parse(Qwen2HalfBillion)));
         Assert.Equal(1_100_048_384, LanguageModel.CountParameters(Parse(TinyLlama)));
-        Assert.Equal(26_673_664, LanguageModel.CountParameters(XrayVL.Inference.DecodeBenchmark.DefaultConfig));
+        Assert.Equal(20_773_376, LanguageModel.CountParameters(XrayVL.Benchmarks.DecodeBenchmark.DefaultConfig));
     }
 
     [Theory]

@@ -1,8 +1,9 @@
 using System.Diagnostics;
 using TorchSharp;
+using XrayVL.Modeling;
 using static TorchSharp.torch;
 
-namespace XrayVL.Modeling;
+namespace XrayVL.Benchmarks;
 
 /// <summary>Encoder throughput on this machine (a figure to report, e.g. from `xrayvl bench`; never asserted by tests).</summary>
 public static class VisionBenchmark

@@ -1,9 +1,9 @@
-using System.Diagnostics;
 using TorchSharp;
 using XrayVL.Modeling;
+using static XrayVL.Benchmarks.Bench;
 using static TorchSharp.torch;
 
-namespace XrayVL.Inference;
+namespace XrayVL.Benchmarks;
 
 /// <summary>The figures of one <see cref="DecodeBenchmark"/> run (medians over the repeats).</summary>
 public sealed record DecodeBenchmarkResult(
@@ -28,10 +28,10 @@ public sealed record DecodeBenchmarkResult(
 /// </summary>
 public static class DecodeBenchmark
 {
-    /// <summary>A ~27M-parameter decoder (26,673,664 with tied embeddings), the size of the project's larger CPU models.</summary>
+    /// <summary>A ~20M-parameter decoder (20,773,376 with tied embeddings): 6 layers × 2,950,144 + 6000 × 512 embeddings + final norm.</summary>
     public static LanguageModelConfig DefaultConfig { get; } = new()
     {
-        VocabSize = 6000, HiddenSize = 512, IntermediateSize = 1408, NumHiddenLayers = 8,
+        VocabSize = 6000, HiddenSize = 512, IntermediateSize = 1408, NumHiddenLayers = 6,
         NumAttentionHeads = 8, NumKeyValueHeads = 4, MaxPositionEmbeddings = 1024,
     };
 
@@ -69,56 +69,5 @@ public static class DecodeBenchmark
         {
             torch.set_num_threads(previousThreads);
         }
-    }
-
-    /// <summary>Runs once to warm up, then <paramref name="repeats"/> times; the median of the measured values.</summary>
-    private static double Median(int repeats, Func<double> measure)
-    {
-        measure();
-        var values = Enumerable.Range(0, repeats).Select(_ => measure()).Order().ToArray();
-        return values[values.Length / 2];
-    }
-
-    /// <summary>Milliseconds to prefill the whole context (last-position logits only, as generation does).</summary>
-    private static double Prefill(LanguageModel model, Tensor ids)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var embeds = model.Embed(ids);
-        var watch = Stopwatch.StartNew();
-        using var cache = model.NewCache(1, (int)ids.shape[1]);
-        model.Forward(embeds, null, cache, logitsForLastOnly: true);
-        return watch.Elapsed.TotalMilliseconds;
-    }
-
-    /// <summary>Tokens/s of greedy decoding with the cache from context − n to context (the prefill is not timed).</summary>
-    private static double CachedDecode(LanguageModel model, Tensor ids, int tokens)
-    {
-        using var scope = NewDisposeScope();
-        Tensor prompt;
-        using (torch.no_grad()) prompt = model.Embed(ids.narrow(1, 0, ids.shape[1] - tokens));
-        var options = new GenerationOptions { MaxNewTokens = tokens };
-        using var stream = new Generator(model).Generate(prompt, options).GetEnumerator();
-        if (!stream.MoveNext()) throw new InvalidOperationException("no token generated");   // prefill + first token
-        var watch = Stopwatch.StartNew();
-        int decoded = 0;
-        while (stream.MoveNext()) decoded++;
-        return decoded / watch.Elapsed.TotalSeconds;
-    }
-
-    /// <summary>Tokens/s when every step runs the whole sequence again (no cache), from context − n to context.</summary>
-    private static double RecomputeDecode(LanguageModel model, Tensor ids, int tokens)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        var sequence = ids.narrow(1, 0, ids.shape[1] - tokens).clone();
-        var watch = Stopwatch.StartNew();
-        for (int i = 0; i < tokens; i++)
-        {
-            using var step = NewDisposeScope();
-            var next = model.Forward(model.Embed(sequence), logitsForLastOnly: true).argmax(-1);    // (1, 1)
-            sequence = torch.cat([sequence, next], dim: 1).MoveToOuterDisposeScope();
-        }
-        return tokens / watch.Elapsed.TotalSeconds;
     }
 }

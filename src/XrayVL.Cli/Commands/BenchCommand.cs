@@ -1,0 +1,43 @@
+using System.CommandLine;
+using System.Text.Json;
+using XrayVL.Benchmarks;
+
+namespace XrayVL.Cli;
+
+/// <summary>`xrayvl bench`: throughput of each pipeline stage and same-run ratios (KV cache vs recompute, bf16 vs fp32).</summary>
+public static class BenchCommand
+{
+    public static Command Create(CliIO io)
+    {
+        var model = CommonOptions.Model();
+        var image = new Option<string?>("--image") { Description = "Sample X-ray for decode and end-to-end figures (default: samples/iu-2_1.png)" };
+        var json = CommonOptions.Json("Print the figures as JSON");
+        var output = new Option<string?>("--out", "-o") { Description = "Also write the markdown table to this file" };
+        var threads = new Option<int>("--threads") { Description = "Torch threads", DefaultValueFactory = _ => Math.Min(2, Environment.ProcessorCount) };
+        var repeats = new Option<int>("--repeats") { Description = "Measured repeats per figure (median reported)", DefaultValueFactory = _ => 3 };
+        var languageModelOnly = new Option<bool>("--language-model-only")
+        {
+            Description = "Only decoding and prefill of a random ~20M-parameter decoder at context 256 (no model folder needed)",
+        };
+        var command = new Command("bench", "Measure throughput: image decode, vision encoder, prefill, decoding (KV cache vs recompute), fp32 vs bf16, seconds per report")
+            { model, image, json, output, threads, repeats, languageModelOnly };
+        command.SetAction(parse =>
+        {
+            void Log(string step) => io.Err.WriteLine($"  measuring {step}...");
+            if (parse.GetValue(languageModelOnly))
+            {
+                var result = DecodeBenchmark.Run(threads: parse.GetValue(threads), repeats: parse.GetValue(repeats), log: Log);
+                io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(result, Json.Options) : result.ToString());
+                return 0;
+            }
+            string sample = parse.GetValue(image) ?? RepositoryFiles.Sample();
+            var loaded = ModelLocator.Load(parse.GetValue(model));
+            var report = Bench.Run(loaded, sample, new Bench.Options { Threads = parse.GetValue(threads), Repeats = parse.GetValue(repeats) }, Log);
+            string markdown = report.ToMarkdown();
+            if (parse.GetValue(output) is { } path) Json.WriteAllTextAtomic(path, markdown);
+            io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(report, Json.Options) : markdown);
+            return 0;
+        });
+        return command;
+    }
+}

@@ -1,0 +1,117 @@
+using System.CommandLine;
+using XrayVL.Imaging;
+using XrayVL.Inference;
+
+namespace XrayVL.Cli;
+
+/// <summary>`xrayvl chat IMAGE`: a multi-turn conversation about an X-ray, answers streamed as they are written.</summary>
+public static class ChatCommand
+{
+    private const string Help = "Commands: /image PATH (add an X-ray to the next question), /clear (new conversation), /lang en|zh, /exit";
+
+    public static Command Create(CliIO io)
+    {
+        var image = new Argument<string?>("image") { Description = "X-ray file (PNG, JPEG or DICOM)", Arity = ArgumentArity.ZeroOrOne };
+        var model = CommonOptions.Model();
+        var lang = CommonOptions.Language();
+        var maxTokens = CommonOptions.MaxTokens();
+        var temperature = CommonOptions.Temperature();
+        var seed = CommonOptions.Seed();
+        var command = new Command("chat", "Chat about a chest X-ray (multi-turn, streamed answers)") { image, model, lang, maxTokens, temperature, seed };
+        command.SetAction(async (parse, cancel) =>
+        {
+            string? first = parse.GetValue(image);
+            var firstImage = first is null ? null : ImageFile.Load(first);
+            var loaded = ModelLocator.Load(parse.GetValue(model));
+            var session = new ChatSession(loaded, parse.GetValue(lang)!);
+            if (firstImage != null) session.AddImage(firstImage);
+            double temp = parse.GetValue(temperature);
+            var options = new GenerationOptions
+            {
+                MaxNewTokens = parse.GetValue(maxTokens),
+                DoSample = temp > 0,
+                Temperature = temp > 0 ? temp : 1.0,
+                Seed = parse.GetValue(seed),
+                RepetitionPenalty = 1.1,
+                NoRepeatNgramSize = 4,
+            };
+
+            io.Err.WriteLine($"XrayVL chat — model {loaded.Name}. {App.Disclaimer}");
+            io.Err.WriteLine(Help);
+            while (true)
+            {
+                cancel.ThrowIfCancellationRequested();
+                io.Out.Write("you> ");
+                io.Out.Flush();
+                string? line = await io.In.ReadLineAsync(cancel);
+                if (line is null) break;                                      // end of input
+                line = line.Trim();
+                if (line.Length == 0) continue;
+                if (line.StartsWith('/'))
+                {
+                    if (!HandleCommand(line, session, io)) break;
+                    continue;
+                }
+                IAsyncEnumerable<string> answer;
+                try
+                {
+                    answer = session.AskAsync(line, options, cancel);
+                }
+                catch (XrayVLException e)
+                {
+                    io.Err.WriteLine($"error: {e.Message}");                  // a bad turn does not end the chat
+                    continue;
+                }
+                io.Out.Write("xrayvl> ");
+                try
+                {
+                    await foreach (var piece in answer)
+                    {
+                        io.Out.Write(piece);
+                        io.Out.Flush();
+                    }
+                }
+                catch (XrayVLException e)
+                {
+                    io.Err.WriteLine($"error: {e.Message}");
+                }
+                io.Out.WriteLine();
+            }
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>Runs a /command; false ends the chat.</summary>
+    private static bool HandleCommand(string line, ChatSession session, CliIO io)
+    {
+        string[] parts = line.Split(' ', 2, StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        switch (parts[0])
+        {
+            case "/exit" or "/quit":
+                return false;
+            case "/clear":
+                session.Clear();
+                io.Err.WriteLine("(new conversation: add an image with /image PATH)");
+                return true;
+            case "/image" when parts.Length == 2:
+                try
+                {
+                    session.AddImage(ImageFile.Load(parts[1]));
+                    io.Err.WriteLine($"(image added: {parts[1]})");
+                }
+                catch (XrayVLException e)
+                {
+                    io.Err.WriteLine($"error: {e.Message}");
+                }
+                return true;
+            case "/lang" when parts.Length == 2 && parts[1] is "en" or "zh":
+                session.Language = parts[1];
+                io.Err.WriteLine($"(language: {parts[1]})");
+                return true;
+            default:
+                io.Err.WriteLine(Help);
+                return true;
+        }
+    }
+}

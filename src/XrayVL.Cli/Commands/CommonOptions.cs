@@ -1,0 +1,34 @@
+using System.CommandLine;
+
+namespace XrayVL.Cli;
+
+/// <summary>Options several commands share, defined once.</summary>
+public static class CommonOptions
+{
+    public static Option<string?> Model() => new("--model", "-m")
+    {
+        Description = "Checkpoint folder (config.json + model.safetensors + tokenizer); default: $XRAYVL_MODEL or models/default",
+    };
+
+    public static Option<string> Language(string defaultValue = "en") => new Option<string>("--lang", "-l")
+    {
+        Description = "Language of prompts and answers: en or zh",
+        DefaultValueFactory = _ => defaultValue,
+    }.AcceptOnlyFromAmong("en", "zh");
+
+    public static Option<bool> Json(string description = "Print JSON instead of text") => new("--json") { Description = description };
+
+    public static Option<int> MaxTokens() => new("--max-tokens")
+    {
+        Description = "Longest answer in tokens",
+        DefaultValueFactory = _ => 256,
+    };
+
+    public static Option<int?> Seed() => new("--seed") { Description = "Seed for sampling (reproducible answers)" };
+
+    public static Option<double> Temperature() => new("--temperature")
+    {
+        Description = "0 = greedy (default); above 0 samples with this temperature",
+        DefaultValueFactory = _ => 0.0,
+    };
+}

@@ -1,0 +1,61 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using XrayVL.Data;
+using XrayVL.Data.Labeler;
+using XrayVL.Imaging;
+using XrayVL.Inference;
+
+namespace XrayVL.Cli;
+
+/// <summary>`xrayvl report IMAGE...`: one report per image.</summary>
+public static class ReportCommand
+{
+    public static Command Create(CliIO io)
+    {
+        var images = new Argument<string[]>("images") { Description = "X-ray files (PNG, JPEG or DICOM)", Arity = ArgumentArity.OneOrMore };
+        var model = CommonOptions.Model();
+        var lang = CommonOptions.Language();
+        var json = CommonOptions.Json("Print one JSON object per image: image, report, labels, model, seconds");
+        var beams = new Option<int>("--beams") { Description = "Beam search width (1 = greedy; R2Gen uses 3)", DefaultValueFactory = _ => 1 };
+        var maxTokens = CommonOptions.MaxTokens();
+        var command = new Command("report", "Write a report for each chest X-ray") { images, model, lang, json, beams, maxTokens };
+        command.SetAction(async (parse, cancel) =>
+        {
+            string language = parse.GetValue(lang)!;
+            bool asJson = parse.GetValue(json);
+            // Read every image first: a bad file fails in a second, before the model loads.
+            var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
+            var loaded = ModelLocator.Load(parse.GetValue(model));
+            var options = new GenerationOptions { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
+            foreach (var (path, image) in loadedImages)
+            {
+                var clock = Stopwatch.StartNew();
+                var session = new ChatSession(loaded, language);
+                session.AddImage(image);
+                string report = await session.AskAllAsync(Instructions.ReportRequest(language), options, cancel);
+                double seconds = clock.Elapsed.TotalSeconds;
+                var labels = Labeler.Default.Label(report, language);
+                if (asJson)
+                {
+                    var record = new
+                    {
+                        image = path, report, labels = labels.ToDictionary(), model = loaded.Name,
+                        seconds = Math.Round(seconds, 3), language, disclaimer = App.Disclaimer,
+                    };
+                    io.Out.WriteLine(JsonSerializer.Serialize(record, Json.Line));
+                }
+                else
+                {
+                    if (loadedImages.Count > 1) io.Out.WriteLine($"== {path} ==");
+                    io.Out.WriteLine(report.Length > 0 ? report : "(the model wrote nothing)");
+                    io.Out.WriteLine($"[{App.Disclaimer}]");
+                    if (loadedImages.Count > 1) io.Out.WriteLine();
+                    io.Err.WriteLine($"({loaded.Name}, {seconds:0.00} s)");
+                }
+            }
+            return 0;
+        });
+        return command;
+    }
+}

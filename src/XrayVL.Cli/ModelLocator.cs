@@ -1,0 +1,39 @@
+using TorchSharp;
+using XrayVL.IO;
+
+namespace XrayVL.Cli;
+
+/// <summary>Finds the model folder a command should use: --model, else $XRAYVL_MODEL, else the shipped models/default.</summary>
+public static class ModelLocator
+{
+    public const string DefaultRelative = "models/default";
+
+    public static string Resolve(string? modelDir)
+    {
+        if (!string.IsNullOrWhiteSpace(modelDir))
+        {
+            if (!Directory.Exists(modelDir)) throw new XrayVLException($"{modelDir}: model folder not found");
+            return modelDir;
+        }
+        string? env = Environment.GetEnvironmentVariable("XRAYVL_MODEL");
+        if (!string.IsNullOrWhiteSpace(env))
+        {
+            if (!Directory.Exists(env)) throw new XrayVLException($"{env} (from XRAYVL_MODEL): model folder not found");
+            return env;
+        }
+        // The shipped model sits at the repository root, above src/XrayVL.Cli/bin/... or the working folder.
+        if (RepositoryFiles.Find(Path.Combine(DefaultRelative, Checkpoint.ConfigFileName)) is { } config) return Path.GetDirectoryName(config)!;
+        throw new XrayVLException(
+            $"no model given and no default model found ({DefaultRelative}/ is missing): pass --model DIR with a checkpoint " +
+            "folder, e.g. OUT/model written by `xrayvl train --config configs/default.json --out OUT`");
+    }
+
+    /// <summary>Loads the model for inference (no gradients anywhere).</summary>
+    public static LoadedModel Load(string? modelDir)
+    {
+        string dir = Resolve(modelDir);
+        var loaded = Checkpoint.Load(dir);
+        foreach (var p in loaded.Model.parameters()) p.requires_grad = false;
+        return loaded;
+    }
+}

@@ -1,0 +1,82 @@
+using System.Text.Json;
+using XrayVL.Tests.Support;
+using XrayVL.Tests.Text;
+
+namespace XrayVL.Tests.Cli;
+
+/// <summary>report / chat / info on a tiny checkpoint folder written through the real save path.</summary>
+public class ModelCommandTests
+{
+    private static string Sample(string name = "2_1.png") => SharedData.File("iu-xray", "images", name);
+
+    [Fact]
+    public void ReportPrintsOneJsonObjectPerImage()
+    {
+        var r = CliRunner.Run("report", Sample(), Sample("861_1.png"), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "12");
+        Assert.True(r.ExitCode == 0, r.Err);
+        var lines = r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(2, lines.Length);
+        using var first = JsonDocument.Parse(lines[0]);
+        var root = first.RootElement;
+        Assert.Equal(Sample(), root.GetProperty("image").GetString());
+        Assert.Equal(JsonValueKind.String, root.GetProperty("report").ValueKind);
+        Assert.Equal(Path.GetFileName(TinyCheckpoint.Directory), root.GetProperty("model").GetString());
+        Assert.True(root.GetProperty("seconds").GetDouble() > 0);
+        Assert.Equal(14, root.GetProperty("labels").EnumerateObject().Count());
+        Assert.Contains("not a medical device", root.GetProperty("disclaimer").GetString());
+    }
+
+    [Fact]
+    public void ReportTextSaysItIsNotForDiagnosisInBothLanguagesAndBeamSearchRuns()
+    {
+        var en = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--max-tokens", "8", "--beams", "3");
+        Assert.True(en.ExitCode == 0, en.Err);
+        Assert.Contains("not for clinical diagnosis", en.Out);
+        var zh = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--max-tokens", "8", "--lang", "zh");
+        Assert.True(zh.ExitCode == 0, zh.Err);
+    }
+
+    [Fact]
+    public async Task GreedyReportMatchesAChatSessionAskingTheSameRequest()
+    {
+        // The CLI adds nothing of its own to the prompt: the same request through the library gives the same text.
+        var r = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "16");
+        string cliReport = JsonDocument.Parse(r.Out).RootElement.GetProperty("report").GetString()!;
+        var loaded = XrayVL.IO.Checkpoint.Load(TinyCheckpoint.Directory);
+        var session = new XrayVL.Inference.ChatSession(loaded, "en");
+        session.AddImage(XrayVL.Imaging.ImageFile.Load(Sample()));
+        string direct = await session.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
+            new XrayVL.Inference.GenerationOptions { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
+        Assert.Equal(direct, cliReport);
+    }
+
+    [Fact]
+    public void ChatKeepsTurnsAndHandlesSlashCommands()
+    {
+        string input = string.Join('\n', "what do you see?", "/image " + Sample("861_1.png"), "and now?", "/clear", "hello", "/exit", "never read");
+        var r = CliRunner.RunWithInput(input, "chat", Sample(), "--model", TinyCheckpoint.Directory, "--max-tokens", "6");
+        Assert.True(r.ExitCode == 0, r.Err);
+        Assert.Equal(2, r.Out.Split("xrayvl> ").Length - 1);                  // two answers; "hello" after /clear has no image
+        Assert.Contains("image added", r.Err);
+        Assert.Contains("no image yet", r.Err);
+        Assert.Contains("not for clinical diagnosis", r.Err);
+    }
+
+    [Fact]
+    public void InfoPrintsArchitectureAndParameterCounts()
+    {
+        var r = CliRunner.Run("info", "--model", TinyCheckpoint.Directory, "--json");
+        Assert.True(r.ExitCode == 0, r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var p = doc.RootElement.GetProperty("parameters");
+        long total = p.GetProperty("total").GetInt64();
+        Assert.Equal(p.GetProperty("vision").GetInt64() + p.GetProperty("projector").GetInt64() + p.GetProperty("language_model").GetInt64(), total);
+        long expectedLm = XrayVL.Modeling.LanguageModel.CountParameters(TinyCheckpoint.Config().TextConfig);
+        Assert.Equal(expectedLm, p.GetProperty("language_model").GetInt64());
+        Assert.Equal(TrainedTokenizer.VocabSize, doc.RootElement.GetProperty("tokenizer").GetProperty("vocab_size").GetInt32());
+
+        var text = CliRunner.Run("info", "--model", TinyCheckpoint.Directory);
+        Assert.Contains("language model", text.Out);
+        Assert.Contains($"{total:N0}", text.Out);
+    }
+}
