@@ -100,4 +100,16 @@ public static class Seeds
             }
         return (int)(h & 0x7fffffff);
     }
+
+    /// <summary>A stable number for a name (FNV-1a over its UTF-16 code units).</summary>
+    public static long Of(string text)
+    {
+        ulong h = 14695981039346656037;
+        foreach (char c in text)
+        {
+            h ^= c;
+            h *= 1099511628211;
+        }
+        return (long)(h >> 1);
+    }
 }

@@ -41,7 +41,11 @@ public sealed class ComputeCopy : IDisposable
             Model = new VisionLanguageModel(master.Config);
             Model.to(device);
             Model.to(dtype);
-            if (lora is not null) Lora.Inject(Model.LanguageModel, lora);
+            if (lora is not null)
+            {
+                Lora.Inject(Model.LanguageModel, lora);
+                Model.to(dtype);   // adapters in bf16 too: the float32 master keeps updates exact, and no casts per layer
+            }
             var computeParameters = Model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
             foreach (var (name, p) in master.named_parameters())
             {

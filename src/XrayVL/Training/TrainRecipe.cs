@@ -150,13 +150,23 @@ public sealed record TrainRecipe
         return Path.GetFullPath(Path.IsPathRooted(path) ? path : Path.Combine(BaseDirectory, path));
     }
 
-    /// <summary>The shared data folder: the caller's choice (CLI --shared), else XRAYVL_SHARED_DATA, else data.shared (relative to the recipe).</summary>
+    /// <summary>
+    /// The shared data folder: the caller's choice (CLI --shared), else XRAYVL_SHARED_DATA, else data.shared — an absolute
+    /// path, or a relative one looked for in the recipe's folder and then in each folder above it (the first that exists).
+    /// </summary>
     public string? SharedDirectory(string? overrideDirectory)
     {
         if (!string.IsNullOrEmpty(overrideDirectory)) return Path.GetFullPath(overrideDirectory);
         string? env = Environment.GetEnvironmentVariable("XRAYVL_SHARED_DATA");
         if (!string.IsNullOrEmpty(env)) return Path.GetFullPath(env);
-        return Data.Shared is { Length: > 0 } s ? Path.GetFullPath(Path.IsPathRooted(s) ? s : Path.Combine(BaseDirectory, s)) : null;
+        if (Data.Shared is not { Length: > 0 } shared) return null;
+        if (Path.IsPathRooted(shared)) return Path.GetFullPath(shared);
+        for (var dir = new DirectoryInfo(BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.GetFullPath(Path.Combine(dir.FullName, shared));
+            if (Directory.Exists(candidate)) return candidate;
+        }
+        return Path.GetFullPath(Path.Combine(BaseDirectory, shared));
     }
 
     /// <summary>
@@ -211,7 +221,10 @@ public sealed record TokenizerRecipe
 /// <summary>The data sources, read with <see cref="DatasetBuilder"/> into OUT/data/NAME/manifest.jsonl, and how instructions are built.</summary>
 public sealed record DataRecipe
 {
-    /// <summary>The folder <c>${shared}</c> stands for, when neither the CLI (--shared) nor XRAYVL_SHARED_DATA gives one.</summary>
+    /// <summary>
+    /// The folder <c>${shared}</c> stands for when neither the CLI (--shared) nor XRAYVL_SHARED_DATA gives one; a relative
+    /// path is looked for from the recipe's folder upwards ("shared/data" finds ../shared/data of a checkout).
+    /// </summary>
     public string? Shared { get; init; }
     /// <summary>Seed of the patient-level split (used when a source has no official split).</summary>
     public int SplitSeed { get; init; } = 42;
@@ -258,6 +271,8 @@ public sealed record MixRecipe
     public bool Images { get; init; } = true;
     /// <summary>How many times each sample appears per epoch: up-weights a small source in a mixture.</summary>
     public int Repeat { get; init; } = 1;
+    /// <summary>At most this many training items, a seeded choice: down-weights a large source (null: all).</summary>
+    public int? Limit { get; init; }
 }
 
 /// <summary>What a stage trains, parsed from "vision+projector+lora"-style strings.</summary>
@@ -398,6 +413,7 @@ public sealed record StageRecipe
         {
             Require(mix is not null && !string.IsNullOrWhiteSpace(mix.Source), "a data entry has no source");
             Require(mix!.Repeat >= 1, $"data '{mix.Source}': repeat must be at least 1");
+            Require(mix.Limit is null or >= 1, $"data '{mix.Source}': limit must be at least 1");
             Require(mix.Splits.Count > 0 && mix.Splits.All(s => Data_Splits.Contains(s)), $"data '{mix.Source}': splits must list train, val and/or test");
             Require(Kind != Text || mix.Tasks is null || mix.Tasks.SequenceEqual([Instructions.Report]),
                 $"data '{mix.Source}': a text stage learns report text; tasks do not apply");

@@ -78,6 +78,12 @@ public static class TrainingData
         {
             var studies = sources[mix.Source];
             var fromTrain = ItemsOf(stage, recipe, mix, studies.Where(s => mix.Splits.Contains(s.Split ?? "")).ToList(), notes);
+            if (mix.Limit is { } limit && fromTrain.Count > limit)
+            {
+                var random = new Random(Seeds.Mix(recipe.Seed, Seeds.Of(stage.Name), Seeds.Of(mix.Source)));
+                notes.Add($"{mix.Source}: {limit} of {fromTrain.Count} items used (limit)");
+                fromTrain = fromTrain.OrderBy(_ => random.Next()).Take(limit).ToList();
+            }
             for (int r = 0; r < mix.Repeat; r++) train.AddRange(fromTrain);
             // Validation: the val split of every component once (components sharing a source share it).
             if (valSeen.Add($"{mix.Source}/{string.Join(",", stage.TasksFor(mix))}/{mix.Images}"))
@@ -112,10 +118,10 @@ public static class TrainingData
         var conversations = Instructions.Build(studies, options);
         if (wantImages)
             return conversations.Where(c => c.Images.Count > 0).Select(c => new StageItem(c, null, c.Language)).ToList();
-        // Text only: drop the images; equal texts (the same caption under two images) are learned once.
+        // Text only: drop the images; equal answers (the same caption under two images, asked in other words) are learned once.
         return conversations
             .Select(c => c with { Images = [], Turns = c.Turns.Select(t => t with { Images = 0 }).ToList() })
-            .DistinctBy(c => c.Language + "\u0001" + string.Join("\u0001", c.Turns.Select(t => t.Role + ":" + t.Text)))
+            .DistinctBy(c => c.Task + "\u0001" + c.Language + "\u0001" + string.Join("\u0001", c.Turns.Where(t => t.Role == "assistant").Select(t => t.Text)))
             .Select(c => new StageItem(c, null, c.Language)).ToList();
     }
 

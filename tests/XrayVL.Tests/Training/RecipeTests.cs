@@ -1,4 +1,5 @@
 using XrayVL.Data;
+using XrayVL.Modeling;
 using XrayVL.Tests.Text;
 using XrayVL.Training;
 
@@ -95,6 +96,24 @@ public class RecipeTests
     {
         var e = Invalid(Recipe(stages));
         Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void TheDefaultRecipeIsValidFindsTheSharedDataAndMakesAModelUnder50Megabytes()
+    {
+        string? path = null;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null && path is null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "configs", "default.json"))) path = Path.Combine(dir.FullName, "configs", "default.json");
+        var recipe = TrainRecipe.Load(path ?? throw new FileNotFoundException("configs/default.json not found above the test binaries"));
+        Assert.Equal(["text", "align", "instruct"], recipe.Stages.Select(s => s.Name));
+        string? shared = recipe.SharedDirectory(null);
+        Assert.True(File.Exists(Path.Combine(shared!, "PROVENANCE.md")), shared);
+        Assert.True(Directory.Exists(recipe.ResolvePath(recipe.Data.Sources["covid"].Input, shared)));
+
+        using var model = new VisionLanguageModel(recipe.Model.Config!.WithTokenizer(recipe.Tokenizer.VocabSize, recipe.Tokenizer.VocabSize - 1));
+        long bytes = model.parameters().Sum(p => p.numel()) * 4;
+        Assert.InRange(bytes, 10_000_000, 50_000_000);
+        Assert.Equal(49, model.TokensPerImage);
     }
 
     [Fact]
