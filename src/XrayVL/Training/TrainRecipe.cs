@@ -52,7 +52,7 @@ public sealed record TrainRecipe
         return (recipe with { SourcePath = path }).Validate();
     }
 
-    /// <summary>Parses recipe JSON text (tests, or recipes built in code); relative paths start from <paramref name="baseDirectory"/>'s file.</summary>
+    /// <summary>Parses and validates recipe JSON text; relative paths start from the folder of <paramref name="sourcePath"/> (else the current folder).</summary>
     public static TrainRecipe Parse(string json, string? sourcePath = null)
     {
         TrainRecipe? recipe;

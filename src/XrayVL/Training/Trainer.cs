@@ -132,6 +132,7 @@ public sealed class Trainer
 
         // 4. The stages, in order.
         int firstStage = resume is { } s ? (s.State.StageCompleted ? s.State.StageIndex + 1 : s.State.StageIndex) : 0;
+        if (firstStage >= recipe.Stages.Count) Note("every stage is done; writing the final model again");
         var summaries = new List<StageSummary>();
         for (int i = firstStage; i < recipe.Stages.Count; i++)
         {
