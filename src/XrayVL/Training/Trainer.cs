@@ -223,7 +223,7 @@ public sealed class Trainer
         double? bestVal = resume?.State.BestValLoss;
         double? lastLoss = null, lastVal = null;
         double emaSeconds = 0, emaTokens = 0, stepSeconds = 0;
-        long stepsDone = 0, lastSaved = -1;
+        long stepsDone = 0;
         var stageClock = Stopwatch.StartNew();
 
         for (long step = startStep + 1; step <= endStep; step++)
@@ -320,7 +320,6 @@ public sealed class Trainer
             if ((stage.SaveEvery > 0 && step % stage.SaveEvery == 0) || last)
             {
                 SaveCheckpoint(stageIndex, step, totalSteps, bestVal, optimizer, optimized, lora, stage.KeepLast, last ? "end of stage" : $"every {stage.SaveEvery} steps");
-                lastSaved = step;
             }
         }
 

@@ -42,7 +42,7 @@ public class TrainerTests
         File.ReadAllLines(Path.Combine(outDir, TrainingLog.MetricsFile)).Select(l => JsonSerializer.Deserialize<MetricsLine>(l, Json.Line)!).ToList();
 
     [Fact]
-    public void TextStageMemorisesTheReportsAndWritesItsLogsAndAUsableModel()
+    public async Task TextStageMemorisesTheReportsAndWritesItsLogsAndAUsableModel()
     {
         var recipe = F.Recipe("""
             [ { "name": "text", "kind": "text", "steps": 40, "batch_size": 5, "lr": 3e-3, "warmup_steps": 3,
@@ -69,6 +69,11 @@ public class TrainerTests
         // The final model is a plain folder the inference side loads; best/ holds the best validation step.
         var loaded = Checkpoint.Load(result.ModelDirectory);
         Assert.Equal(ScalarType.Float32, loaded.Model.LanguageModel.DType);
+        var chat = new XrayVL.Inference.ChatSession(loaded);
+        chat.AddImage(ImageFile.Load(F.Images[0]));
+        string answer = await chat.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
+            new XrayVL.Inference.GenerationOptions { MaxNewTokens = 8 }, Token);
+        Assert.False(string.IsNullOrWhiteSpace(answer));
         Assert.NotNull(result.BestDirectory);
         Assert.True(File.Exists(Path.Combine(result.BestDirectory!, Checkpoint.WeightsFileName)));
         Assert.Equal(["step-40"], Directory.GetDirectories(Path.Combine(outDir, Trainer.CheckpointsFolder)).Select(Path.GetFileName));
