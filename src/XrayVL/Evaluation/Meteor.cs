@@ -41,24 +41,37 @@ public static class Meteor
     {
         if (candidates.Count != references.Count)
             throw new ArgumentException($"{candidates.Count} candidates but {references.Count} reference sets");
-        var perItem = candidates.Select((c, i) => Sentence(c, references[i], lang)).ToArray();
+        var stems = new Dictionary<string, string>(StringComparer.Ordinal);   // stemming is the costly part: once per word type
+        var perItem = candidates.Select((c, i) => Sentence(c, references[i], lang, stems)).ToArray();
         return (perItem.Length == 0 ? 0 : perItem.Average(), perItem);
     }
 
-    public static double Sentence(IReadOnlyList<string> candidate, IReadOnlyList<IReadOnlyList<string>> references, string lang = "en")
+    public static double Sentence(IReadOnlyList<string> candidate, IReadOnlyList<IReadOnlyList<string>> references, string lang = "en") =>
+        Sentence(candidate, references, lang, new Dictionary<string, string>(StringComparer.Ordinal));
+
+    private static double Sentence(IReadOnlyList<string> candidate, IReadOnlyList<IReadOnlyList<string>> references, string lang, Dictionary<string, string> stems)
     {
         if (references.Count == 0) throw new ArgumentException("no reference");
-        return references.Max(r => Align(candidate, r, useStems: lang == "en").Score);
+        return references.Max(r => Align(candidate, r, lang == "en", stems).Score);
     }
 
     /// <summary>Aligns a candidate with one reference: exact matches, then (with <paramref name="useStems"/>) stem matches.</summary>
-    public static MeteorAlignment Align(IReadOnlyList<string> candidate, IReadOnlyList<string> reference, bool useStems = true)
+    public static MeteorAlignment Align(IReadOnlyList<string> candidate, IReadOnlyList<string> reference, bool useStems = true) =>
+        Align(candidate, reference, useStems, new Dictionary<string, string>(StringComparer.Ordinal));
+
+    private static MeteorAlignment Align(IReadOnlyList<string> candidate, IReadOnlyList<string> reference, bool useStems, Dictionary<string, string> stems)
     {
+        string Stem(string word)
+        {
+            if (!stems.TryGetValue(word, out var stem)) stems[word] = stem = PorterStemmer.Stem(word);
+            return stem;
+        }
+
         var candidateToReference = Enumerable.Repeat(-1, candidate.Count).ToArray();
         var referenceTaken = new bool[reference.Count];
         MatchStage(candidate, reference, candidateToReference, referenceTaken);
         if (useStems)
-            MatchStage(candidate.Select(PorterStemmer.Stem).ToList(), reference.Select(PorterStemmer.Stem).ToList(), candidateToReference, referenceTaken);
+            MatchStage(candidate.Select(Stem).ToList(), reference.Select(Stem).ToList(), candidateToReference, referenceTaken);
 
         int matches = 0, chunks = 0, previous = -2;
         for (int i = 0; i < candidate.Count; i++)

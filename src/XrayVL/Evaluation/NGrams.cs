@@ -14,10 +14,27 @@ internal static class NGrams
             var d = counts[n - 1] = new Dictionary<string, int>(StringComparer.Ordinal);
             for (int i = 0; i + n <= tokens.Count; i++)
             {
-                string key = n == 1 ? tokens[i] : string.Join(Separator, tokens.Skip(i).Take(n));
+                string key = n == 1 ? tokens[i] : Key(tokens, i, n);
                 d[key] = d.GetValueOrDefault(key) + 1;
             }
         }
         return counts;
+    }
+
+    private static string Key(IReadOnlyList<string> tokens, int start, int n)
+    {
+        int length = n - 1;
+        for (int k = 0; k < n; k++) length += tokens[start + k].Length;
+        return string.Create(length, (tokens, start, n), static (span, state) =>
+        {
+            int at = 0;
+            for (int k = 0; k < state.n; k++)
+            {
+                if (k > 0) span[at++] = Separator;
+                string token = state.tokens[state.start + k];
+                token.CopyTo(span[at..]);
+                at += token.Length;
+            }
+        });
     }
 }

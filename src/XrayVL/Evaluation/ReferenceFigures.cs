@@ -80,6 +80,7 @@ public static class ReferenceFigures
     public static ReferenceFiguresResult TextBaselines(IReadOnlyList<string> trainReports, IReadOnlyList<string> testReports, int randomSeeds = 5, ILabeler? labeler = null)
     {
         if (randomSeeds < 1) throw new XrayVLException("randomSeeds must be at least 1");
+        labeler = new CachingLabeler(labeler ?? Labeler.Default);   // the same texts are labeled in every row
         var test = testReports.Where(r => !string.IsNullOrWhiteSpace(r)).ToList();
         if (test.Count == 0) throw new XrayVLException("no test report to score");
         var references = test.Select(r => (IReadOnlyList<string>)[r]).ToList();
@@ -159,4 +160,21 @@ public static class ReferenceFigures
         CeAccuracy = runs.Average(r => r.CeAccuracy),
         ClinicalEfficacy = null,
     };
+}
+
+/// <summary>Remembers the labels of texts already labeled (baseline tables label the same reports many times).</summary>
+internal sealed class CachingLabeler(ILabeler inner) : ILabeler
+{
+    private readonly Dictionary<(string, string), ChexpertLabels> cache = [];
+
+    public ChexpertLabels Label(string report, string lang = "auto")
+    {
+        lock (cache)
+        {
+            if (cache.TryGetValue((report, lang), out var labels)) return labels;
+        }
+        var result = inner.Label(report, lang);
+        lock (cache) cache[(report, lang)] = result;
+        return result;
+    }
 }
