@@ -12,6 +12,8 @@ public static class Commands
         InfoCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),
+        ScoreCommand.Create(io),
+        EvalCommand.Create(io),
         BenchCommand.Create(io),
     ];
 }
