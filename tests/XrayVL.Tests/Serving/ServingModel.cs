@@ -16,19 +16,41 @@ public static class ServingModel
 
     public static LoadedModel Loaded => Shared.Value;
 
-    private static LoadedModel Build()
+    private static readonly Lazy<LoadedModel> SharedSlow = new(() => Build(hidden: 384, layers: 4, name: "slower-xrayvl"));
+
+    /// <summary>
+    /// A wider decoder (a few milliseconds per token here instead of a fraction of one) for the tests that must act
+    /// while an answer is still being written; real models are slower still.
+    /// </summary>
+    public static LoadedModel Slow => SharedSlow.Value;
+
+    private static LoadedModel Build() => Build(hidden: 64, layers: 2, name: "tiny-xrayvl");
+
+    private static LoadedModel Build(int hidden, int layers, string name)
     {
         var tokenizer = TrainedTokenizer.Instance.Tokenizer;
         var tiny = TinyVisionLanguageModels.Config();
         var config = tiny with
         {
             // Vocabulary and image token from the tokenizer; room for a few turns of the chat template.
-            TextConfig = tiny.TextConfig with { VocabSize = tokenizer.VocabSize, MaxPositionEmbeddings = 1024 },
+            TextConfig = tiny.TextConfig with
+            {
+                VocabSize = tokenizer.VocabSize, MaxPositionEmbeddings = 1024,
+                HiddenSize = hidden, IntermediateSize = hidden * 3, NumHiddenLayers = layers,
+            },
             ImageTokenIndex = tokenizer.ImageId,
         };
-        string dir = Path.Combine(TempDir.Create("xrayvl-serving"), "tiny-xrayvl");
+        string dir = Path.Combine(TempDir.Create("xrayvl-serving"), name);
         using (var model = TinyVisionLanguageModels.Create(config, seed: 11))
+        {
+            // The vision tower and projector were drawn from torch's global generator, which parallel tests share:
+            // redraw them from a seeded one so that the model, and so every greedy answer, is the same in every run.
+            using var generator = new TorchSharp.torch.Generator(12);
+            using (TorchSharp.torch.no_grad())
+                foreach (var (key, parameter) in model.named_parameters())
+                    if (!key.StartsWith("language_model.", StringComparison.Ordinal) && parameter.dim() >= 2) parameter.normal_(0, 0.05, generator);
             Checkpoint.Save(dir, model, tokenizer, new PreprocessConfig { ImageSize = config.VisionConfig.ImageSize });
+        }
         return Checkpoint.Load(dir);
     }
 
