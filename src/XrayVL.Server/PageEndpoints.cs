@@ -88,7 +88,8 @@ internal static class PageEndpoints
         ["id"] = session.Id,
         ["language"] = session.Chat.Language,
         ["image"] = ImageJson(session),
-        ["turns"] = new JsonArray([.. session.Chat.Messages.Select(m => (JsonNode)new JsonObject
+        // A copy first: an answer being written may add its turns meanwhile.
+        ["turns"] = new JsonArray([.. session.Chat.Messages.ToArray().Select(m => (JsonNode)new JsonObject
         {
             ["role"] = m.Role == ChatRole.User ? "user" : "assistant",
             ["text"] = m.Text,
