@@ -9,6 +9,7 @@ public static class Commands
     [
         ReportCommand.Create(io),
         ChatCommand.Create(io),
+        ServeCommand.Create(io),
         InfoCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),
