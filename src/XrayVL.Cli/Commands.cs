@@ -9,9 +9,12 @@ public static class Commands
     [
         ReportCommand.Create(io),
         ChatCommand.Create(io),
+        ServeCommand.Create(io),
         InfoCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),
+        ScoreCommand.Create(io),
+        EvalCommand.Create(io),
         BenchCommand.Create(io),
     ];
 }

@@ -27,7 +27,8 @@ public static class ReportCommand
             // Read every image first: a bad file fails in a second, before the model loads.
             var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
             var loaded = ModelLocator.Load(parse.GetValue(model));
-            var options = new GenerationOptions { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
+            // The decoding every front end uses (repetition penalty, n-gram ban, chat stop tokens), with this command's width and length.
+            var options = ChatSession.DefaultOptions(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
             foreach (var (path, image) in loadedImages)
             {
                 var clock = Stopwatch.StartNew();

@@ -36,7 +36,7 @@ public static class ImageFile
         int n;
         while ((n = stream.Read(chunk)) > 0)
         {
-            if (buffer.Length + n > maxBytes) throw new XrayVLException($"{path}: more than {maxBytes / 1048576.0:0.#} MiB, above the image size limit");
+            if (buffer.Length + n > maxBytes) throw new ImageLimitException($"{path}: more than {maxBytes / 1048576.0:0.#} MiB, above the image size limit");
             buffer.Write(chunk, 0, n);
         }
         return buffer.ToArray();

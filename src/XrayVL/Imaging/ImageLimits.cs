@@ -22,7 +22,7 @@ public sealed record ImageLimits
             throw new XrayVLException($"{name}: {what} says {width}×{height} pixels, which is not a valid image size");
         long pixels = width * height;
         if (width > MaxSide || height > MaxSide || pixels > MaxPixels)
-            throw new XrayVLException(
+            throw new ImageLimitException(
                 $"{name}: {what} says {width}×{height} pixels ({pixels / 1e6:0.#} megapixels), above the limit of " +
                 $"{MaxPixels / 1e6:0.#} megapixels and {MaxSide} px per side (corrupt file or decompression bomb)");
     }
@@ -30,6 +30,9 @@ public sealed record ImageLimits
     public void CheckFileSize(string name, long bytes)
     {
         if (bytes > MaxBytes)
-            throw new XrayVLException($"{name}: file is {bytes / 1048576.0:0.#} MiB, above the limit of {MaxBytes / 1048576.0:0.#} MiB");
+            throw new ImageLimitException($"{name}: file is {bytes / 1048576.0:0.#} MiB, above the limit of {MaxBytes / 1048576.0:0.#} MiB");
     }
 }
+
+/// <summary>An image refused for its size (bytes, pixels or side) rather than for being corrupt: servers answer it with 413.</summary>
+public sealed class ImageLimitException(string message) : XrayVLException(message);

@@ -77,7 +77,7 @@ public static class Preprocess
     public static float[] ToArray(GrayImage image, PreprocessConfig config)
     {
         int s = config.ImageSize;
-        var square = Resize(PadToSquare(image, config.PadValue), s, s);
+        var square = ToModelSquare(image, config);
         var result = new float[config.Channels * s * s];
         for (int c = 0; c < config.Channels; c++)
         {
@@ -88,6 +88,13 @@ public static class Preprocess
         }
         return result;
     }
+
+    /// <summary>
+    /// The padded, resized S×S gray image the model sees, before normalisation. Preprocessing it again changes nothing,
+    /// so a server can keep this small image instead of the upload and still give the model the same input.
+    /// </summary>
+    public static GrayImage ToModelSquare(GrayImage image, PreprocessConfig config) =>
+        Resize(PadToSquare(image, config.PadValue), config.ImageSize, config.ImageSize);
 
     /// <summary>Centres the image on a square canvas of side max(W, H); when the difference is odd the extra row or
     /// column of padding goes to the bottom or right.</summary>

@@ -73,25 +73,46 @@ internal sealed class TokenHistory : IDisposable
     private Tensor? seen;                     // (R, V) bool: the repetition penalty's view of the rows, when it is on
     private readonly GenerationOptions options;
     private readonly int vocab;
+    private readonly Device device;
 
     public TokenHistory(IReadOnlyList<IReadOnlyList<int>?> prompts, int vocab, GenerationOptions options, Device device)
     {
         this.options = options;
         this.vocab = vocab;
-        rows = prompts.Select(p => p?.ToList() ?? []).ToArray();
-        foreach (var id in rows.SelectMany(r => r))
-            if (id < 0 || id >= vocab) throw new XrayVLException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
-        if (options.RepetitionPenalty != 1.0)
-        {
-            var mask = new bool[rows.Length * vocab];
-            for (int r = 0; r < rows.Length; r++)
-                foreach (var id in rows[r]) mask[r * vocab + id] = true;
-            using var scope = NewDisposeScope();
-            seen = torch.tensor(mask, device: device).view(rows.Length, vocab).DetachFromDisposeScope();
-        }
+        this.device = device;
+        rows = [];
+        AddRows(prompts);
     }
 
+    public int Count => rows.Length;
+
     public IReadOnlyList<int> Row(int r) => rows[r];
+
+    /// <summary>Checks prompt ids against the vocabulary (before a row is admitted anywhere).</summary>
+    public static void CheckIds(IReadOnlyList<int>? prompt, int vocab)
+    {
+        foreach (var id in prompt ?? [])
+            if (id < 0 || id >= vocab) throw new XrayVLException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
+    }
+
+    /// <summary>Appends rows after the existing ones (continuous batching admits prompts between steps).</summary>
+    public void AddRows(IReadOnlyList<IReadOnlyList<int>?> prompts)
+    {
+        foreach (var prompt in prompts) CheckIds(prompt, vocab);
+        var added = prompts.Select(p => p?.ToList() ?? []).ToArray();
+        if (options.RepetitionPenalty != 1.0)
+        {
+            var mask = new bool[added.Length * vocab];
+            for (int r = 0; r < added.Length; r++)
+                foreach (var id in added[r]) mask[r * vocab + id] = true;
+            using var scope = NewDisposeScope();
+            var addedSeen = torch.tensor(mask, device: device).view(added.Length, vocab);
+            var all = (seen is null ? addedSeen : torch.cat([seen, addedSeen], 0)).DetachFromDisposeScope();
+            seen?.Dispose();
+            seen = all;
+        }
+        rows = [.. rows, .. added];
+    }
 
     /// <summary>Appends one token per row; a negative id (a finished row) appends nothing.</summary>
     public void Append(IReadOnlyList<int> tokens)

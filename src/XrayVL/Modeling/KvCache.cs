@@ -75,6 +75,41 @@ public sealed class KvCache : IDisposable
         Batch = rows;
     }
 
+    /// <summary>
+    /// A new cache of <paramref name="rows"/>.Count rows: row i holds the last <c>Count</c> stored positions of row
+    /// <c>Row</c> of <c>Source</c>, right-aligned to end at <paramref name="length"/> (the slots before are left padding,
+    /// which the caller masks). Continuous batching uses it to join prompts prefilled apart and to drop finished rows:
+    /// stored keys are already rotated by their token positions, so moving them to other slots changes nothing.
+    /// </summary>
+    public static KvCache Gather(IReadOnlyList<(KvCache Source, int Row, int Count)> rows, int length, int capacity)
+    {
+        if (rows.Count == 0) throw new XrayVLException("KV cache gather needs at least one row");
+        var first = rows[0].Source;
+        foreach (var (source, row, count) in rows)
+        {
+            ObjectDisposedException.ThrowIf(source.disposed, source);
+            if (source.Layers != first.Layers || row < 0 || row >= source.Batch || count < 0 || count > source.Length || count > length)
+                throw new XrayVLException($"KV cache gather: row {row} with {count} positions does not fit (source rows {source.Batch}, length {source.Length}, target length {length})");
+        }
+        if (length > capacity) throw new XrayVLException($"KV cache gather: length {length} exceeds capacity {capacity}");
+        var shape = first.keys[0].shape;                                                    // (B, Hkv, capacity, hd)
+        var target = new KvCache(first.Layers, rows.Count, (int)shape[1], (int)shape[3], capacity, first.keys[0].dtype, first.keys[0].device);
+        using (var scope = NewDisposeScope())
+        using (torch.no_grad())
+        {
+            for (int layer = 0; layer < first.Layers; layer++)
+                for (int i = 0; i < rows.Count; i++)
+                {
+                    var (source, row, count) = rows[i];
+                    if (count == 0) continue;
+                    target.keys[layer][i].narrow(1, length - count, count).copy_(source.keys[layer][row].narrow(1, source.Length - count, count));
+                    target.values[layer][i].narrow(1, length - count, count).copy_(source.values[layer][row].narrow(1, source.Length - count, count));
+                }
+        }
+        target.Length = length;
+        return target;
+    }
+
     private Tensor Select(Tensor store, Tensor rowIndices, int rows)
     {
         var selected = store.narrow(2, 0, Length).index_select(0, rowIndices);             // (rows, Hkv, Length, hd)

@@ -46,7 +46,7 @@ public class ModelCommandTests
         var session = new XrayVL.Inference.ChatSession(loaded, "en");
         session.AddImage(XrayVL.Imaging.ImageFile.Load(Sample()));
         string direct = await session.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
-            new XrayVL.Inference.GenerationOptions { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
+            XrayVL.Inference.ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
         Assert.Equal(direct, cliReport);
     }
 

@@ -38,12 +38,12 @@ public class ImageFileTests
     {
         using var folder = new TempFolder();
         string path = folder.Write("big.png", File.ReadAllBytes(IuPng("2_1.png")));
-        var e = Assert.Throws<XrayVLException>(() => ImageFile.Load(path, new ImageLimits { MaxBytes = 1000 }));
+        var e = Assert.Throws<ImageLimitException>(() => ImageFile.Load(path, new ImageLimits { MaxBytes = 1000 }));
         Assert.StartsWith($"{path}: file is ", e.Message);
         Assert.Contains("limit", e.Message);
         // A device reports length 0 and never ends: the cap still holds.
         if (File.Exists("/dev/zero"))
-            Assert.Contains("limit", Assert.Throws<XrayVLException>(() => ImageFile.Load("/dev/zero", new ImageLimits { MaxBytes = 1 << 20 })).Message);
+            Assert.Contains("limit", Assert.Throws<ImageLimitException>(() => ImageFile.Load("/dev/zero", new ImageLimits { MaxBytes = 1 << 20 })).Message);
     }
 
     [Fact]
@@ -55,7 +55,7 @@ public class ImageFileTests
         byte[] dicom = DicomWriter.WriteNative(10, 11, new int[110], new DicomWriteOptions());
         foreach (var (bytes, name) in new[] { (png, "a.png"), (jpeg, "a.jpg"), (dicom, "a.dcm") })
         {
-            Assert.Contains("11×10", Assert.Throws<XrayVLException>(() => ImageFile.Decode(bytes, name, small)).Message);
+            Assert.Contains("11×10", Assert.Throws<ImageLimitException>(() => ImageFile.Decode(bytes, name, small)).Message);
             Assert.Equal(110, ImageFile.Decode(bytes, name).Pixels.Length);
         }
     }

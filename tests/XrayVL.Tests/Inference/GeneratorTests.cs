@@ -295,7 +295,8 @@ public class GeneratorTests
         foreach (var _token in generator.Generate(prompt, options, cancellationToken: Ct))
             liveAt[++count] = stats.ThreadTotalLiveCount;
         Assert.Equal(60, count);
-        Assert.Equal(liveAt[10], liveAt[60]);                                          // nothing accumulates per step
+        Assert.Equal(liveAt[10], liveAt[59]);                                          // nothing accumulates per step
+        Assert.True(liveAt[60] < liveAt[59]);                                          // the finished row leaves at once
         Assert.Equal(before, stats.ThreadTotalLiveCount);                              // and everything is released at the end
 
         long beforeBeams = stats.ThreadTotalLiveCount;

@@ -1,0 +1,56 @@
+using System.CommandLine;
+using Spectre.Console;
+using XrayVL.Evaluation;
+using XrayVL.Inference;
+
+namespace XrayVL.Cli;
+
+/// <summary>`xrayvl eval`: generate on a manifest split, score beside baselines, write predictions, metrics and a report.</summary>
+public static class EvalCommand
+{
+    public static Command Create(CliIO io)
+    {
+        var model = CommonOptions.Model();
+        var manifest = new Option<string>("--manifest") { Description = "manifest.jsonl from `xrayvl data build`", Required = true };
+        var split = new Option<string>("--split") { Description = "Split to evaluate", DefaultValueFactory = _ => "test" };
+        var tasks = new Option<string>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground", DefaultValueFactory = _ => string.Join(",", EvalTasks.All) };
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: predictions.jsonl, metrics.json, report.md, plots", DefaultValueFactory = _ => "eval-out" };
+        var batch = new Option<int>("--batch-size") { Description = "Prompts generated together", DefaultValueFactory = _ => 8 };
+        var maxStudies = new Option<int?>("--max-studies") { Description = "Evaluate at most this many studies of the split" };
+        var beams = new Option<int>("--beams") { Description = "Beam width for reports (1 = greedy)", DefaultValueFactory = _ => 1 };
+        var maxTokens = CommonOptions.MaxTokens();
+        var command = new Command("eval", "Evaluate a model on a manifest split: reports, closed VQA, finding classification, grounding")
+            { model, manifest, split, tasks, output, batch, maxStudies, beams, maxTokens };
+        command.SetAction(async (parse, cancel) =>
+        {
+            var options = new EvalOptions
+            {
+                Split = parse.GetValue(split)!,
+                Tasks = EvalTasks.Parse(parse.GetValue(tasks)!),
+                BatchSize = parse.GetValue(batch),
+                MaxStudies = parse.GetValue(maxStudies),
+                Generation = new GenerationOptions { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) },
+            }.Validate();
+            var loaded = ModelLocator.Load(parse.GetValue(model));
+            string outDir = parse.GetValue(output)!;
+            EvalResult result = null!;
+            await io.Ui.Progress()
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+                .StartAsync(async ctx =>
+                {
+                    var task = ctx.AddTask("generating", maxValue: 1);
+                    var progress = new Progress<(int Done, int Total)>(p =>
+                    {
+                        task.MaxValue = Math.Max(1, p.Total);
+                        task.Value = p.Done;
+                    });
+                    result = await Task.Run(() => new Evaluator(loaded).RunToFolder(parse.GetValue(manifest)!, outDir, options, progress, cancel), cancel);
+                    task.Value = task.MaxValue;
+                });
+            io.Out.WriteLine(File.ReadAllText(Path.Combine(outDir, "report.md")));
+            io.Err.WriteLine($"wrote {Path.Combine(outDir, "predictions.jsonl")}, metrics.json, report.md and plots ({result.Items.Count} items)");
+            return 0;
+        });
+        return command;
+    }
+}

@@ -1,0 +1,281 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using XrayVL.Data;
+using XrayVL.Data.Labeler;
+using XrayVL.Imaging;
+using XrayVL.Inference;
+using XrayVL.Text;
+
+namespace XrayVL.Server;
+
+/// <summary>
+/// The report API (<c>POST /api/report</c>: one image in, report + findings + boxes out) and the page's server-side
+/// conversations (<c>/api/sessions/...</c>): each holds one X-ray and its turns, answers stream as server-sent events.
+/// </summary>
+internal static class PageEndpoints
+{
+    /// <summary>Longest side of the preview the page shows (the model sees its own, smaller square).</summary>
+    public const int PreviewSide = 768;
+    public const int MaxQuestionLength = 4000;
+
+    public static void Map(WebApplication app, XrayServer server)
+    {
+        app.MapPost("/api/report", (HttpContext context) => Report(context, server));
+        app.MapPost("/api/sessions", (HttpContext context) => CreateSession(context, server));
+        app.MapGet("/api/sessions/{id}", (HttpContext context, string id) => Describe(context, Find(server, id)));
+        app.MapDelete("/api/sessions/{id}", (string id) =>
+            server.Sessions.Remove(id) ? Results.NoContent() : throw NotFound());
+        app.MapPost("/api/sessions/{id}/image", (HttpContext context, string id) => UploadImage(context, server, Find(server, id)));
+        app.MapGet("/api/sessions/{id}/image", (HttpContext context, string id) => Preview(context, Find(server, id)));
+        app.MapPost("/api/sessions/{id}/reset", (HttpContext context, string id) => Reset(context, Find(server, id)));
+        app.MapPost("/api/sessions/{id}/messages", (HttpContext context, string id) => Ask(context, server, Find(server, id)));
+    }
+
+    private static ApiException NotFound() =>
+        new(StatusCodes.Status404NotFound, "this conversation does not exist or has expired; start a new one");
+
+    private static WebSession Find(XrayServer server, string id) => server.Sessions.Get(id) ?? throw NotFound();
+
+    private static async Task Report(HttpContext context, XrayServer server)
+    {
+        var started = Stopwatch.GetTimestamp();
+        var (bytes, form) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
+        string language = Language(form["language"].ToString(), "language");
+        int maxTokens = MaxTokens(form["max_tokens"].ToString(), server.Options);
+        var image = Uploads.Decode(bytes, server.Options.ImageLimits);
+
+        var chat = new ChatSession(server.Model, server.Scheduler, language);
+        chat.AddImage(Preprocess.ToModelSquare(image, server.Model.Preprocess));
+        var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
+        string report = await chat.AskAllAsync(Instructions.ReportRequest(language), options, context.RequestAborted);
+        var labels = Labeler.Default.Label(report, language);
+        await Results.Json(new JsonObject
+        {
+            ["report"] = report,
+            ["language"] = language,
+            ["labels"] = LabelsJson(labels),
+            ["evidence"] = EvidenceJson(labels),
+            ["boxes"] = BoxesJson(GridBoxes.Parse(report)),
+            ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
+            ["model"] = server.ModelId,
+            ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
+        }, ServerSentEvents.JsonOptions).ExecuteAsync(context);
+    }
+
+    private static async Task CreateSession(HttpContext context, XrayServer server)
+    {
+        string language = "en";
+        if (context.Request.ContentLength is > 0)
+        {
+            var body = await ReadJsonObject(context);
+            language = Language(StringField(body, "language"), "language");
+        }
+        var session = server.Sessions.Create(language);
+        context.Response.StatusCode = StatusCodes.Status201Created;
+        await Results.Json(new JsonObject
+        {
+            ["id"] = session.Id,
+            ["language"] = session.Chat.Language,
+            ["idle_timeout_seconds"] = (int)server.Sessions.IdleTimeout.TotalSeconds,
+            ["model"] = server.ModelId,
+        }, statusCode: StatusCodes.Status201Created).ExecuteAsync(context);
+    }
+
+    private static Task Describe(HttpContext context, WebSession session) => Results.Json(new JsonObject
+    {
+        ["id"] = session.Id,
+        ["language"] = session.Chat.Language,
+        ["image"] = ImageJson(session),
+        // A copy first: an answer being written may add its turns meanwhile.
+        ["turns"] = new JsonArray([.. session.Chat.Messages.ToArray().Select(m => (JsonNode)new JsonObject
+        {
+            ["role"] = m.Role == ChatRole.User ? "user" : "assistant",
+            ["text"] = m.Text,
+        })]),
+    }, ServerSentEvents.JsonOptions).ExecuteAsync(context);
+
+    private static JsonObject? ImageJson(WebSession session) => session.ModelImage is null ? null : new JsonObject
+    {
+        ["width"] = session.Width,
+        ["height"] = session.Height,
+        ["format"] = session.Format?.ToString().ToLowerInvariant(),
+        ["preview"] = $"/api/sessions/{session.Id}/image",
+    };
+
+    /// <summary>A new X-ray starts the conversation afresh. Only the model-sized image and a preview PNG are kept.</summary>
+    private static async Task UploadImage(HttpContext context, XrayServer server, WebSession session)
+    {
+        var (bytes, _) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
+        var image = Uploads.Decode(bytes, server.Options.ImageLimits);
+        var preview = PngWriter.EncodeGray(Downscale(image, PreviewSide));
+        var modelImage = Preprocess.ToModelSquare(image, server.Model.Preprocess);
+        await WithSession(session, () =>
+        {
+            session.Chat.Clear();
+            session.Chat.AddImage(modelImage);
+            session.ModelImage = modelImage;
+            session.PreviewPng = preview;
+            session.Format = image.Source.Format;
+            (session.Width, session.Height) = (image.Width, image.Height);
+            return Task.CompletedTask;
+        });
+        await Results.Json(ImageJson(session)).ExecuteAsync(context);
+    }
+
+    private static Task Preview(HttpContext context, WebSession session)
+    {
+        if (session.PreviewPng is not { } png) throw new ApiException(StatusCodes.Status404NotFound, "no image in this conversation yet");
+        context.Response.Headers.CacheControl = "no-store";
+        return Results.Bytes(png, "image/png").ExecuteAsync(context);
+    }
+
+    /// <summary>A new conversation about the same X-ray: the turns go, the image stays.</summary>
+    private static async Task Reset(HttpContext context, WebSession session)
+    {
+        await WithSession(session, () =>
+        {
+            session.Chat.Clear();
+            if (session.ModelImage is { } image) session.Chat.AddImage(image);
+            return Task.CompletedTask;
+        });
+        await Describe(context, session);
+    }
+
+    /// <summary>
+    /// Asks the conversation a question (or for its report) and streams the answer:
+    /// <c>data: {"type":"delta","text":...}</c> events, then one <c>{"type":"done", ...}</c> with the whole answer, its
+    /// findings (for a report) and the boxes it wrote; an error after the stream began comes as <c>{"type":"error"}</c>.
+    /// </summary>
+    private static async Task Ask(HttpContext context, XrayServer server, WebSession session)
+    {
+        var body = await ReadJsonObject(context);
+        bool report = body["report"] is JsonValue r && r.TryGetValue(out bool isReport) && isReport;
+        string language = StringField(body, "language") is { } l ? Language(l, "language") : session.Chat.Language;
+        string text = report ? Instructions.ReportRequest(language)
+            : body["text"] is JsonValue t && t.TryGetValue(out string? question) && !string.IsNullOrWhiteSpace(question) ? question.Trim()
+            : throw new ApiException(StatusCodes.Status400BadRequest, "text is missing: ask a question, or send \"report\": true", "text");
+        if (text.Length > MaxQuestionLength) throw new ApiException(StatusCodes.Status400BadRequest, $"the question is longer than {MaxQuestionLength} characters", "text");
+        int maxTokens = body["max_tokens"] is JsonValue m && m.TryGetValue(out int max) ? MaxTokens(max.ToString(), server.Options) : server.Options.DefaultMaxTokens;
+
+        await WithSession(session, async () =>
+        {
+            var started = Stopwatch.GetTimestamp();
+            session.Chat.Language = language;
+            var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
+            var aborted = context.RequestAborted;
+            await using var pieces = session.Chat.AskAsync(text, options, aborted).GetAsyncEnumerator(aborted);
+            bool any = await pieces.MoveNextAsync();                  // errors before the first piece are plain 4xx
+            await ServerSentEvents.StartAsync(context);
+            try
+            {
+                while (any)
+                {
+                    await ServerSentEvents.WriteAsync(context, new JsonObject { ["type"] = "delta", ["text"] = pieces.Current });
+                    any = await pieces.MoveNextAsync();
+                }
+                string answer = session.Chat.Messages[^1].Text;
+                var done = new JsonObject
+                {
+                    ["type"] = "done",
+                    ["text"] = answer,
+                    ["report"] = report,
+                    ["language"] = language,
+                    ["finish_reason"] = session.Chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
+                    ["boxes"] = BoxesJson(GridBoxes.Parse(answer)),
+                    ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
+                };
+                if (report)
+                {
+                    var labels = Labeler.Default.Label(answer, language);
+                    done["labels"] = LabelsJson(labels);
+                    done["evidence"] = EvidenceJson(labels);
+                }
+                await ServerSentEvents.WriteAsync(context, done);
+                await ServerSentEvents.WriteDoneAsync(context);
+            }
+            catch (Exception e) when (!aborted.IsCancellationRequested)
+            {
+                var (status, message, _) = ApiErrors.Describe(e);
+                await ServerSentEvents.WriteAsync(context, new JsonObject { ["type"] = "error", ["status"] = status, ["message"] = message });
+                throw;
+            }
+        });
+        server.Sessions.Touch(session);
+    }
+
+    /// <summary>Runs <paramref name="action"/> as the session's only writer; 409 while an answer is being written.</summary>
+    private static async Task WithSession(WebSession session, Func<Task> action)
+    {
+        if (!await session.Busy.WaitAsync(0))
+            throw new ApiException(StatusCodes.Status409Conflict, "an answer is still being written in this conversation; wait for it or start a new conversation");
+        try
+        {
+            await action();
+        }
+        finally
+        {
+            session.Busy.Release();
+        }
+    }
+
+    private static async Task<JsonObject> ReadJsonObject(HttpContext context)
+    {
+        if (context.Request.ContentLength is > 1 << 20) throw new ApiException(StatusCodes.Status413PayloadTooLarge, "the request is larger than 1 MiB");
+        JsonNode? node;
+        try { node = await JsonNode.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted); }
+        catch (System.Text.Json.JsonException e) { throw new ApiException(StatusCodes.Status400BadRequest, $"the body is not valid JSON: {e.Message}"); }
+        return node as JsonObject ?? throw new ApiException(StatusCodes.Status400BadRequest, "the body must be a JSON object");
+    }
+
+    private static string? StringField(JsonObject body, string name) => body[name] switch
+    {
+        null => null,
+        JsonValue v when v.TryGetValue(out string? s) => s,
+        _ => throw new ApiException(StatusCodes.Status400BadRequest, $"{name} must be a string", name),
+    };
+
+    private static string Language(string? value, string param) => value switch
+    {
+        null or "" => "en",
+        "en" or "zh" => value,
+        _ => throw new ApiException(StatusCodes.Status400BadRequest, $"language must be \"en\" or \"zh\", got \"{value}\"", param),
+    };
+
+    private static int MaxTokens(string? value, ServerOptions options)
+    {
+        if (string.IsNullOrEmpty(value)) return options.DefaultMaxTokens;
+        if (!int.TryParse(value, out int max) || max < 1 || max > options.MaxOutputTokens)
+            throw new ApiException(StatusCodes.Status400BadRequest, $"max_tokens must be an integer between 1 and {options.MaxOutputTokens}", "max_tokens");
+        return max;
+    }
+
+    /// <summary>All 14 CheXpert names → 1 (present), 0 (absent), −1 (uncertain) or null (not mentioned).</summary>
+    internal static JsonObject LabelsJson(ChexpertLabels labels)
+    {
+        var json = new JsonObject();
+        foreach (var (name, value) in labels.ToDictionary()) json[name] = value;
+        return json;
+    }
+
+    /// <summary>For each mentioned finding, the sentence of the report that decided it.</summary>
+    internal static JsonObject EvidenceJson(ChexpertLabels labels)
+    {
+        var json = new JsonObject();
+        foreach (var o in Observations.All)
+            if (labels[o] != LabelValue.NotMentioned && labels.Evidence(o) is { } sentence) json[o.Name()] = sentence;
+        return json;
+    }
+
+    internal static JsonArray BoxesJson(IReadOnlyList<GridBox> boxes) =>
+        new([.. boxes.Select(b => (JsonNode)new JsonArray(b.X1, b.Y1, b.X2, b.Y2))]);
+
+    private static GrayImage Downscale(GrayImage image, int side)
+    {
+        int longest = Math.Max(image.Width, image.Height);
+        if (longest <= side) return image;
+        double scale = (double)side / longest;
+        return Preprocess.Resize(image, Math.Max(1, (int)Math.Round(image.Width * scale)), Math.Max(1, (int)Math.Round(image.Height * scale)));
+    }
+}

@@ -1,0 +1,231 @@
+using System.Diagnostics;
+using System.Reflection;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using XrayVL.IO;
+using XrayVL.Serving;
+
+namespace XrayVL.Server;
+
+/// <summary>What every endpoint shares: the model, the scheduler that runs it, the chat client over both, the sessions.</summary>
+public sealed class XrayServer : IDisposable
+{
+    private readonly bool ownsModel;
+
+    public XrayServer(ServerOptions options)
+    {
+        Options = options.Validate();
+        ownsModel = options.Model is null;
+        Model = options.Model ?? Checkpoint.Load(options.ModelDir!);
+        Scheduler = new BatchScheduler(Model.Model, Model.Preprocess, new BatchSchedulerOptions { MaxBatch = options.MaxBatch, MaxQueue = options.MaxQueue });
+        ChatClient = new XrayChatClient(Model, Scheduler, new XrayChatClientOptions
+        {
+            ImageLimits = options.ImageLimits,
+            MaxOutputTokensLimit = options.MaxOutputTokens,
+            DefaultMaxOutputTokens = options.DefaultMaxTokens,
+        });
+        Sessions = new SessionStore(Model, Scheduler, options.SessionIdleTimeout, options.MaxSessions, options.TimeProvider);
+        Started = options.TimeProvider.GetUtcNow();
+    }
+
+    public ServerOptions Options { get; }
+    public LoadedModel Model { get; }
+    public BatchScheduler Scheduler { get; }
+    public XrayChatClient ChatClient { get; }
+    public SessionStore Sessions { get; }
+    public DateTimeOffset Started { get; }
+    public string ModelId => Model.Name;
+
+    public void Dispose()
+    {
+        Sessions.Dispose();
+        ChatClient.Dispose();
+        Scheduler.Dispose();
+        if (ownsModel) Model.Model.Dispose();
+    }
+}
+
+/// <summary>
+/// The web server: the page (/), the OpenAI-compatible API (/v1/chat/completions, /v1/models), the report API
+/// (/api/report), the page's conversations (/api/sessions/...), /healthz and /openapi.json.
+/// </summary>
+public static class ServerApp
+{
+    /// <summary>Builds (does not start) the application. `xrayvl serve` runs it; tests start it on 127.0.0.1:0.</summary>
+    public static WebApplication Build(ServerOptions options)
+    {
+        options.Validate();
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            Args = [],
+            ApplicationName = typeof(ServerApp).Assembly.GetName().Name,
+            ContentRootPath = AppContext.BaseDirectory,
+            EnvironmentName = Environments.Production,
+        });
+        builder.WebHost.UseUrls([.. options.Urls]);
+        builder.WebHost.ConfigureKestrel(kestrel =>
+        {
+            kestrel.AddServerHeader = false;
+            // A chat request carries its image as base64 (4/3 of the bytes) plus the text.
+            kestrel.Limits.MaxRequestBodySize = options.MaxUploadBytes * 4 / 3 + (1 << 20);
+        });
+        builder.Logging.ClearProviders();
+        if (options.ConfigureLogging is { } configure) configure(builder.Logging);
+        else builder.Logging.AddSimpleConsole(console => { console.SingleLine = true; console.TimestampFormat = "HH:mm:ss "; });
+        // Request lines come from this server's own middleware (route patterns, never bodies or session ids).
+        builder.Logging.AddFilter("Microsoft", LogLevel.Warning);
+        builder.Logging.AddFilter("System", LogLevel.Warning);
+
+        var server = new XrayServer(options);
+        builder.Services.AddSingleton(server);
+        var app = builder.Build();
+        app.Lifetime.ApplicationStopped.Register(server.Dispose);
+
+        var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XrayVL.Server");
+        app.Use((context, next) => LogAndAnswerErrors(context, next, log));
+        app.Use((context, next) => RequireApiKey(context, next, options.ApiKey));
+
+        StaticAssets.Map(app);
+        app.MapGet("/healthz", (HttpContext context) => Healthz(context, server));
+        OpenAiEndpoints.Map(app, server);
+        PageEndpoints.Map(app, server);
+        app.MapFallback("/v1/{**rest}", NotFound);
+        app.MapFallback("/api/{**rest}", NotFound);
+        return app;
+    }
+
+    private static Task NotFound(HttpContext context) =>
+        ApiErrors.WriteAsync(context, StatusCodes.Status404NotFound, $"no such endpoint: {context.Request.Method} {context.Request.Path}; see /openapi.json");
+
+    private static Task Healthz(HttpContext context, XrayServer server)
+    {
+        var stats = server.Scheduler.Stats;
+        return Results.Json(new
+        {
+            status = "ok",
+            model = server.ModelId,
+            queued = stats.Queued,
+            running = stats.Running,
+            sessions = server.Sessions.Count,
+            uptime_seconds = Math.Round((server.Options.TimeProvider.GetUtcNow() - server.Started).TotalSeconds),
+        }).ExecuteAsync(context);
+    }
+
+    /// <summary>
+    /// One log line per request: method, route pattern, status, milliseconds — no bodies, no query strings, no session
+    /// ids. Failures become JSON errors; a 500 logs the exception's type only (messages may quote user input).
+    /// </summary>
+    private static async Task LogAndAnswerErrors(HttpContext context, RequestDelegate next, ILogger log)
+    {
+        long started = Stopwatch.GetTimestamp();
+        string outcome = "";
+        try
+        {
+            await next(context);
+        }
+        catch (Exception e) when (e is OperationCanceledException && context.RequestAborted.IsCancellationRequested)
+        {
+            outcome = " (client left)";
+        }
+        catch (Exception e)
+        {
+            var (status, message, param) = ApiErrors.Describe(e);
+            if (status >= 500 && status != StatusCodes.Status503ServiceUnavailable)
+                log.LogError("{Method} {Route} failed with {Exception}", context.Request.Method, RouteOf(context), e.GetType().FullName);
+            if (!context.Response.HasStarted)
+            {
+                context.Response.Clear();
+                await ApiErrors.WriteAsync(context, status, message, param);
+            }
+            else outcome = " (failed after the response started)";
+        }
+        finally
+        {
+            log.LogInformation("{Method} {Route} {Status}{Outcome} {Milliseconds:0} ms", context.Request.Method, RouteOf(context),
+                context.Response.StatusCode, outcome, Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+    }
+
+    private static string RouteOf(HttpContext context) =>
+        context.GetEndpoint() is RouteEndpoint { RoutePattern.RawText: { } pattern } ? "/" + pattern.TrimStart('/') : "(no route)";
+
+    private static Task RequireApiKey(HttpContext context, RequestDelegate next, string? apiKey)
+    {
+        if (apiKey is null) return next(context);
+        var path = context.Request.Path;
+        if (!path.StartsWithSegments("/v1") && !path.StartsWithSegments("/api")) return next(context);
+        string header = context.Request.Headers.Authorization.ToString();
+        const string scheme = "Bearer ";
+        if (header.StartsWith(scheme, StringComparison.OrdinalIgnoreCase)
+            && CryptographicOperations.FixedTimeEquals(Encoding.UTF8.GetBytes(header[scheme.Length..].Trim()), Encoding.UTF8.GetBytes(apiKey)))
+            return next(context);
+        return ApiErrors.WriteAsync(context, StatusCodes.Status401Unauthorized,
+            header.Length == 0 ? "this server needs an API key: send Authorization: Bearer KEY" : "the API key is not valid");
+    }
+}
+
+/// <summary>The page and the OpenAPI description, embedded in the assembly (served from memory, whatever the working directory).</summary>
+internal static class StaticAssets
+{
+    private const string Prefix = "wwwroot/";
+
+    public static void Map(WebApplication app)
+    {
+        var assembly = typeof(StaticAssets).Assembly;
+        foreach (string name in assembly.GetManifestResourceNames().Where(n => n.StartsWith(Prefix, StringComparison.Ordinal)))
+        {
+            byte[] bytes = Read(assembly, name);
+            string file = name[Prefix.Length..];
+            string type = ContentType(file);
+            string etag = "\"" + Convert.ToHexStringLower(SHA256.HashData(bytes))[..16] + "\"";
+            RequestDelegate serve = context =>
+            {
+                var headers = context.Response.Headers;
+                headers.ETag = etag;
+                headers.CacheControl = "no-cache";
+                headers.XContentTypeOptions = "nosniff";
+                headers["Referrer-Policy"] = "no-referrer";
+                if (type.StartsWith("text/html", StringComparison.Ordinal))
+                {
+                    headers.ContentSecurityPolicy = "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'";
+                    headers.XFrameOptions = "DENY";
+                }
+                if (context.Request.Headers.IfNoneMatch == etag)
+                {
+                    context.Response.StatusCode = StatusCodes.Status304NotModified;
+                    return Task.CompletedTask;
+                }
+                context.Response.ContentType = type;
+                return context.Response.Body.WriteAsync(bytes, context.RequestAborted).AsTask();
+            };
+            app.MapGet("/" + file, serve);
+            if (file == "index.html") app.MapGet("/", serve);
+        }
+    }
+
+    public static byte[] Read(Assembly assembly, string name)
+    {
+        using var stream = assembly.GetManifestResourceStream(name) ?? throw new InvalidOperationException($"resource {name} is missing");
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
+    }
+
+    private static string ContentType(string file) => Path.GetExtension(file) switch
+    {
+        ".html" => "text/html; charset=utf-8",
+        ".js" => "text/javascript; charset=utf-8",
+        ".css" => "text/css; charset=utf-8",
+        ".json" => "application/json; charset=utf-8",
+        ".svg" => "image/svg+xml",
+        ".png" => "image/png",
+        _ => "application/octet-stream",
+    };
+}

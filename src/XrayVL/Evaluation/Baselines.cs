@@ -1,0 +1,79 @@
+namespace XrayVL.Evaluation;
+
+/// <summary>
+/// Reference points for report generation that use no model of the image (constant and random reports) or only its
+/// features (nearest neighbour): every model figure is read beside them.
+/// </summary>
+public static class Baselines
+{
+    public const string MostCommonName = "most_common";
+    public const string RandomName = "random";
+    public const string NearestNeighbourName = "nearest_neighbour";
+
+    /// <summary>
+    /// The most frequent training report after normalisation (<see cref="CaptionTokenizer.Normalize"/>: lower case,
+    /// punctuation dropped, one space between tokens). Ties go to the normalised text that sorts first (ordinal), so the
+    /// choice does not depend on the order of the training set; the report returned is the first training report with
+    /// that normal form, as written. Blank reports are ignored.
+    /// </summary>
+    public static string MostCommonReport(IEnumerable<string> trainingReports, string lang = "en")
+    {
+        var counts = new Dictionary<string, (int Count, string First)>(StringComparer.Ordinal);
+        foreach (string report in trainingReports)
+        {
+            if (string.IsNullOrWhiteSpace(report)) continue;
+            string key = CaptionTokenizer.Normalize(report, lang);
+            counts[key] = counts.TryGetValue(key, out var c) ? (c.Count + 1, c.First) : (1, report.Trim());
+        }
+        if (counts.Count == 0) throw new XrayVLException("no training report to take the most common one from");
+        return counts.OrderByDescending(kv => kv.Value.Count).ThenBy(kv => kv.Key, StringComparer.Ordinal).First().Value.First;
+    }
+
+    /// <summary>For each of <paramref name="count"/> test items a training report drawn uniformly with replacement (seeded; blanks skipped).</summary>
+    public static List<string> RandomReports(IReadOnlyList<string> trainingReports, int count, int seed = 0)
+    {
+        var pool = trainingReports.Where(r => !string.IsNullOrWhiteSpace(r)).ToList();
+        if (pool.Count == 0) throw new XrayVLException("no training report to draw random reports from");
+        var random = new Random(seed);
+        return Enumerable.Range(0, count).Select(_ => pool[random.Next(pool.Count)]).ToList();
+    }
+
+    /// <summary>
+    /// Nearest-neighbour retrieval: for each test feature vector, the report of the training item whose vector has the
+    /// highest cosine similarity (ties: the earlier training item). Features come from the caller (the evaluator uses
+    /// the model's mean-pooled vision features); all vectors must have one length. A zero vector has similarity 0 to all.
+    /// </summary>
+    public static List<string> NearestNeighbourReports(IReadOnlyList<float[]> trainingFeatures, IReadOnlyList<string> trainingReports, IReadOnlyList<float[]> testFeatures) =>
+        NearestNeighbours(trainingFeatures, testFeatures).Select(i => trainingReports[i]).ToList();
+
+    /// <summary>Index of the most cosine-similar training vector for each test vector.</summary>
+    public static int[] NearestNeighbours(IReadOnlyList<float[]> trainingFeatures, IReadOnlyList<float[]> testFeatures)
+    {
+        if (trainingFeatures.Count == 0) throw new XrayVLException("no training features for nearest-neighbour retrieval");
+        int dim = trainingFeatures[0].Length;
+        if (trainingFeatures.Concat(testFeatures).Any(f => f.Length != dim))
+            throw new XrayVLException($"feature vectors differ in length (expected {dim} everywhere)");
+        var train = trainingFeatures.Select(Unit).ToList();
+        var result = new int[testFeatures.Count];
+        for (int t = 0; t < testFeatures.Count; t++)
+        {
+            var q = Unit(testFeatures[t]);
+            int best = 0;
+            double bestSimilarity = double.NegativeInfinity;
+            for (int i = 0; i < train.Count; i++)
+            {
+                double s = 0;
+                for (int k = 0; k < dim; k++) s += q[k] * train[i][k];
+                if (s > bestSimilarity) { bestSimilarity = s; best = i; }
+            }
+            result[t] = best;
+        }
+        return result;
+    }
+
+    private static double[] Unit(float[] v)
+    {
+        double norm = Math.Sqrt(v.Sum(x => (double)x * x));
+        return v.Select(x => norm == 0 ? 0 : x / norm).ToArray();
+    }
+}

@@ -1,0 +1,273 @@
+using TorchSharp;
+using XrayVL.Data;
+using XrayVL.Data.Labeler;
+using XrayVL.Imaging;
+using XrayVL.Inference;
+using XrayVL.IO;
+using XrayVL.Modeling;
+using XrayVL.Text;
+using static TorchSharp.torch;
+using ChatConversation = XrayVL.Text.Conversation;
+
+namespace XrayVL.Evaluation;
+
+/// <summary>What `xrayvl eval` evaluates and how.</summary>
+public sealed record EvalOptions
+{
+    /// <summary>The manifest split whose studies are evaluated; training-split studies feed the baselines.</summary>
+    public string Split { get; init; } = Splits.Test;
+    public IReadOnlyList<string> Tasks { get; init; } = EvalTasks.All;
+    /// <summary>Prompts generated together (left-padded, one batch per task).</summary>
+    public int BatchSize { get; init; } = 8;
+    /// <summary>Prompt language; null: each study's own. Reports are only asked of studies in that language.</summary>
+    public string? Language { get; init; }
+    /// <summary>Evaluate at most this many studies of the split (in manifest order); null: all.</summary>
+    public int? MaxStudies { get; init; }
+    /// <summary>Closed questions per study (built from the labels as the training instructions are).</summary>
+    public int QuestionsPerStudy { get; init; } = 2;
+    /// <summary>Seeds the phrasing of questions and the random-report baseline.</summary>
+    public int Seed { get; init; }
+    /// <summary>Decoding of reports; null: greedy with the chat defaults (repetition penalty 1.1, no repeated 4-grams), 256 new tokens.</summary>
+    public GenerationOptions? Generation { get; init; }
+    /// <summary>New-token limit for the short answers (vqa, classify, ground).</summary>
+    public int ShortAnswerTokens { get; init; } = 64;
+    /// <summary>Use at most this many training studies for nearest-neighbour retrieval (features cost one vision pass each); null: all.</summary>
+    public int? NeighbourPool { get; init; }
+    /// <summary>Build the three report baselines (most common, random, nearest neighbour) from the training split.</summary>
+    public bool Baselines { get; init; } = true;
+
+    public EvalOptions Validate()
+    {
+        if (BatchSize < 1) throw new XrayVLException($"batch size must be at least 1 (got {BatchSize})");
+        if (Language is not (null or "en" or "zh")) throw new XrayVLException($"language '{Language}' is not supported (en, zh)");
+        if (MaxStudies is < 1) throw new XrayVLException($"max studies must be at least 1 (got {MaxStudies})");
+        if (ShortAnswerTokens < 1) throw new XrayVLException($"short answer tokens must be at least 1 (got {ShortAnswerTokens})");
+        if (Splits.NormalizeName(Split) is null) throw new XrayVLException($"unknown split '{Split}'");
+        foreach (string t in Tasks)
+            if (!EvalTasks.All.Contains(t)) throw new XrayVLException($"unknown eval task '{t}'; expected some of: {string.Join(", ", EvalTasks.All)}");
+        return this;
+    }
+}
+
+/// <summary>The evaluated items and their figures.</summary>
+public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metrics);
+
+/// <summary>
+/// `xrayvl eval`: asks a loaded model about every study of a manifest split — report generation with the front ends'
+/// request (<see cref="Instructions.ReportRequest"/>), closed questions, the finding list and boxes as the training
+/// instructions phrase them (<see cref="Instructions.Build"/>) — generating in batches, then scores the answers beside
+/// the baselines (<see cref="Baselines"/>: most common and random training report, and the training report of the
+/// nearest training study in the model's vision-feature space: <see cref="VisionLanguageModel.EncodeVision"/>
+/// mean-pooled over tokens, then averaged over the study's images) and writes the folder (<see cref="EvalReport"/>).
+/// Progress counts prompts answered and studies whose features were computed.
+/// </summary>
+public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
+{
+    private readonly ILabeler labeler = new CachingLabeler(labeler ?? Labeler.Default);
+    private readonly Inference.Generator generator = new(loaded.Model.LanguageModel);
+
+    /// <summary>Reads the manifest, evaluates, writes predictions.jsonl, metrics.json, report.md and plots into <paramref name="outDir"/>.</summary>
+    public EvalResult RunToFolder(string manifestPath, string outDir, EvalOptions? options = null, IProgress<(int Done, int Total)>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        var result = Run(Manifest.Read(manifestPath), options, progress, cancellationToken);
+        EvalReport.Write(outDir, result.Items, result.Metrics);
+        return result;
+    }
+
+    public EvalResult Run(IReadOnlyList<Study> studies, EvalOptions? options = null, IProgress<(int Done, int Total)>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        options = (options ?? new EvalOptions()).Validate();
+        string split = Splits.NormalizeName(options.Split)!;
+        var selected = studies.Where(s => Splits.NormalizeName(s.Split) == split && s.Images.Count > 0).ToList();
+        if (options.Language is { } only && !options.Tasks.Any(t => t != EvalTasks.Report))
+            selected = selected.Where(s => s.Language == only).ToList();
+        if (options.MaxStudies is { } max) selected = selected.Take(max).ToList();
+        if (selected.Count == 0)
+            throw new XrayVLException($"no study with images in the '{split}' split ({studies.Count} studies in the manifest)");
+
+        var notes = new List<string>();
+        var prompts = BuildPrompts(selected, options, notes);
+        if (prompts.Count == 0) throw new XrayVLException($"none of the tasks ({string.Join(", ", options.Tasks)}) has a question for the '{split}' split");
+
+        // Baseline pools: training studies with a report, per language.
+        var reportLanguages = prompts.Where(p => p.Task == EvalTasks.Report).Select(p => p.Language).Distinct().ToList();
+        var pools = new Dictionary<string, List<Study>>();
+        if (options.Baselines)
+        {
+            foreach (string lang in reportLanguages)
+            {
+                var pool = studies.Where(s => Splits.NormalizeName(s.Split) == Splits.Train && s.Language == lang && s.ReportText.Length > 0).ToList();
+                if (pool.Count == 0) notes.Add($"no training report in {lang}: report baselines left out");
+                else pools[lang] = pool;
+            }
+        }
+        var neighbourPools = pools.ToDictionary(kv => kv.Key, kv => kv.Value.Where(s => s.Images.Count > 0).Take(options.NeighbourPool ?? int.MaxValue).ToList());
+        var reportStudies = prompts.Where(p => p.Task == EvalTasks.Report && pools.ContainsKey(p.Language)).Select(p => p.Study).DistinctBy(s => s.StudyId).ToList();
+
+        int total = prompts.Count + neighbourPools.Values.Sum(p => p.Count) + reportStudies.Count;
+        int done = 0;
+        void Advance(int n)
+        {
+            done += n;
+            progress?.Report((done, total));
+        }
+        progress?.Report((0, total));
+
+        // 1. Generate, one task at a time (one GenerationOptions per batch).
+        var answers = new string[prompts.Count];
+        foreach (var group in prompts.Select((p, i) => (Prompt: p, Index: i)).GroupBy(x => x.Prompt.Task))
+        {
+            var generation = GenerationFor(group.Key, options);
+            foreach (var batch in group.Chunk(options.BatchSize))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var texts = GenerateBatch(batch.Select(b => b.Prompt).ToList(), generation, cancellationToken);
+                for (int k = 0; k < batch.Length; k++) answers[batch[k].Index] = texts[k];
+                Advance(batch.Length);
+            }
+        }
+
+        // 2. Baselines for the report items.
+        var baselineReports = new Dictionary<string, Dictionary<string, string>>();   // study id → baseline → report
+        foreach (var (lang, pool) in pools)
+        {
+            var trainReports = pool.Select(s => s.ReportText).ToList();
+            var studiesHere = reportStudies.Where(s => PromptLanguage(s, options) == lang).ToList();
+            string common = Baselines.MostCommonReport(trainReports, lang);
+            var random = Baselines.RandomReports(trainReports, studiesHere.Count, options.Seed);
+            var neighbourPool = neighbourPools[lang];
+            var trainFeatures = neighbourPool.Select(s => { var f = StudyFeatures(s); Advance(1); return f; }).ToList();
+            var testFeatures = studiesHere.Select(s => { var f = StudyFeatures(s); Advance(1); return f; }).ToList();
+            var nearest = Baselines.NearestNeighbours(trainFeatures, testFeatures);
+            for (int i = 0; i < studiesHere.Count; i++)
+            {
+                baselineReports[studiesHere[i].StudyId] = new Dictionary<string, string>
+                {
+                    [Baselines.MostCommonName] = common,
+                    [Baselines.RandomName] = random[i],
+                    [Baselines.NearestNeighbourName] = neighbourPool[nearest[i]].ReportText,
+                };
+            }
+        }
+
+        var items = prompts.Select((p, i) => new EvalItem
+        {
+            Id = p.Id,
+            Task = p.Task,
+            StudyId = p.Study.StudyId,
+            Language = p.Language,
+            Images = p.Study.Images.Select(im => im.Path).ToList(),
+            Prompt = p.Question,
+            Prediction = answers[i],
+            References = [p.Reference],
+            ReferenceLabels = p.ReferenceLabels,
+            Baselines = p.Task == EvalTasks.Report ? baselineReports.GetValueOrDefault(p.Study.StudyId) : null,
+        }).ToList();
+        var metrics = EvalReport.Compute(items, loaded.Name, split, notes, labeler);
+        return new EvalResult(items, metrics);
+    }
+
+    /// <summary>One question to ask: which study, the prompt text and what a right answer is.</summary>
+    private sealed record Prompt(string Id, string Task, Study Study, string Language, string Question, string Reference, IReadOnlyDictionary<string, int?>? ReferenceLabels);
+
+    private static string PromptLanguage(Study s, EvalOptions options) => options.Language ?? (s.Language is "zh" ? "zh" : "en");
+
+    private List<Prompt> BuildPrompts(List<Study> studies, EvalOptions options, List<string> notes)
+    {
+        var prompts = new List<Prompt>();
+        var tasks = options.Tasks;
+        foreach (var study in studies)
+        {
+            string lang = PromptLanguage(study, options);
+            if (tasks.Contains(EvalTasks.Report) && study.Language == lang && study.ReportText.Length > 0)
+                prompts.Add(new Prompt($"{study.StudyId}-report-{lang}-0", EvalTasks.Report, study, lang, Instructions.ReportRequest(lang), study.ReportText, null));
+
+            var instructionTasks = new List<string>();
+            if (tasks.Contains(EvalTasks.Vqa)) instructionTasks.Add(Instructions.Vqa);
+            if (tasks.Contains(EvalTasks.Classify)) instructionTasks.Add(Instructions.Findings);
+            if (tasks.Contains(EvalTasks.Ground)) instructionTasks.Add(Instructions.Grounding);
+            if (instructionTasks.Count == 0) continue;
+            var conversations = Instructions.Build([study], new InstructionOptions
+            {
+                Seed = options.Seed, Languages = [lang], Tasks = instructionTasks, QuestionsPerStudy = options.QuestionsPerStudy, CrossLanguage = true,
+            }, labeler);
+            var labels = study.Labels ?? (study.ReportText.Length > 0 ? labeler.Label(study.ReportText, study.Language).ToDictionary() : null);
+            foreach (var c in conversations)
+            {
+                if (c.Turns.Count < 2) continue;
+                string task = c.Task switch
+                {
+                    Instructions.Vqa => EvalTasks.Vqa,
+                    Instructions.Findings => EvalTasks.Classify,
+                    Instructions.Grounding => EvalTasks.Ground,
+                    _ => "",
+                };
+                if (task.Length == 0) continue;
+                prompts.Add(new Prompt(c.Id, task, study, lang, c.Turns[0].Text, c.Turns[1].Text, task == EvalTasks.Classify ? labels : null));
+            }
+        }
+        foreach (string task in tasks.Where(t => prompts.All(p => p.Task != t)))
+            notes.Add(task == EvalTasks.Ground ? "no study of the split has boxes: grounding was not evaluated" : $"no question for task '{task}' in the split");
+        return prompts;
+    }
+
+    private GenerationOptions GenerationFor(string task, EvalOptions options)
+    {
+        var baseOptions = options.Generation ?? new GenerationOptions { RepetitionPenalty = 1.1, NoRepeatNgramSize = 4 };
+        if (task != EvalTasks.Report) baseOptions = baseOptions with { MaxNewTokens = Math.Min(baseOptions.MaxNewTokens, options.ShortAnswerTokens) };
+        var stops = new HashSet<int>(baseOptions.StopTokenIds) { loaded.Tokenizer.ImEndId, loaded.Tokenizer.EosId };
+        return baseOptions with { StopTokenIds = stops };
+    }
+
+    /// <summary>Answers of one batch: prompts rendered as ChatSession renders a first turn, images spliced in.</summary>
+    private List<string> GenerateBatch(IReadOnlyList<Prompt> batch, GenerationOptions generation, CancellationToken cancellationToken)
+    {
+        var tokenizer = loaded.Tokenizer;
+        var model = loaded.Model;
+        var prefixes = new List<Tensor>();
+        var promptIds = new List<IReadOnlyList<int>?>();
+        try
+        {
+            using (var _ = torch.no_grad())
+            {
+                foreach (var prompt in batch)
+                {
+                    using var scope = NewDisposeScope();
+                    var conversation = new ChatConversation(ChatTemplate.DefaultSystemPrompt(prompt.Language),
+                        [new ChatMessage(ChatRole.User, prompt.Question, prompt.Study.Images.Count)]);
+                    var rendered = ChatTemplate.Render(conversation, tokenizer, addGenerationPrompt: true);
+                    var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(rendered.Ids, rendered.Labels, tokenizer.ImageId, model.TokensPerImage);
+                    var device = model.LanguageModel.Device;
+                    var pixels = Pixels(prompt.Study).to(model.LanguageModel.DType, device);      // (N, C, S, S)
+                    var imageEmbeds = model.EncodeImages(pixels);                                 // (N, Nv, D)
+                    var idTensor = torch.tensor(ids, ScalarType.Int64, device).unsqueeze(0);      // (1, T)
+                    prefixes.Add(model.Embed(idTensor, imageEmbeds).MoveToOuterDisposeScope());    // (1, T, D)
+                    promptIds.Add(ids);
+                }
+            }
+            return generator.GenerateBatch(prefixes, generation, promptIds, cancellationToken)
+                .Select(tokens => tokenizer.Decode(tokens, skipSpecial: true).Trim()).ToList();
+        }
+        finally
+        {
+            foreach (var p in prefixes) p.Dispose();
+        }
+    }
+
+    /// <summary>(N, C, S, S) preprocessed images of a study, on the CPU.</summary>
+    private Tensor Pixels(Study study) =>
+        Preprocess.Batch(study.Images.Select(i => ImageFile.Load(i.Path)), loaded.Preprocess);
+
+    /// <summary>The study's vision features: encoder tokens mean-pooled, then averaged over its images → (Dv).</summary>
+    private float[] StudyFeatures(Study study)
+    {
+        using var scope = NewDisposeScope();
+        using var _ = torch.no_grad();
+        var model = loaded.Model;
+        var pixels = Pixels(study).to(model.LanguageModel.DType, model.LanguageModel.Device);   // (N, C, S, S)
+        var features = model.EncodeVision(pixels);                                               // (N, Ntok, Dv)
+        return features.mean([1]).mean([0]).to(ScalarType.Float32).cpu().data<float>().ToArray();  // (Dv)
+    }
+}

@@ -1,0 +1,272 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using Microsoft.Extensions.AI;
+using XrayVL.Data.Labeler;
+using XrayVL.Imaging;
+using XrayVL.Inference;
+using XrayVL.IO;
+using XrayVL.Text;
+using AiChatMessage = Microsoft.Extensions.AI.ChatMessage;
+using AiChatRole = Microsoft.Extensions.AI.ChatRole;
+using TurnMessage = XrayVL.Text.ChatMessage;
+using TurnRole = XrayVL.Text.ChatRole;
+
+namespace XrayVL.Serving;
+
+/// <summary>How <see cref="XrayChatClient"/> reads requests.</summary>
+public sealed record XrayChatClientOptions
+{
+    /// <summary>Bounds for every image a request carries (bytes, pixels, side).</summary>
+    public ImageLimits ImageLimits { get; init; } = ImageLimits.Default;
+    /// <summary>Largest MaxOutputTokens a request may ask for; without one, <see cref="DefaultMaxOutputTokens"/> applies.</summary>
+    public int MaxOutputTokensLimit { get; init; } = 1024;
+    /// <summary>A report of a few findings fits in 256 tokens of the project's tokenizer.</summary>
+    public int DefaultMaxOutputTokens { get; init; } = 256;
+}
+
+/// <summary>
+/// XrayVL as a Microsoft.Extensions.AI <see cref="IChatClient"/>: a .NET program talks to the model in-process with the
+/// abstractions it uses for any chat model. Generation goes through a <see cref="BatchScheduler"/>, so many concurrent
+/// callers share the model one batch at a time.
+/// <list type="bullet">
+/// <item>Images are <see cref="DataContent"/> in user messages (image/png, image/jpeg, application/dicom, or any
+/// image/* or application/octet-stream: the format is sniffed from the bytes, never taken from the media type).
+/// Links (<see cref="UriContent"/>) are refused: nothing is fetched.</item>
+/// <item>System messages and <see cref="ChatOptions.Instructions"/> are ignored: the model was trained with its own
+/// system prompt, which is used in the conversation's language.</item>
+/// <item>The language is <c>AdditionalProperties["language"]</c> ("en" or "zh") when given, else read from the last
+/// user message (Chinese when CJK characters dominate).</item>
+/// <item>Decoding: greedy unless a positive <see cref="ChatOptions.Temperature"/> (or a TopP below 1) asks for sampling;
+/// temperature 0 is greedy; TopK, Seed, MaxOutputTokens and StopSequences are honoured; the frequency and presence
+/// penalties are not supported and ignored (a repetition penalty of 1.1 and a 4-gram ban are always on).</item>
+/// </list>
+/// </summary>
+public sealed class XrayChatClient : IChatClient
+{
+    public const string LanguageProperty = "language";
+
+    private readonly LoadedModel loaded;
+    private readonly BatchScheduler scheduler;
+    private readonly bool ownsScheduler;
+    private readonly XrayChatClientOptions options;
+
+    public XrayChatClient(LoadedModel loaded, BatchScheduler scheduler, XrayChatClientOptions? options = null)
+        : this(loaded, scheduler, ownsScheduler: false, options) { }
+
+    private XrayChatClient(LoadedModel loaded, BatchScheduler scheduler, bool ownsScheduler, XrayChatClientOptions? options)
+    {
+        this.loaded = loaded;
+        this.scheduler = scheduler;
+        this.ownsScheduler = ownsScheduler;
+        this.options = options ?? new XrayChatClientOptions();
+        Metadata = new ChatClientMetadata("xrayvl", defaultModelId: loaded.Name);
+    }
+
+    /// <summary>A client with a scheduler of its own, disposed with the client.</summary>
+    public static XrayChatClient Create(LoadedModel loaded, BatchSchedulerOptions? schedulerOptions = null, XrayChatClientOptions? options = null) =>
+        new(loaded, new BatchScheduler(loaded.Model, loaded.Preprocess, schedulerOptions), ownsScheduler: true, options);
+
+    public ChatClientMetadata Metadata { get; }
+
+    public string ModelId => loaded.Name;
+
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AiChatMessage> messages, ChatOptions? chatOptions = null,
+        CancellationToken cancellationToken = default)
+    {
+        var text = new StringBuilder();
+        ChatResponseUpdate? last = null;
+        UsageDetails? usage = null;
+        await foreach (var update in GetStreamingResponseAsync(messages, chatOptions, cancellationToken))
+        {
+            text.Append(update.Text);
+            usage = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usage;
+            last = update;
+        }
+        return new ChatResponse(new AiChatMessage(AiChatRole.Assistant, text.ToString()) { MessageId = last?.MessageId })
+        {
+            ResponseId = last?.ResponseId,
+            ModelId = ModelId,
+            CreatedAt = last?.CreatedAt,
+            FinishReason = last?.FinishReason,
+            Usage = usage,
+        };
+    }
+
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AiChatMessage> messages,
+        ChatOptions? chatOptions = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var (conversation, images) = ReadConversation(messages, chatOptions);
+        var decoding = Decoding(chatOptions);
+        var stops = chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
+        var tokenizer = loaded.Tokenizer;
+        var rendered = ChatTemplate.Render(conversation, tokenizer, addGenerationPrompt: true);
+
+        string responseId = "chatcmpl-" + Guid.NewGuid().ToString("N");
+        var created = DateTimeOffset.UtcNow;
+        ChatResponseUpdate Update(string text) => new(AiChatRole.Assistant, text)
+        {
+            ResponseId = responseId, MessageId = responseId, ModelId = ModelId, CreatedAt = created,
+        };
+
+        // Leaving the loop early (a stop sequence) withdraws the generation, which frees its row at once.
+        using var stopped = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var stream = scheduler.Submit(new GenerationRequest(rendered.Ids, images, decoding), stopped.Token);
+        var decoder = tokenizer.CreateStreamingDecoder(skipSpecial: true);
+        var text = new StringBuilder();
+        int emitted = 0;
+        bool stoppedBySequence = false;
+        await using (var tokens = stream.GetAsyncEnumerator(stopped.Token))
+        {
+            bool more = true;
+            while (more && !stoppedBySequence)
+            {
+                more = await tokens.MoveNextAsync();
+                string piece = more ? decoder.Push(tokens.Current) : decoder.Flush();
+                if (piece.Length > 0) text.Append(piece);
+                var (end, hit) = more ? Emittable(text, emitted, stops) : EmittableAtEnd(text, emitted, stops);
+                if (end > emitted)
+                {
+                    yield return Update(text.ToString(emitted, end - emitted));
+                    emitted = end;
+                }
+                stoppedBySequence = hit;
+            }
+        }
+        if (stoppedBySequence) await stopped.CancelAsync();
+
+        var finish = stoppedBySequence || stream.FinishReason == FinishReason.Stop ? ChatFinishReason.Stop : ChatFinishReason.Length;
+        var usage = new UsageDetails
+        {
+            InputTokenCount = stream.PromptTokens,
+            OutputTokenCount = stream.GeneratedTokens,
+            TotalTokenCount = stream.PromptTokens + stream.GeneratedTokens,
+        };
+        yield return new ChatResponseUpdate(AiChatRole.Assistant, [new UsageContent(usage)])
+        {
+            ResponseId = responseId, MessageId = responseId, ModelId = ModelId, CreatedAt = created, FinishReason = finish,
+        };
+    }
+
+    /// <summary>
+    /// How far the text may be shown: up to a stop sequence when one appeared (hit), else all but the longest tail
+    /// that could still grow into a stop sequence.
+    /// </summary>
+    internal static (int End, bool Hit) Emittable(StringBuilder text, int emitted, IReadOnlyList<string> stops)
+    {
+        if (stops.Count == 0) return (text.Length, false);
+        string all = text.ToString();
+        int longest = stops.Max(s => s.Length);
+        int searchFrom = Math.Max(0, emitted - longest + 1);
+        int first = -1;
+        foreach (var stop in stops)
+        {
+            int at = all.IndexOf(stop, searchFrom, StringComparison.Ordinal);
+            if (at >= 0 && (first < 0 || at < first)) first = at;
+        }
+        if (first >= 0) return (Math.Max(first, emitted), true);
+        int hold = 0;
+        foreach (var stop in stops)
+            for (int k = Math.Min(stop.Length - 1, all.Length); k > hold; k--)
+                if (all.AsSpan(all.Length - k).SequenceEqual(stop.AsSpan(0, k))) { hold = k; break; }
+        return (Math.Max(emitted, all.Length - hold), false);
+    }
+
+    /// <summary>At the end nothing is held back: the text up to a stop sequence, or all of it.</summary>
+    private static (int End, bool Hit) EmittableAtEnd(StringBuilder text, int emitted, IReadOnlyList<string> stops)
+    {
+        var (end, hit) = Emittable(text, emitted, stops);
+        return hit ? (end, true) : (text.Length, false);
+    }
+
+    /// <summary>The decoding a request asks for, on top of the front ends' defaults (see the class remarks).</summary>
+    public GenerationOptions Decoding(ChatOptions? chatOptions)
+    {
+        var decoding = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = options.DefaultMaxOutputTokens };
+        if (chatOptions is null) return decoding;
+        if (chatOptions.MaxOutputTokens is int max)
+        {
+            if (max < 1 || max > options.MaxOutputTokensLimit)
+                throw new XrayVLException($"max_tokens must be between 1 and {options.MaxOutputTokensLimit}, got {max}");
+            decoding = decoding with { MaxNewTokens = max };
+        }
+        if (chatOptions.Temperature is float t && (t < 0 || !float.IsFinite(t)))
+            throw new XrayVLException($"temperature must be 0 (greedy) or positive, got {t}");
+        if (chatOptions.TopP is float p && (p <= 0 || p > 1))
+            throw new XrayVLException($"top_p must be in (0, 1], got {p}");
+        if (chatOptions.TopK is int k && k < 0)
+            throw new XrayVLException($"top_k must be 0 (off) or positive, got {k}");
+        bool sample = chatOptions.Temperature is > 0 || (chatOptions.Temperature is null && chatOptions.TopP is < 1);
+        if (!sample) return decoding;
+        return decoding with
+        {
+            DoSample = true,
+            Temperature = chatOptions.Temperature ?? 1.0,
+            TopP = chatOptions.TopP ?? 1.0,
+            TopK = chatOptions.TopK ?? 0,
+            Seed = chatOptions.Seed is long seed ? unchecked((int)seed) : null,
+        };
+    }
+
+    /// <summary>The conversation (our template's turns, with the system prompt of its language) and its images, in order.</summary>
+    public (Conversation Conversation, List<GrayImage> Images) ReadConversation(IEnumerable<AiChatMessage> messages, ChatOptions? chatOptions)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var turns = new List<TurnMessage>();
+        var images = new List<GrayImage>();
+        string lastUserText = "";
+        foreach (var message in messages)
+        {
+            if (message.Role == AiChatRole.System) continue;
+            var text = string.Concat(message.Contents.OfType<TextContent>().Select(c => c.Text));
+            if (message.Role == AiChatRole.User)
+            {
+                int count = 0;
+                foreach (var content in message.Contents)
+                {
+                    switch (content)
+                    {
+                        case DataContent data:
+                            images.Add(DecodeImage(data, images.Count + 1));
+                            count++;
+                            break;
+                        case UriContent uri:
+                            throw new XrayVLException($"image {images.Count + 1}: {uri.Uri.Scheme} links are not fetched; send the image bytes (a data: URI or DataContent)");
+                    }
+                }
+                if (string.IsNullOrWhiteSpace(text) && count == 0) throw new XrayVLException("a user message has neither text nor an image");
+                turns.Add(new TurnMessage(TurnRole.User, text.Trim(), count));
+                lastUserText = text;
+            }
+            else if (message.Role == AiChatRole.Assistant) turns.Add(new TurnMessage(TurnRole.Assistant, text.Trim()));
+            else throw new XrayVLException($"messages with role '{message.Role.Value}' are not supported (system, user, assistant)");
+        }
+        if (turns.Count == 0 || turns[^1].Role != TurnRole.User) throw new XrayVLException("the last message must be the user's");
+        string language = chatOptions?.AdditionalProperties?.TryGetValue(LanguageProperty, out var value) == true && value is not null
+            ? Languages.Check(value.ToString() ?? "")
+            : Labeler.DetectLanguage(lastUserText);
+        return (new Conversation(ChatTemplate.DefaultSystemPrompt(language), turns), images);
+    }
+
+    private GrayImage DecodeImage(DataContent data, int number)
+    {
+        string media = data.MediaType.ToLowerInvariant();
+        if (!(data.HasTopLevelMediaType("image") || media is "application/dicom" or "application/octet-stream"))
+            throw new XrayVLException($"image {number}: media type {data.MediaType} is not an image (PNG, JPEG or DICOM)");
+        return ImageFile.Decode(data.Data.ToArray(), $"image {number}", options.ImageLimits);
+    }
+
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(serviceType);
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return Metadata;
+        if (serviceType == typeof(LoadedModel)) return loaded;
+        if (serviceType == typeof(BatchScheduler)) return scheduler;
+        return serviceType.IsInstanceOfType(this) ? this : null;
+    }
+
+    public void Dispose()
+    {
+        if (ownsScheduler) scheduler.Dispose();
+    }
+}
