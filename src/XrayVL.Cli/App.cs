@@ -32,7 +32,8 @@ public static class App
     {
         var io = new CliIO(stdout, stderr, stdin);
         var root = BuildRoot(io);
-        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        // Ctrl-C cancels the command's token; training then saves a checkpoint, so allow it time before the process is ended.
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = TimeSpan.FromMinutes(2) };
         try
         {
             return await root.Parse(args).InvokeAsync(config, cancel);

@@ -10,6 +10,7 @@ public static class Commands
         ReportCommand.Create(io),
         ChatCommand.Create(io),
         ServeCommand.Create(io),
+        TrainCommand.Create(io),
         InfoCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),

@@ -1,0 +1,138 @@
+using System.CommandLine;
+using Spectre.Console;
+using XrayVL.Training;
+
+namespace XrayVL.Cli;
+
+/// <summary>`xrayvl train --config FILE --out DIR`: runs a recipe's stages with a live progress bar; Ctrl-C saves first.</summary>
+public static class TrainCommand
+{
+    public static Command Create(CliIO io)
+    {
+        var config = new Option<string>("--config", "-c") { Description = "Training recipe (JSON), e.g. configs/default.json", Required = true };
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: checkpoints/, best/, model/, metrics.jsonl, loss.png", Required = true };
+        var resume = new Option<bool>("--resume") { Description = "Continue from the newest checkpoint in --out" };
+        var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" }.AcceptOnlyFromAmong("cpu", "cuda");
+        var shared = new Option<string?>("--shared") { Description = "The shared data folder ${shared} stands for (default: from the recipe, else ../shared/data)" };
+        var maxSteps = new Option<long?>("--max-steps-per-stage") { Description = "Cap every stage's steps (a quick smoke run of a recipe)" };
+        var command = new Command("train", "Train or fine-tune a model from a recipe: text, projector alignment, instruction tuning (LoRA or full)")
+            { config, output, resume, device, shared, maxSteps };
+        command.SetAction(async (parse, cancel) =>
+        {
+            var recipe = TrainRecipe.Load(parse.GetValue(config)!);
+            var options = new TrainOptions
+            {
+                OutDir = parse.GetValue(output)!,
+                Resume = parse.GetValue(resume),
+                Device = parse.GetValue(device)!,
+                SharedDataDir = parse.GetValue(shared),
+                MaxStepsPerStage = parse.GetValue(maxSteps),
+            };
+            io.Err.WriteLine($"training {recipe.Stages.Count} stage(s) from {parse.GetValue(config)} into {options.OutDir}; Ctrl-C saves a checkpoint and stops");
+            var view = new TrainView(io);
+            TrainResult result = await view.RunAsync(progress => Trainer.Run(recipe, options, progress, cancel), cancel);
+            io.Out.WriteLine($"model: {result.ModelDirectory}" + (result.BestDirectory is null ? "" : $"   best by validation loss: {result.BestDirectory}"));
+            foreach (var s in result.Stages)
+                io.Out.WriteLine($"  {s.Name}: {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss} ({s.StepsPerSecond:0.00} steps/s, {s.TokensPerSecond:0} tokens/s), " +
+                                 $"last loss {s.LastLoss:0.000}, best val {s.BestValLoss:0.000}");
+            return 0;
+        });
+        return command;
+    }
+
+    /// <summary>
+    /// Draws training events: a live Spectre progress bar (step, loss, tokens/s, ETA) on a terminal, plain lines otherwise
+    /// (CI logs). Notes, evaluations and samples print between bars, since a live display cannot share the console.
+    /// </summary>
+    private sealed class TrainView(CliIO io)
+    {
+        private readonly object gate = new();
+        private ProgressTask? bar;
+
+        public async Task<TrainResult> RunAsync(Func<IProgress<TrainEvent>, TrainResult> run, CancellationToken cancel)
+        {
+            bool live = io.Ui.Profile.Capabilities.Interactive;
+            var events = new SynchronousProgress(Show);
+            if (!live) return await Task.Run(() => run(events), cancel);
+            TrainResult result = null!;
+            await io.Ui.Progress()
+                .AutoClear(false)
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .StartAsync(async ctx =>
+                {
+                    lock (gate) context = ctx;
+                    result = await Task.Run(() => run(events), cancel);
+                });
+            return result;
+        }
+
+        private ProgressContext? context;
+        private long lastPlainStep = -1;
+
+        private void Show(TrainEvent e)
+        {
+            lock (gate)
+            {
+                switch (e)
+                {
+                    case StageStarted s:
+                        Line($"stage {s.Index + 1}/{s.Count} '{s.Name}' ({s.Kind}, trains {s.Trainable}: {s.TrainableParameters:N0} parameters): " +
+                             $"{s.TrainSamples} training / {s.ValSamples} validation samples, {s.TotalSteps} steps" +
+                             (s.StartStep > 0 ? $", resuming at step {s.StartStep}" : "") + (s.FeatureCache ? ", cached vision features" : ""));
+                        if (context != null)
+                        {
+                            bar = context.AddTask(Markup.Escape(s.Name), maxValue: Math.Max(1, s.TotalSteps));
+                            bar.Value = s.StartStep;
+                        }
+                        break;
+                    case StepCompleted { Progress: var p }:
+                        string status = $"{p.Stage} step {p.Step}/{p.TotalSteps} loss {p.Loss:0.000} lr {p.LearningRate:0.0e+0} {p.TokensPerSecond:0} tok/s ETA {p.Eta:hh\\:mm\\:ss}";
+                        if (bar != null)
+                        {
+                            bar.Description = Markup.Escape(status);
+                            bar.Value = p.Step;
+                        }
+                        else if (p.Step == 1 || p.Step == p.TotalSteps || p.Step - lastPlainStep >= 25)
+                        {
+                            io.Err.WriteLine(status);
+                            lastPlainStep = p.Step;
+                        }
+                        break;
+                    case Evaluated v:
+                        Line($"  {v.Stage} step {v.Step}: validation loss {v.ValLoss:0.000}{(v.IsBest ? " (best so far)" : "")}");
+                        break;
+                    case SamplesGenerated g:
+                        foreach (var sample in g.Samples)
+                        {
+                            Line($"  sample [{sample.Language}] {sample.Prompt}");
+                            Line($"    model:     {sample.Generated}");
+                            Line($"    reference: {sample.Reference}");
+                        }
+                        break;
+                    case CheckpointSaved c:
+                        Line($"  checkpoint ({c.Reason}): {c.Path}");
+                        break;
+                    case StageCompleted { Summary: var s }:
+                        Line($"stage '{s.Name}' done: {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss}, {s.StepsPerSecond:0.00} steps/s" +
+                             (s.CachedFeatureImages is { } cached ? $", vision features cached for {cached} images" : ""));
+                        break;
+                    case TrainNote n:
+                        Line(n.Message);
+                        break;
+                }
+            }
+        }
+
+        private void Line(string text)
+        {
+            if (context != null) io.Ui.MarkupLine(Markup.Escape(text));
+            else io.Err.WriteLine(text);
+        }
+    }
+
+    /// <summary>IProgress that calls back on the reporting thread (Progress&lt;T&gt; would post to the thread pool out of order).</summary>
+    private sealed class SynchronousProgress(Action<TrainEvent> handler) : IProgress<TrainEvent>
+    {
+        public void Report(TrainEvent value) => handler(value);
+    }
+}

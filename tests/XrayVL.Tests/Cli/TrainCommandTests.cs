@@ -1,0 +1,30 @@
+using XrayVL.Tests.Training;
+
+namespace XrayVL.Tests.Cli;
+
+public class TrainCommandTests
+{
+    [Fact]
+    public void TrainWritesAModelThatReportUsesAndLogsMetricsAndALossCurve()
+    {
+        var fixture = new TrainingFixture();
+        var recipe = fixture.Recipe("""[ { "name": "t", "kind": "instruct", "trainable": "full", "steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 1, "sample_every": 4 } ]""");
+        string outDir = fixture.NewOut("cli");
+        var r = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", outDir);
+        Assert.True(r.ExitCode == 0, r.Err);
+        Assert.Contains("step 4/4", r.Err);                                    // plain progress lines when not on a terminal
+        Assert.Contains("validation loss", r.Err);
+        foreach (string f in new[] { "model/config.json", "model/model.safetensors", "metrics.jsonl", "loss.png" })
+            Assert.True(File.Exists(Path.Combine(outDir, f)), f);
+
+        var report = CliRunner.Run("report", fixture.Images[0], "--model", Path.Combine(outDir, "model"), "--max-tokens", "8");
+        Assert.True(report.ExitCode == 0, report.Err);
+
+        var bad = CliRunner.Run("train", "--config", Path.Combine(fixture.Root, "missing.json"), "--out", outDir);
+        Assert.NotEqual(0, bad.ExitCode);
+        Assert.Contains("missing.json: recipe file not found", bad.Err);
+        var cuda = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", fixture.NewOut("cuda"), "--device", "cuda");
+        Assert.NotEqual(0, cuda.ExitCode);
+        Assert.Contains("cuda", cuda.Err);
+    }
+}
