@@ -38,7 +38,7 @@ public class BenchTests
     [Fact]
     public void BenchCommandWritesMarkdown()
     {
-        string output = Path.Combine(XrayVL.Tests.Text.TempDir.Create("xrayvl-bench"), "bench.md");
+        string output = Path.Combine(TempDir.Create("xrayvl-bench"), "bench.md");
         var r = CliRunner.Run("bench", "--model", TinyCheckpoint.Directory, "--image", SharedData.File("iu-xray", "images", "2_1.png"),
             "--repeats", "1", "--threads", "1", "--out", output);
         Assert.True(r.ExitCode == 0, r.Err);

@@ -26,7 +26,7 @@ public class DataCommandTests
     [Fact]
     public void DataBuildWritesAManifestAndInstructionsFollow()
     {
-        string outDir = XrayVL.Tests.Text.TempDir.Create("xrayvl-cli-data");
+        string outDir = TempDir.Create("xrayvl-cli-data");
         var r = CliRunner.Run("data", "build", "--source", "xrayglm", "--input", SharedData.File("iu-xray", "openi-en.json"),
             "--images", SharedData.File("iu-xray", "images"), "--out", outDir);
         Assert.True(r.ExitCode == 0, r.Err);

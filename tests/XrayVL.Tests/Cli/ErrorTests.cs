@@ -36,7 +36,7 @@ public class ErrorTests
     [Fact]
     public void WrongConfigIsAOneLineError()
     {
-        string dir = TinyCheckpoint.Write(XrayVL.Tests.Text.TempDir.Create("xrayvl-badcfg"));
+        string dir = TinyCheckpoint.Write(TempDir.Create("xrayvl-badcfg"));
         File.WriteAllText(Path.Combine(dir, "config.json"), "{\"text_config\": {\"num_attention_heads\": 3, \"num_key_value_heads\": 2}}");
         AssertOneLineError(CliRunner.Run("info", "--model", dir), "must be a multiple of num_key_value_heads");
     }
@@ -44,7 +44,7 @@ public class ErrorTests
     [Fact]
     public void ShapeMismatchOnLoadIsAOneLineError()
     {
-        string dir = TinyCheckpoint.Write(XrayVL.Tests.Text.TempDir.Create("xrayvl-badshape"));
+        string dir = TinyCheckpoint.Write(TempDir.Create("xrayvl-badshape"));
         string path = Path.Combine(dir, "config.json");
         File.WriteAllText(path, File.ReadAllText(path).Replace("\"intermediate_size\": 128", "\"intermediate_size\": 64"));
         AssertOneLineError(CliRunner.Run("info", "--model", dir), "checkpoint (128, 64) vs model (64, 64)");

@@ -8,7 +8,7 @@ public class EvalCommandTests
     [Fact]
     public void ScorePrintsTheDocumentedJsonKeys()
     {
-        string dir = XrayVL.Tests.Text.TempDir.Create("xrayvl-score");
+        string dir = TempDir.Create("xrayvl-score");
         string pred = Path.Combine(dir, "pred.txt"), refs = Path.Combine(dir, "ref.txt");
         File.WriteAllLines(pred, ["The heart is normal in size. No pleural effusion.", "Cardiomegaly. Small left effusion."]);
         File.WriteAllLines(refs, ["Heart size is normal. No pleural effusion or pneumothorax. ||| Normal heart. Lungs are clear.", "The heart is enlarged. Small left pleural effusion."]);
@@ -28,7 +28,7 @@ public class EvalCommandTests
     [Fact]
     public void EvalWritesPredictionsMetricsAndReport()
     {
-        string dir = XrayVL.Tests.Text.TempDir.Create("xrayvl-eval-cli");
+        string dir = TempDir.Create("xrayvl-eval-cli");
         var build = CliRunner.Run("data", "build", "--source", "xrayglm", "--input", SharedData.File("iu-xray", "openi-en.json"),
             "--images", SharedData.File("iu-xray", "images"), "--out", dir);
         Assert.True(build.ExitCode == 0, build.Err);

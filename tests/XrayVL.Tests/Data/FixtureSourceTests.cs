@@ -1,3 +1,4 @@
+using XrayVL.Tests.Support;
 using System.IO.Compression;
 using System.Text;
 using XrayVL.Data;

@@ -1,3 +1,4 @@
+using XrayVL.Tests.Support;
 using XrayVL.Data;
 using XrayVL.Data.Labeler;
 using XrayVL.Data.Sources;

@@ -1,3 +1,4 @@
+using XrayVL.Tests.Support;
 using System.Text.Json;
 using XrayVL.Evaluation;
 using XrayVL.Tests.Data;

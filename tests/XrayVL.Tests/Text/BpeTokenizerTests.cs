@@ -1,3 +1,4 @@
+using XrayVL.Tests.Support;
 using System.Text;
 using System.Text.Json;
 using Microsoft.ML.Tokenizers;

@@ -1,3 +1,4 @@
+using XrayVL.Tests.Support;
 using System.Text;
 using Microsoft.ML.Tokenizers;
 using XrayVL.Text;

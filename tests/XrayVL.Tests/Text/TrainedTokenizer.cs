@@ -60,24 +60,3 @@ public sealed class TrainedTokenizer
             .ToList();
     }
 }
-
-/// <summary>Temporary folders removed when the test process exits.</summary>
-public static class TempDir
-{
-    private static readonly List<string> Created = [];
-
-    static TempDir() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
-    {
-        lock (Created)
-            foreach (string dir in Created)
-                try { System.IO.Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    };
-
-    public static string Create(string prefix)
-    {
-        string dir = Path.Combine(Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}");
-        System.IO.Directory.CreateDirectory(dir);
-        lock (Created) Created.Add(dir);
-        return dir;
-    }
-}

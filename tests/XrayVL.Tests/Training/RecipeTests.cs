@@ -1,3 +1,4 @@
+using XrayVL.Tests.Support;
 using XrayVL.Data;
 using XrayVL.Modeling;
 using XrayVL.Tests.Text;
