@@ -53,6 +53,14 @@ public static class App
             stderr.WriteLine($"error: {e.Message}");
             return 1;
         }
+        catch (Exception e) when (e is TypeInitializationException or DllNotFoundException)
+        {
+            // Most often libtorch failing to load: the innermost message names the missing library or symbol version.
+            var inner = e;
+            while (inner.InnerException != null) inner = inner.InnerException;
+            stderr.WriteLine($"error: the native torch library could not be loaded: {inner.Message}");
+            return 2;
+        }
         catch (Exception e)
         {
             // A bug, not a user error: still one line, with the exception type to report it by.

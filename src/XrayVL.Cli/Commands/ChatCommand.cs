@@ -43,7 +43,8 @@ public static class ChatCommand
                 cancel.ThrowIfCancellationRequested();
                 io.Out.Write("you> ");
                 io.Out.Flush();
-                string? line = await io.In.ReadLineAsync(cancel);
+                // TextReader.ReadLineAsync ignores the token on a console: wait on the read so Ctrl-C ends the chat at once.
+                string? line = await Task.Run(io.In.ReadLine, CancellationToken.None).WaitAsync(cancel);
                 if (line is null) break;                                      // end of input
                 line = line.Trim();
                 if (line.Length == 0) continue;
@@ -60,6 +61,7 @@ public static class ChatCommand
                 catch (XrayVLException e)
                 {
                     io.Err.WriteLine($"error: {e.Message}");                  // a bad turn does not end the chat
+                    if (session.Messages.Count > 0) io.Err.WriteLine("(/clear starts a new conversation)");
                     continue;
                 }
                 io.Out.Write("xrayvl> ");

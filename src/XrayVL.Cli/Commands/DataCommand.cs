@@ -25,7 +25,7 @@ public static class DataCommand
         var images = new Option<string?>("--images") { Description = "Image folder (images not found there are counted and listed)" };
         var splitFile = new Option<string?>("--split-file") { Description = "Official split: R2Gen annotation.json, or MIMIC's split CSV" };
         var projections = new Option<string?>("--projections") { Description = "IU iu_projections.csv (default: beside the input)" };
-        var language = new Option<string?>("--language") { Description = "Override the language (en, zh)" };
+        var language = new Option<string?>("--language") { Description = "Override the language (en, zh)" }.AcceptOnlyFromAmong("en", "zh");
         var seed = new Option<int>("--seed") { Description = "Seed of the patient-level split", DefaultValueFactory = _ => 42 };
         var keepMissing = new Option<bool>("--keep-missing-images") { Description = "Keep images that are not on disk" };
         var output = new Option<string>("--out", "-o") { Description = "Output folder (manifest.jsonl, summary.json)", Required = true };

@@ -29,9 +29,13 @@ public static class EvalCommand
                 Tasks = EvalTasks.Parse(parse.GetValue(tasks)!),
                 BatchSize = parse.GetValue(batch),
                 MaxStudies = parse.GetValue(maxStudies),
-                Generation = new GenerationOptions { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) },
             }.Validate();
             var loaded = ModelLocator.Load(parse.GetValue(model));
+            // The decoding every front end uses, with this command's width and length: eval scores what `report` writes.
+            options = options with
+            {
+                Generation = ChatSession.DefaultOptions(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) },
+            };
             string outDir = parse.GetValue(output)!;
             EvalResult result = null!;
             await io.Ui.Progress()

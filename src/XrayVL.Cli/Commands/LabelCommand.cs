@@ -19,8 +19,8 @@ public static class LabelCommand
         {
             string path = parse.GetValue(file)!;
             if (path != "-" && !File.Exists(path)) throw new XrayVLException($"{path}: file not found");
-            using var reader = path == "-" ? io.In : new StreamReader(path, Encoding.UTF8);
-            Labeler.LabelLines(reader, io.Out, path == "-" ? "(stdin)" : path, parse.GetValue(lang)!, parse.GetValue(json));
+            using var reportFile = path == "-" ? null : new StreamReader(path, Encoding.UTF8);   // standard input stays open
+            Labeler.LabelLines(reportFile ?? io.In, io.Out, path == "-" ? "(stdin)" : path, parse.GetValue(lang)!, parse.GetValue(json));
             return 0;
         });
         return command;

@@ -54,11 +54,15 @@ public static class Bench
         public bool IncludeBf16 { get; init; } = true;
     }
 
+    /// <remarks>Changes the process's torch thread count while it runs, and rounds the model's weights through bf16 when
+    /// bf16 figures are measured: load a separate copy of a model to benchmark it.</remarks>
     public static BenchReport Run(LoadedModel loaded, string sampleImage, Options? options = null, Action<string>? log = null)
     {
         options ??= new Options();
         int previousThreads = torch.get_num_threads();
         torch.set_num_threads(options.Threads);
+        var originalDtype = loaded.Model.LanguageModel.DType;
+        using var scope = NewDisposeScope();
         try
         {
             var figures = new List<BenchFigure>();
@@ -99,7 +103,7 @@ public static class Bench
 
             // 5. Seconds per report, end to end: image file → decoded, encoded, prompted, generated, detokenised text.
             log?.Invoke("report end to end");
-            var reportOptions = new GenerationOptions { MaxNewTokens = options.ReportTokens };
+            var reportOptions = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
             int reportTokens = 0;
             double reportSeconds = Median(options.Repeats, () => Time(() =>
             {
@@ -149,7 +153,7 @@ public static class Bench
                     }
                     finally
                     {
-                        model.to(ScalarType.Float32);
+                        model.to(originalDtype);   // the bf16 round trip leaves fp32 weights rounded: Run is for benchmarking a loaded copy
                     }
                 }
             }

@@ -82,6 +82,10 @@ public static class Checkpoint
         var preprocess = File.Exists(preprocessPath)
             ? ConfigFile.Read<PreprocessConfig>(preprocessPath)
             : new PreprocessConfig { ImageSize = config.VisionConfig.ImageSize, Channels = config.VisionConfig.NumChannels };
+        // The encoder's positions are sized for one image size; gray input is repeated to 3 channels, not the reverse.
+        if (preprocess.ImageSize != config.VisionConfig.ImageSize || (preprocess.Channels == 3 && config.VisionConfig.NumChannels == 1))
+            throw new XrayVLException($"{preprocessPath}: images of {preprocess.ImageSize} px × {preprocess.Channels} channels do not fit the " +
+                                      $"vision encoder ({config.VisionConfig.ImageSize} px × {config.VisionConfig.NumChannels} channels)");
         var model = new VisionLanguageModel(config);
         LoadWeights(dir, model, prefix: "");
         if (dtype is { } t) model.to(t);
@@ -186,7 +190,8 @@ public static class Checkpoint
     /// <summary>Moves <paramref name="source"/> over <paramref name="target"/>: the old folder is renamed aside first, removed last.</summary>
     public static void ReplaceDirectory(string source, string target)
     {
-        string old = target + ".old-" + Environment.ProcessId;
+        // A unique name: a folder left by an interrupted save (or a reused process id) must not block this one.
+        string old = target + ".old-" + Guid.NewGuid().ToString("N")[..12];
         bool hadOld = System.IO.Directory.Exists(target);
         if (hadOld) System.IO.Directory.Move(target, old);
         System.IO.Directory.Move(source, target);

@@ -44,7 +44,13 @@ public sealed class ChatSession
     public FinishReason? LastFinishReason { get; private set; }
 
     /// <summary>"en" or "zh": the system prompt and default requests use it.</summary>
-    public string Language { get; set; }
+    public string Language
+    {
+        get => language;
+        set => language = Languages.Check(value);
+    }
+
+    private string language = "en";
 
     public IReadOnlyList<ChatMessage> Messages => messages;
     public int ImageCount => images.Count;
