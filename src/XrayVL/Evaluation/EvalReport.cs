@@ -50,7 +50,10 @@ public static partial class EvalReport
         if (vqa.Count > 0)
         {
             var r = VqaAccuracy.Score(vqa.Select(i => i.Prediction).ToList(), vqa.Select(i => i.References[0]).ToList());
-            vqaMetrics = new VqaTaskMetrics(r.Accuracy, r.Correct, r.Total, r.Unparsed, ToJagged(r.Confusion));
+            var confusion = ToJagged(r.Confusion);
+            int majority = Enumerable.Range(0, VqaResult.Classes.Count).MaxBy(c => confusion[c].Sum());   // reference rows
+            vqaMetrics = new VqaTaskMetrics(r.Accuracy, r.Correct, r.Total, r.Unparsed, confusion,
+                VqaResult.Classes[majority], r.Total == 0 ? 0 : confusion[majority].Sum() / (double)r.Total);
         }
 
         ClassifyTaskMetrics? classifyMetrics = null;
@@ -218,7 +221,8 @@ public static partial class EvalReport
         if (metrics.Vqa is { } vqa)
         {
             md.AppendLine($"## Closed questions ({vqa.Items})").AppendLine();
-            md.AppendLine($"Accuracy **{F(vqa.Accuracy)}** ({vqa.Correct} of {vqa.Items}; answers that were not yes/no/uncertain: {vqa.Unparsed}).").AppendLine();
+            md.AppendLine($"Accuracy **{F(vqa.Accuracy)}** ({vqa.Correct} of {vqa.Items}; answers that were not yes/no/uncertain: {vqa.Unparsed}); " +
+                          $"majority-class baseline (always \"{vqa.MajorityAnswer}\"): {F(vqa.MajorityAccuracy)}.").AppendLine();
             md.AppendLine("| reference \\ answer | yes | no | uncertain | other |").AppendLine("|---|---|---|---|---|");
             for (int r = 0; r < VqaResult.Classes.Count; r++)
                 md.AppendLine($"| {VqaResult.Classes[r]} | {string.Join(" | ", vqa.Confusion[r])} |");

@@ -70,3 +70,22 @@ public class GroundingTests
         Assert.Throws<XrayVLException>(() => Grounding.Score(["{<0><0><1><1>}"], ["no box here"]));
     }
 }
+
+public class VqaMajorityBaselineTests
+{
+    [Fact]
+    public void MajorityBaselineIsTheShareOfTheMostCommonReferenceAnswer()
+    {
+        // References: no ×3, yes ×1; the model answers no, yes, yes, no → 3 of 4 correct; always "no" is also 3 of 4.
+        (string Prediction, string Reference)[] qa = [("No.", "No."), ("Yes.", "No."), ("Yes.", "Yes."), ("No.", "No.")];
+        var items = qa.Select((q, i) => new XrayVL.Evaluation.EvalItem
+        {
+            Id = $"s{i}-vqa", Task = XrayVL.Evaluation.EvalTasks.Vqa, StudyId = $"s{i}", Language = "en",
+            Prompt = "Is there a pleural effusion?", Prediction = q.Prediction, References = [q.Reference],
+        }).ToList();
+        var vqa = XrayVL.Evaluation.EvalReport.Compute(items, "m", "test").Vqa!;
+        Assert.Equal(0.75, vqa.Accuracy, 12);
+        Assert.Equal("no", vqa.MajorityAnswer);
+        Assert.Equal(0.75, vqa.MajorityAccuracy, 12);
+    }
+}
