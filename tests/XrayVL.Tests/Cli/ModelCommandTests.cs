@@ -80,3 +80,19 @@ public class ModelCommandTests
         Assert.Contains($"{total:N0}", text.Out);
     }
 }
+
+/// <summary>The shipped model (models/default) is what commands use without --model.</summary>
+public class DefaultModelTests
+{
+    [Fact]
+    public void ReportWithoutModelUsesTheShippedDefaultModel()
+    {
+        string? shipped = XrayVL.Cli.RepositoryFiles.Find("models/default/config.json");
+        Assert.True(shipped != null, "models/default is part of the repository");
+        var r = CliRunner.Run("report", SharedData.File("iu-xray", "images", "2_1.png"), "--json", "--max-tokens", "24");
+        Assert.True(r.ExitCode == 0, r.Err);
+        var root = JsonDocument.Parse(r.Out).RootElement;
+        Assert.Equal("default", root.GetProperty("model").GetString());
+        Assert.False(string.IsNullOrWhiteSpace(root.GetProperty("report").GetString()));
+    }
+}
