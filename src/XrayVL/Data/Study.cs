@@ -34,6 +34,19 @@ public sealed record Study
     /// <summary>Ready-made conversations (the generic {images, conversations} JSONL); instruction building passes them through.</summary>
     public IReadOnlyList<ConversationTurn>? Conversations { get; init; }
 
+    /// <summary>A study of one parsed report (its four sections); the caller adds split, meta and the rest with `with`.</summary>
+    public static Study FromReport(string studyId, string patientId, Report report, string language, string source) => new()
+    {
+        StudyId = studyId,
+        PatientId = patientId,
+        Findings = report.Findings,
+        Impression = report.Impression,
+        Indication = report.Indication,
+        Comparison = report.Comparison,
+        Language = language,
+        Source = source,
+    };
+
     /// <summary>Findings and impression as one text (what the labeler reads and report generation targets).</summary>
     [JsonIgnore]
     public string ReportText => string.Join(" ", new[] { Findings, Impression }.Where(s => !string.IsNullOrWhiteSpace(s)).Select(s => s.Trim()));

@@ -46,18 +46,7 @@ public sealed class IuCsvSource : IReportSource
             if (row.Has("MeSH")) meta["mesh"] = row["MeSH"];
             if (row.Has("Problems")) meta["problems"] = row["Problems"];
             if (row.Has("image") && ReportCleaner.Clean(row["image"]) is { Length: > 0 } exam) meta["exam"] = exam;
-            var study = new Study
-            {
-                StudyId = id,
-                PatientId = id,
-                Findings = report.Findings,
-                Impression = report.Impression,
-                Indication = report.Indication,
-                Comparison = report.Comparison,
-                Language = options.Language ?? "en",
-                Source = Name,
-                Meta = meta,
-            };
+            var study = Study.FromReport(id, id, report, options.Language ?? "en", Name) with { Meta = meta };
             result.Add(study, images, options.KeepMissingImages);
         }
         return result;

@@ -67,18 +67,7 @@ public sealed class MimicSource : IReportSource
                 string full = Path.Combine(imagesFiles, relative);
                 return new ResolvedImage(new StudyImage(full, view), File.Exists(full));
             }).ToList();
-            var study = new Study
-            {
-                StudyId = "s" + s.Study,
-                PatientId = "p" + s.Subject,
-                Findings = report.Findings,
-                Impression = report.Impression,
-                Indication = report.Indication,
-                Comparison = report.Comparison,
-                Language = options.Language ?? "en",
-                Split = s.Split,
-                Source = Name,
-            };
+            var study = Study.FromReport("s" + s.Study, "p" + s.Subject, report, options.Language ?? "en", Name) with { Split = s.Split };
             result.Add(study, images, options.KeepMissingImages);
         }
         if (noReport > 0)

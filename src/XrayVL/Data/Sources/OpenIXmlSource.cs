@@ -41,18 +41,7 @@ public sealed class OpenIXmlSource : IReportSource
             var meta = new Dictionary<string, string>();
             if (parsed.MeshMajor.Count > 0) meta["mesh"] = string.Join(";", parsed.MeshMajor);
             if (parsed.MeshAutomatic.Count > 0) meta["mesh_automatic"] = string.Join(";", parsed.MeshAutomatic);
-            var study = new Study
-            {
-                StudyId = parsed.Id,
-                PatientId = parsed.Id,
-                Findings = report.Findings,
-                Impression = report.Impression,
-                Indication = report.Indication,
-                Comparison = report.Comparison,
-                Language = options.Language ?? "en",
-                Source = Name,
-                Meta = meta,
-            };
+            var study = Study.FromReport(parsed.Id, parsed.Id, report, options.Language ?? "en", Name) with { Meta = meta };
             result.Add(study, images, options.KeepMissingImages);
         }
         return result;
