@@ -18,9 +18,13 @@ public static class EvalCommand
         var batch = new Option<int>("--batch-size") { Description = "Prompts generated together", DefaultValueFactory = _ => 8 };
         var maxStudies = new Option<int?>("--max-studies") { Description = "Evaluate at most this many studies of the split" };
         var beams = new Option<int>("--beams") { Description = "Beam width for reports (1 = greedy)", DefaultValueFactory = _ => 1 };
+        var withoutImages = new Option<bool>("--without-images")
+        {
+            Description = "Ask for reports with no image, on every study of the split that has a report (use with --tasks report): for report collections whose images are not at hand",
+        };
         var maxTokens = CommonOptions.MaxTokens();
         var command = new Command("eval", "Evaluate a model on a manifest split: reports, closed VQA, finding classification, grounding")
-            { model, manifest, split, tasks, output, batch, maxStudies, beams, maxTokens };
+            { model, manifest, split, tasks, output, batch, maxStudies, beams, withoutImages, maxTokens };
         command.SetAction(async (parse, cancel) =>
         {
             var options = new EvalOptions
@@ -29,6 +33,7 @@ public static class EvalCommand
                 Tasks = EvalTasks.Parse(parse.GetValue(tasks)!),
                 BatchSize = parse.GetValue(batch),
                 MaxStudies = parse.GetValue(maxStudies),
+                WithoutImages = parse.GetValue(withoutImages),
             }.Validate();
             var loaded = ModelLocator.Load(parse.GetValue(model));
             // The decoding every front end uses, with this command's width and length: eval scores what `report` writes.

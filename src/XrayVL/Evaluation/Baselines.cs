@@ -7,6 +7,7 @@ namespace XrayVL.Evaluation;
 public static class Baselines
 {
     public const string MostCommonName = "most_common";
+    public const string ConsensusName = "consensus";
     public const string RandomName = "random";
     public const string NearestNeighbourName = "nearest_neighbour";
 
@@ -27,6 +28,67 @@ public static class Baselines
         }
         if (counts.Count == 0) throw new XrayVLException("no training report to take the most common one from");
         return counts.OrderByDescending(kv => kv.Value.Count).ThenBy(kv => kv.Key, StringComparer.Ordinal).First().Value.First;
+    }
+
+    /// <summary>
+    /// Retrieval with no image: the training report most like all the others — the one whose tf-idf n-gram vectors
+    /// (n = 1..4, <see cref="CaptionTokenizer"/> tokens, idf over the training reports, as CIDEr weighs them) have the
+    /// highest mean cosine similarity to every other training report's, averaged over the four orders. Where reports
+    /// are each phrased differently (so that <see cref="MostCommonReport"/> picks an arbitrary one) this picks the
+    /// corpus's most typical wording. The mean over all others is exact and linear in the corpus: the dot product of a
+    /// unit vector with the sum of all unit vectors, less its own 1. Ties go to the normalised text that sorts first.
+    /// </summary>
+    public static string ConsensusReport(IEnumerable<string> trainingReports, string lang = "en")
+    {
+        const int maxN = 4;
+        var reports = trainingReports.Where(r => !string.IsNullOrWhiteSpace(r)).Select(r => r.Trim()).ToList();
+        if (reports.Count == 0) throw new XrayVLException("no training report to take the consensus report from");
+        var counts = reports.Select(r => NGrams.Count(CaptionTokenizer.Tokenize(r, lang), maxN)).ToList();
+
+        // Unit tf-idf vectors per order, and their sum.
+        var unit = new Dictionary<string, double>[counts.Count][];
+        var sum = Enumerable.Range(0, maxN).Select(_ => new Dictionary<string, double>(StringComparer.Ordinal)).ToArray();
+        for (int n = 0; n < maxN; n++)
+        {
+            var documentFrequency = new Dictionary<string, int>(StringComparer.Ordinal);
+            foreach (var c in counts)
+                foreach (string gram in c[n].Keys) documentFrequency[gram] = documentFrequency.GetValueOrDefault(gram) + 1;
+            double logN = Math.Log(reports.Count);
+            for (int r = 0; r < counts.Count; r++)
+            {
+                unit[r] ??= new Dictionary<string, double>[maxN];
+                var weights = counts[r][n].ToDictionary(kv => kv.Key, kv => kv.Value * (logN - Math.Log(documentFrequency[kv.Key])), StringComparer.Ordinal);
+                double norm = Math.Sqrt(weights.Values.Sum(w => w * w));
+                unit[r][n] = norm == 0 ? [] : weights.ToDictionary(kv => kv.Key, kv => kv.Value / norm, StringComparer.Ordinal);
+                foreach (var (gram, w) in unit[r][n]) sum[n][gram] = sum[n].GetValueOrDefault(gram) + w;
+            }
+        }
+
+        int best = -1;
+        double bestScore = double.NegativeInfinity;
+        string bestKey = "";
+        for (int r = 0; r < reports.Count; r++)
+        {
+            double score = 0;
+            for (int n = 0; n < maxN; n++)
+            {
+                double dot = 0, self = 0;
+                foreach (var (gram, w) in unit[r][n])
+                {
+                    dot += w * sum[n][gram];
+                    self += w * w;                      // 1, or 0 for an empty vector
+                }
+                score += dot - self;
+            }
+            string key = CaptionTokenizer.Normalize(reports[r], lang);
+            if (score > bestScore + 1e-12 || (Math.Abs(score - bestScore) <= 1e-12 && string.CompareOrdinal(key, bestKey) < 0))
+            {
+                best = r;
+                bestScore = score;
+                bestKey = key;
+            }
+        }
+        return reports[best];
     }
 
     /// <summary>For each of <paramref name="count"/> test items a training report drawn uniformly with replacement (seeded; blanks skipped).</summary>

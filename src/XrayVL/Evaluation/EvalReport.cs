@@ -24,6 +24,7 @@ public static partial class EvalReport
     private static readonly (string Key, string Title)[] BaselineTitles =
     [
         (Baselines.MostCommonName, "most common training report"),
+        (Baselines.ConsensusName, "consensus training report (retrieval)"),
         (Baselines.RandomName, "random training report"),
         (Baselines.NearestNeighbourName, "nearest neighbour (image features)"),
     ];

@@ -33,8 +33,15 @@ public sealed record EvalOptions
     public int ShortAnswerTokens { get; init; } = 64;
     /// <summary>Use at most this many training studies for nearest-neighbour retrieval (features cost one vision pass each); null: all.</summary>
     public int? NeighbourPool { get; init; }
-    /// <summary>Build the three report baselines (most common, random, nearest neighbour) from the training split.</summary>
+    /// <summary>Build the report baselines (most common, consensus, random, nearest neighbour) from the training split.</summary>
     public bool Baselines { get; init; } = true;
+    /// <summary>
+    /// Ask for reports with no image attached, on the studies of the split that have a report but none of whose image
+    /// files is at hand (the report task only; studies with images are left out: evaluate those with their images).
+    /// For report collections whose images are missing: it measures the model's report writing alone, beside the
+    /// most common and random training reports (nearest-neighbour retrieval needs images and is left out).
+    /// </summary>
+    public bool WithoutImages { get; init; }
 
     public EvalOptions Validate()
     {
@@ -45,6 +52,8 @@ public sealed record EvalOptions
         if (Splits.NormalizeName(Split) is null) throw new XrayVLException($"unknown split '{Split}'");
         foreach (string t in Tasks)
             if (!EvalTasks.All.Contains(t)) throw new XrayVLException($"unknown eval task '{t}'; expected some of: {string.Join(", ", EvalTasks.All)}");
+        if (WithoutImages && Tasks.Any(t => t != EvalTasks.Report))
+            throw new XrayVLException($"without images only the report task can be evaluated (asked for: {string.Join(", ", Tasks)}); use --tasks report");
         return this;
     }
 }
@@ -56,10 +65,11 @@ public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metri
 /// `xrayvl eval`: asks a loaded model about every study of a manifest split — report generation with the front ends'
 /// request (<see cref="Instructions.ReportRequest"/>), closed questions, the finding list and boxes as the training
 /// instructions phrase them (<see cref="Instructions.Build"/>) — generating in batches, then scores the answers beside
-/// the baselines (<see cref="Baselines"/>: most common and random training report, and the training report of the
-/// nearest training study in the model's vision-feature space: <see cref="VisionLanguageModel.EncodeVision"/>
+/// the baselines (<see cref="Baselines"/>: most common, consensus and random training report, and the training report
+/// of the nearest training study in the model's vision-feature space: <see cref="VisionLanguageModel.EncodeVision"/>
 /// mean-pooled over tokens, then averaged over the study's images) and writes the folder (<see cref="EvalReport"/>).
-/// Progress counts prompts answered and studies whose features were computed.
+/// With <see cref="EvalOptions.WithoutImages"/> it asks for reports with no image, for collections whose images are
+/// missing. Progress counts prompts answered and studies whose features were computed.
 /// </summary>
 public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
 {
@@ -80,14 +90,25 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
     {
         options = (options ?? new EvalOptions()).Validate();
         string split = Splits.NormalizeName(options.Split)!;
-        var selected = studies.Where(s => Splits.NormalizeName(s.Split) == split && s.Images.Count > 0).ToList();
+        var notes = new List<string>();
+        var inSplit = studies.Where(s => Splits.NormalizeName(s.Split) == split).ToList();
+        List<Study> selected;
+        if (options.WithoutImages)
+        {
+            var withReport = inSplit.Where(s => s.ReportText.Length > 0).ToList();
+            selected = withReport.Where(s => !s.Images.Any(i => File.Exists(i.Path))).Select(s => s with { Images = [] }).ToList();
+            if (selected.Count < withReport.Count)
+                notes.Add($"{withReport.Count - selected.Count} studies of the split have image files at hand and were left out of this image-less run");
+        }
+        else selected = inSplit.Where(s => s.Images.Count > 0).ToList();
         if (options.Language is { } only && !options.Tasks.Any(t => t != EvalTasks.Report))
             selected = selected.Where(s => s.Language == only).ToList();
         if (options.MaxStudies is { } max) selected = selected.Take(max).ToList();
         if (selected.Count == 0)
-            throw new XrayVLException($"no study with images in the '{split}' split ({studies.Count} studies in the manifest)");
+            throw new XrayVLException(options.WithoutImages
+                ? $"no study in the '{split}' split has a report and no image file at hand ({studies.Count} studies in the manifest)"
+                : $"no study with images in the '{split}' split ({studies.Count} studies in the manifest); --without-images evaluates reports on text alone");
 
-        var notes = new List<string>();
         var prompts = BuildPrompts(selected, options, notes);
         if (prompts.Count == 0) throw new XrayVLException($"none of the tasks ({string.Join(", ", options.Tasks)}) has a question for the '{split}' split");
 
@@ -103,10 +124,16 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
                 else pools[lang] = pool;
             }
         }
-        var neighbourPools = pools.ToDictionary(kv => kv.Key, kv => kv.Value.Where(s => s.Images.Count > 0).Take(options.NeighbourPool ?? int.MaxValue).ToList());
+        if (options.WithoutImages && pools.Count > 0) notes.Add("reports were asked for without images: the nearest-neighbour baseline, which retrieves by image, was left out");
+        var neighbourPools = pools.ToDictionary(kv => kv.Key, kv => options.WithoutImages ? []
+            : kv.Value.Where(s => s.Images.Count > 0).Take(options.NeighbourPool ?? int.MaxValue).ToList());
         var reportStudies = prompts.Where(p => p.Task == EvalTasks.Report && pools.ContainsKey(p.Language)).Select(p => p.Study).DistinctBy(s => s.StudyId).ToList();
 
-        int total = prompts.Count + neighbourPools.Values.Sum(p => p.Count) + reportStudies.Count;
+        if (!options.WithoutImages)
+            foreach (var (lang, pool) in neighbourPools.Where(kv => kv.Value.Count == 0))
+                notes.Add($"no training study in {lang} has images: the nearest-neighbour baseline was left out");
+        int total = prompts.Count + neighbourPools.Values.Sum(p => p.Count)
+            + reportStudies.Count(s => neighbourPools.GetValueOrDefault(PromptLanguage(s, options))?.Count > 0);
         int done = 0;
         void Advance(int n)
         {
@@ -115,17 +142,21 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
         }
         progress?.Report((0, total));
 
-        // 1. Generate, one task at a time (one GenerationOptions per batch).
+        // 1. Generate, one task at a time (one GenerationOptions per batch). Prompts without images that are the same
+        //    text in the same language get the same answer under deterministic decoding: each is generated once.
         var answers = new string[prompts.Count];
         foreach (var group in prompts.Select((p, i) => (Prompt: p, Index: i)).GroupBy(x => x.Prompt.Task))
         {
             var generation = GenerationFor(group.Key, options);
-            foreach (var batch in group.Chunk(options.BatchSize))
+            var distinct = group.GroupBy(x => x.Prompt.Study.Images.Count == 0 && !generation.DoSample ? $"{x.Prompt.Language}\n{x.Prompt.Question}" : $"#{x.Index}")
+                .Select(g => g.ToList()).ToList();
+            foreach (var batch in distinct.Chunk(options.BatchSize))
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                var texts = GenerateBatch(batch.Select(b => b.Prompt).ToList(), generation, cancellationToken);
-                for (int k = 0; k < batch.Length; k++) answers[batch[k].Index] = texts[k];
-                Advance(batch.Length);
+                var texts = GenerateBatch(batch.Select(b => b[0].Prompt).ToList(), generation, cancellationToken);
+                for (int k = 0; k < batch.Length; k++)
+                    foreach (var same in batch[k]) answers[same.Index] = texts[k];
+                Advance(batch.Sum(b => b.Count));
             }
         }
 
@@ -136,19 +167,20 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             var trainReports = pool.Select(s => s.ReportText).ToList();
             var studiesHere = reportStudies.Where(s => PromptLanguage(s, options) == lang).ToList();
             string common = Baselines.MostCommonReport(trainReports, lang);
+            string consensus = Baselines.ConsensusReport(trainReports, lang);
             var random = Baselines.RandomReports(trainReports, studiesHere.Count, options.Seed);
             var neighbourPool = neighbourPools[lang];
             var trainFeatures = neighbourPool.Select(s => { var f = StudyFeatures(s); Advance(1); return f; }).ToList();
-            var testFeatures = studiesHere.Select(s => { var f = StudyFeatures(s); Advance(1); return f; }).ToList();
-            var nearest = Baselines.NearestNeighbours(trainFeatures, testFeatures);
+            var testFeatures = neighbourPool.Count == 0 ? [] : studiesHere.Select(s => { var f = StudyFeatures(s); Advance(1); return f; }).ToList();
+            var nearest = neighbourPool.Count > 0 ? Baselines.NearestNeighbours(trainFeatures, testFeatures) : null;
             for (int i = 0; i < studiesHere.Count; i++)
             {
-                baselineReports[studiesHere[i].StudyId] = new Dictionary<string, string>
+                var reports = new Dictionary<string, string>
                 {
-                    [Baselines.MostCommonName] = common,
-                    [Baselines.RandomName] = random[i],
-                    [Baselines.NearestNeighbourName] = neighbourPool[nearest[i]].ReportText,
+                    [Baselines.MostCommonName] = common, [Baselines.ConsensusName] = consensus, [Baselines.RandomName] = random[i],
                 };
+                if (nearest is not null) reports[Baselines.NearestNeighbourName] = neighbourPool[nearest[i]].ReportText;
+                baselineReports[studiesHere[i].StudyId] = reports;
             }
         }
 
@@ -240,8 +272,8 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
                     var rendered = ChatTemplate.Render(conversation, tokenizer, addGenerationPrompt: true);
                     var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(rendered.Ids, rendered.Labels, tokenizer.ImageId, model.TokensPerImage);
                     var device = model.LanguageModel.Device;
-                    var pixels = Pixels(prompt.Study).to(model.LanguageModel.DType, device);      // (N, C, S, S)
-                    var imageEmbeds = model.EncodeImages(pixels);                                 // (N, Nv, D)
+                    Tensor? imageEmbeds = prompt.Study.Images.Count == 0 ? null                      // (N, Nv, D)
+                        : model.EncodeImages(Pixels(prompt.Study).to(model.LanguageModel.DType, device));  // from (N, C, S, S)
                     var idTensor = torch.tensor(ids, ScalarType.Int64, device).unsqueeze(0);      // (1, T)
                     prefixes.Add(model.Embed(idTensor, imageEmbeds).MoveToOuterDisposeScope());    // (1, T, D)
                     promptIds.Add(ids);

@@ -43,4 +43,59 @@ public class BaselinesTests
         Assert.Throws<XrayVLException>(() => Baselines.NearestNeighbours(train, [[1, 2, 3]]));
         Assert.Throws<XrayVLException>(() => Baselines.NearestNeighbours([], [[1, 2]]));
     }
+
+    [Fact]
+    public void ConsensusPicksTheMostTypicalWordingWhereEveryReportIsUnique()
+    {
+        string[] train =
+        [
+            "Aortic calcification. Old rib fractures on the left.",
+            "The heart is normal in size. The lungs are clear. No effusion.",
+            "The heart is normal in size and the lungs are clear.",
+            "Heart size is normal. The lungs are clear without effusion.",
+            "Large right pleural effusion with compressive atelectasis.",
+        ];
+        // Every report occurs once, so "most common" falls back to the first in sort order, an outlier here.
+        Assert.Equal("Aortic calcification. Old rib fractures on the left.", Baselines.MostCommonReport(train));
+        string consensus = Baselines.ConsensusReport(train);
+        Assert.Equal(BruteForceConsensus(train), consensus);
+        Assert.Contains("lungs are clear", consensus);
+        Assert.Equal(consensus, Baselines.ConsensusReport(train.Reverse()));
+        Assert.Equal(consensus, Baselines.ConsensusReport([.. train, "", "   "]));
+        Assert.Throws<XrayVLException>(() => Baselines.ConsensusReport(["", " "]));
+    }
+
+    [Fact]
+    public void ConsensusAgreesWithPairwiseMeansOnRealCaptions()
+    {
+        foreach (string lang in new[] { "en", "zh" })
+        {
+            var captions = XrayVL.Tests.Text.TrainedTokenizer.Captions(lang).Select(c => c.Caption).Take(120).ToList();
+            Assert.Equal(BruteForceConsensus(captions, lang), Baselines.ConsensusReport(captions, lang));
+        }
+    }
+
+    /// <summary>The definition, computed pair by pair: mean over orders 1..4 of the summed cosine to every other report.</summary>
+    private static string BruteForceConsensus(IReadOnlyList<string> reports, string lang = "en")
+    {
+        var tokens = reports.Select(r => CaptionTokenizer.Tokenize(r, lang)).ToList();
+        var scores = new double[reports.Count];
+        for (int n = 1; n <= 4; n++)
+        {
+            var grams = tokens.Select(t => Enumerable.Range(0, Math.Max(0, t.Length - n + 1)).Select(i => string.Join(" ", t.Skip(i).Take(n)))
+                .GroupBy(g => g).ToDictionary(g => g.Key, g => (double)g.Count())).ToList();
+            var df = grams.SelectMany(g => g.Keys).GroupBy(k => k).ToDictionary(g => g.Key, g => g.Count());
+            var vectors = grams.Select(g => g.ToDictionary(kv => kv.Key, kv => kv.Value * Math.Log((double)reports.Count / df[kv.Key]))).ToList();
+            double Norm(Dictionary<string, double> v) => Math.Sqrt(v.Values.Sum(w => w * w));
+            for (int a = 0; a < reports.Count; a++)
+                for (int b = 0; b < reports.Count; b++)
+                {
+                    if (a == b || Norm(vectors[a]) == 0 || Norm(vectors[b]) == 0) continue;
+                    scores[a] += vectors[a].Sum(kv => kv.Value * vectors[b].GetValueOrDefault(kv.Key)) / (Norm(vectors[a]) * Norm(vectors[b]));
+                }
+        }
+        double best = scores.Max();
+        return reports.Select((r, i) => (r, i)).Where(x => scores[x.i] >= best - 1e-9)
+            .OrderBy(x => CaptionTokenizer.Normalize(x.r, lang), StringComparer.Ordinal).First().r;
+    }
 }

@@ -88,7 +88,8 @@ public class EvaluatorTests
         var trainEn = studies.Where(s => s.Split == "train" && s.Language == "en").Select(s => s.ReportText).ToList();
         foreach (var item in reportItems.Where(i => i.Language == "en"))
         {
-            Assert.Equal(3, item.Baselines!.Count);
+            Assert.Equal(4, item.Baselines!.Count);
+            Assert.Contains(item.Baselines[Baselines.ConsensusName], trainEn);
             Assert.Contains(item.Baselines[Baselines.NearestNeighbourName], trainEn);
             Assert.Contains(item.Baselines[Baselines.RandomName], trainEn);
         }
@@ -150,6 +151,44 @@ public class EvaluatorTests
         Assert.Null(item.Baselines);
         Assert.Empty(result.Metrics.Report!["en"].Baselines);
         Assert.Null(result.Metrics.Vqa);
+    }
+
+    [Fact]
+    public void WithoutImagesTheStudiesWhoseImagesAreMissingAreAskedOnTextAlone()
+    {
+        var (loaded, _, studies) = Fixture.Value;
+        // Three more test studies whose images are not at hand: listed but missing, or not listed at all.
+        var more = studies.Concat(
+        [
+            studies[0] with { StudyId = "CXR9-missing", PatientId = "CXR9", Images = [new StudyImage("/no/such/image.png", Views.Frontal)] },
+            studies[0] with { StudyId = "CXR10-none", PatientId = "CXR10", Findings = "The heart is normal in size.", Images = [] },
+            studies[4] with { StudyId = "CXR11-zh", PatientId = "CXR11", Images = [] },
+        ]).ToList();
+        var reports = new List<(int Done, int Total)>();
+        var result = new Evaluator(loaded).Run(more, Quick with { Tasks = [EvalTasks.Report], WithoutImages = true }, new SyncProgress(reports.Add), TestContext.Current.CancellationToken);
+
+        // The three test studies with images at hand (CXR2, CXR2882, CXR2-zh) are left out, and the notes count them.
+        Assert.Equal(["CXR9-missing", "CXR10-none", "CXR11-zh"], result.Items.Select(i => i.StudyId));
+        Assert.Contains(result.Metrics.Notes, n => n.StartsWith("3 studies", StringComparison.Ordinal) && n.Contains("left out"));
+        Assert.All(result.Items, i => Assert.Empty(i.Images));
+        Assert.Equal(reports[^1].Total, reports[^1].Done);
+        Assert.Equal(result.Items.Count, reports[^1].Total);          // no vision features to compute
+
+        // One prompt per language, decoded greedily: each English study gets the answer the model gives when asked alone.
+        var alone = new Evaluator(loaded).Run([studies[1] with { Images = [] }], Quick with { Tasks = [EvalTasks.Report], WithoutImages = true, Baselines = false },
+            null, TestContext.Current.CancellationToken);
+        Assert.All(result.Items.Where(i => i.Language == "en"), i => Assert.Equal(alone.Items.Single().Prediction, i.Prediction));
+
+        // Baselines: most common and random training reports; retrieval by image is left out, and the notes say so.
+        Assert.All(result.Items, i => Assert.Equal([Baselines.ConsensusName, Baselines.MostCommonName, Baselines.RandomName], i.Baselines!.Keys.Order()));
+        Assert.Contains(result.Metrics.Notes, n => n.Contains("nearest-neighbour") && n.Contains("without images"));
+        Assert.Equal(2, result.Metrics.Report!["en"].Items);
+        Assert.Equal(1, result.Metrics.Report!["zh"].Items);
+
+        // Only reports can be asked without an image; a split whose studies all have images has nothing to ask.
+        Assert.Contains("--tasks report", Assert.Throws<XrayVLException>(() => (Quick with { WithoutImages = true }).Validate()).Message);
+        Assert.Contains("no image file at hand", Assert.Throws<XrayVLException>(() => new Evaluator(loaded).Run(studies,
+            Quick with { Tasks = [EvalTasks.Report], WithoutImages = true }, null, TestContext.Current.CancellationToken)).Message);
     }
 
     /// <summary>Progress&lt;T&gt; posts to the thread pool; this one reports in order, on the caller's thread.</summary>
