@@ -59,6 +59,7 @@ public static class Bench
     public static BenchReport Run(LoadedModel loaded, string sampleImage, Options? options = null, Action<string>? log = null)
     {
         options ??= new Options();
+        CheckCounts(options.Threads, options.Repeats);
         int previousThreads = torch.get_num_threads();
         torch.set_num_threads(options.Threads);
         var originalDtype = loaded.Model.LanguageModel.DType;
@@ -229,6 +230,13 @@ public static class Bench
             sequence = torch.cat([sequence, next], dim: 1).MoveToOuterDisposeScope();
         }
         return tokens / watch.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>Refuses thread and repeat counts below 1 (libtorch aborts the process on a thread count of 0).</summary>
+    public static void CheckCounts(int threads, int repeats)
+    {
+        if (threads < 1) throw new XrayVLException($"--threads must be at least 1 (got {threads})");
+        if (repeats < 1) throw new XrayVLException($"--repeats must be at least 1 (got {repeats})");
     }
 
     /// <summary>Runs once to warm up, then <paramref name="repeats"/> times; the median of the measured values.</summary>

@@ -39,8 +39,9 @@ public static class DecodeBenchmark
         int repeats = 3, int decodeTokens = 32, int recomputeTokens = 8, Action<string>? log = null)
     {
         config ??= DefaultConfig;
-        if (context <= decodeTokens || context <= recomputeTokens || repeats < 1)
-            throw new XrayVLException($"benchmark needs context ({context}) above the decoded token counts and at least one repeat");
+        Bench.CheckCounts(threads, repeats);
+        if (context <= decodeTokens || context <= recomputeTokens)
+            throw new XrayVLException($"benchmark needs context ({context}) above the decoded token counts ({decodeTokens}, {recomputeTokens})");
         int previousThreads = torch.get_num_threads();
         torch.set_num_threads(threads);
         try

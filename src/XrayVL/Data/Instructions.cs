@@ -239,8 +239,8 @@ public static class Instructions
             bool normal = labels[o] == LabelValue.Positive;
             string? evidence = normal ? c.Evidence?.Evidence(o) : null;
             string answer = zh
-                ? (normal ? "是。" + (evidence ?? "未见明显异常。") : "否。" + ListSentence(labels, zh))
-                : (normal ? "Yes. " + (evidence ?? "No abnormality is seen.") : "No. " + ListSentence(labels, zh));
+                ? (normal ? "是。" + (evidence ?? "未见明显异常。") : "否。" + FindingListAnswer(labels, c.Lang))
+                : (normal ? "Yes. " + (evidence ?? "No abnormality is seen.") : "No. " + FindingListAnswer(labels, c.Lang));
             return Exchange(c.Pick(Prompts.Normal[c.Lang]), answer);
         }
         var value = labels[o];
@@ -266,12 +266,16 @@ public static class Instructions
         if (c.Labels == null) return null;
         bool anyPresent = Observations.All.Any(o => o != Observation.NoFinding && c.Labels[o] is LabelValue.Positive or LabelValue.Uncertain);
         if (!anyPresent && c.Labels[Observation.NoFinding] != LabelValue.Positive) return null;
-        return Exchange(c.Pick(Prompts.FindingList[c.Lang]), ListSentence(c.Labels, c.Lang == "zh"));
+        return Exchange(c.Pick(Prompts.FindingList[c.Lang]), FindingListAnswer(c.Labels, c.Lang));
     }
 
-    /// <summary>"Findings: cardiomegaly, pleural effusion. Possible: pneumonia." / "发现：心脏增大、胸腔积液。可能：肺炎。" / "No abnormal findings."</summary>
-    private static string ListSentence(ChexpertLabels labels, bool zh)
+    /// <summary>
+    /// The answer to a finding-list question, as the training conversations write it: "Findings: cardiomegaly, pleural
+    /// effusion. Possible: pneumonia." / "发现：心脏增大、胸腔积液。可能：肺炎。" / "No abnormal findings."
+    /// </summary>
+    public static string FindingListAnswer(ChexpertLabels labels, string lang)
     {
+        bool zh = lang == "zh";
         var positive = Observations.All.Where(o => o != Observation.NoFinding && labels[o] == LabelValue.Positive).ToList();
         var uncertain = Observations.All.Where(o => o != Observation.NoFinding && labels[o] == LabelValue.Uncertain).ToList();
         if (positive.Count == 0 && uncertain.Count == 0) return zh ? "未见异常。" : "No abnormal findings.";

@@ -1,3 +1,6 @@
+using XrayVL.Data;
+using XrayVL.Data.Labeler;
+
 namespace XrayVL.Evaluation;
 
 /// <summary>
@@ -10,6 +13,10 @@ public static class Baselines
     public const string ConsensusName = "consensus";
     public const string RandomName = "random";
     public const string NearestNeighbourName = "nearest_neighbour";
+    /// <summary>Finding list: the findings positive in more than half of the training studies, for every study.</summary>
+    public const string MajorityFindingsName = "majority_findings";
+    /// <summary>Grounding: the mean training box of the asked-for label, for every image.</summary>
+    public const string MeanBoxName = "mean_training_box";
 
     /// <summary>
     /// The most frequent training report after normalisation (<see cref="CaptionTokenizer.Normalize"/>: lower case,
@@ -90,6 +97,27 @@ public static class Baselines
         }
         return reports[best];
     }
+
+    /// <summary>
+    /// The majority-class answer for multi-label findings: each observation other than No Finding is positive when
+    /// more than half of the training label sets have it positive (uncertain and unmentioned count as not positive,
+    /// as clinical efficacy reads them); No Finding is positive when no other observation is.
+    /// </summary>
+    public static ChexpertLabels MajorityFindings(IReadOnlyCollection<ChexpertLabels> training)
+    {
+        if (training.Count == 0) throw new XrayVLException("no training labels to take the majority findings from");
+        var result = new ChexpertLabels();
+        foreach (var o in Observations.All.Where(o => o != Observation.NoFinding))
+            if (2 * training.Count(l => l[o] == LabelValue.Positive) > training.Count) result[o] = LabelValue.Positive;
+        if (!Observations.All.Any(o => result[o] == LabelValue.Positive)) result[Observation.NoFinding] = LabelValue.Positive;
+        return result;
+    }
+
+    /// <summary>Per box label (ordinal, case-insensitive): the mean of the training boxes' corners on the 0–100 grid.</summary>
+    public static Dictionary<string, StudyBox> MeanBoxes(IEnumerable<StudyBox> training) =>
+        training.GroupBy(b => b.Label, StringComparer.OrdinalIgnoreCase).ToDictionary(g => g.Key,
+            g => new StudyBox(0, g.Key, g.Average(b => b.X1), g.Average(b => b.Y1), g.Average(b => b.X2), g.Average(b => b.Y2)),
+            StringComparer.OrdinalIgnoreCase);
 
     /// <summary>For each of <paramref name="count"/> test items a training report drawn uniformly with replacement (seeded; blanks skipped).</summary>
     public static List<string> RandomReports(IReadOnlyList<string> trainingReports, int count, int seed = 0)

@@ -45,7 +45,10 @@ public sealed record EvalItem
     public required IReadOnlyList<string> References { get; init; }
     /// <summary>Classify items: the study's labels (1 / 0 / −1 / null per observation) the answer is scored against.</summary>
     public IReadOnlyDictionary<string, int?>? ReferenceLabels { get; init; }
-    /// <summary>Report items: baseline name (<see cref="Evaluation.Baselines"/>) → that baseline's report for this study.</summary>
+    /// <summary>
+    /// Baseline name (<see cref="Evaluation.Baselines"/>) → that baseline's answer to this item: reports for report
+    /// items, the majority findings as a finding list for classify items, the mean training box for ground items.
+    /// </summary>
     public IReadOnlyDictionary<string, string>? Baselines { get; init; }
 }
 
@@ -76,9 +79,17 @@ public sealed record VqaTaskMetrics(double Accuracy, int Correct, int Items, int
 
 public sealed record ClassifyTaskMetrics(
     double MicroF1, double MacroF1, double MicroPrecision, double MicroRecall, double MacroPrecision, double MacroRecall,
-    double Accuracy, double ExactMatch, int Items, IReadOnlyDictionary<string, double> PerLabelF1);
+    double Accuracy, double ExactMatch, int Items, IReadOnlyDictionary<string, double> PerLabelF1)
+{
+    /// <summary>The same figures for the majority-findings answer (<see cref="Baselines.MajorityFindingsName"/>), when every item has one.</summary>
+    public ClassifyTaskMetrics? MajorityBaseline { get; init; }
+}
 
-public sealed record GroundTaskMetrics(double MeanIou, double AccuracyAtIou50, int Items, int Unparsed);
+public sealed record GroundTaskMetrics(double MeanIou, double AccuracyAtIou50, int Items, int Unparsed)
+{
+    /// <summary>The same figures for the mean training box (<see cref="Baselines.MeanBoxName"/>), when every item has one.</summary>
+    public GroundTaskMetrics? MeanBoxBaseline { get; init; }
+}
 
 /// <summary>Everything metrics.json holds. Tasks that were not run are absent (null).</summary>
 public sealed record EvalMetrics

@@ -60,20 +60,33 @@ public static partial class EvalReport
         ClassifyTaskMetrics? classifyMetrics = null;
         if (classify.Count > 0)
         {
-            var predicted = classify.Select(i => ClinicalEfficacy.Binary(labeler.Label(i.Prediction, i.Language))).ToList();
             var truth = classify.Select(i => ClinicalEfficacy.Binary(i.ReferenceLabels != null
                 ? ChexpertLabels.FromDictionary(i.ReferenceLabels)
                 : labeler.Label(i.References[0], i.Language))).ToList();
-            var ce = ClinicalEfficacy.FromVectors(predicted, truth);
-            classifyMetrics = new ClassifyTaskMetrics(ce.MicroF1, ce.MacroF1, ce.MicroPrecision, ce.MicroRecall, ce.MacroPrecision, ce.MacroRecall,
-                ce.Accuracy, ce.ExactMatch, ce.Items, ce.PerLabel.ToDictionary(l => l.Label, l => l.F1));
+            ClassifyTaskMetrics Classify(Func<EvalItem, string> answer)
+            {
+                var predicted = classify.Select(i => ClinicalEfficacy.Binary(labeler.Label(answer(i), i.Language))).ToList();
+                var ce = ClinicalEfficacy.FromVectors(predicted, truth);
+                return new ClassifyTaskMetrics(ce.MicroF1, ce.MacroF1, ce.MicroPrecision, ce.MicroRecall, ce.MacroPrecision, ce.MacroRecall,
+                    ce.Accuracy, ce.ExactMatch, ce.Items, ce.PerLabel.ToDictionary(l => l.Label, l => l.F1));
+            }
+            classifyMetrics = Classify(i => i.Prediction);
+            if (classify.All(i => i.Baselines?.ContainsKey(Baselines.MajorityFindingsName) == true))
+                classifyMetrics = classifyMetrics with { MajorityBaseline = Classify(i => i.Baselines![Baselines.MajorityFindingsName]) };
         }
 
         GroundTaskMetrics? groundMetrics = null;
         if (ground.Count > 0)
         {
-            var g = Grounding.Score(ground.Select(i => i.Prediction).ToList(), ground.Select(i => i.References[0]).ToList());
-            groundMetrics = new GroundTaskMetrics(g.MeanIoU, g.AccuracyAt50, g.Items, g.Unparsed);
+            var references = ground.Select(i => i.References[0]).ToList();
+            GroundTaskMetrics Ground(Func<EvalItem, string> answer)
+            {
+                var g = Grounding.Score(ground.Select(answer).ToList(), references);
+                return new GroundTaskMetrics(g.MeanIoU, g.AccuracyAt50, g.Items, g.Unparsed);
+            }
+            groundMetrics = Ground(i => i.Prediction);
+            if (ground.All(i => i.Baselines?.ContainsKey(Baselines.MeanBoxName) == true))
+                groundMetrics = groundMetrics with { MeanBoxBaseline = Ground(i => i.Baselines![Baselines.MeanBoxName]) };
         }
 
         return new EvalMetrics
@@ -233,13 +246,20 @@ public static partial class EvalReport
         {
             md.AppendLine($"## Finding classification ({cls.Items})").AppendLine();
             md.AppendLine("The finding-list answer, read by the labeler, against the study's labels (positive = 1).").AppendLine();
-            md.AppendLine("| micro P | micro R | micro F1 | macro P | macro R | macro F1 | accuracy | exact match |").AppendLine("|---|---|---|---|---|---|---|---|");
-            md.AppendLine($"| {F(cls.MicroPrecision)} | {F(cls.MicroRecall)} | {F(cls.MicroF1)} | {F(cls.MacroPrecision)} | {F(cls.MacroRecall)} | {F(cls.MacroF1)} | {F(cls.Accuracy)} | {F(cls.ExactMatch)} |").AppendLine();
+            md.AppendLine("| answers | micro P | micro R | micro F1 | macro P | macro R | macro F1 | accuracy | exact match |").AppendLine("|---|---|---|---|---|---|---|---|---|");
+            static string Row(string name, ClassifyTaskMetrics c) =>
+                $"| {name} | {F(c.MicroPrecision)} | {F(c.MicroRecall)} | {F(c.MicroF1)} | {F(c.MacroPrecision)} | {F(c.MacroRecall)} | {F(c.MacroF1)} | {F(c.Accuracy)} | {F(c.ExactMatch)} |";
+            md.AppendLine(Row("**model**", cls));
+            if (cls.MajorityBaseline is { } majority) md.AppendLine(Row("majority findings of the training split (no image)", majority));
+            md.AppendLine();
         }
         if (metrics.Ground is { } g)
         {
             md.AppendLine($"## Grounding ({g.Items})").AppendLine();
-            md.AppendLine($"Mean IoU **{F(g.MeanIou)}**, accuracy at IoU ≥ 0.5 **{F(g.AccuracyAtIou50)}** (answers without a box: {g.Unparsed}).").AppendLine();
+            md.AppendLine($"Mean IoU **{F(g.MeanIou)}**, accuracy at IoU ≥ 0.5 **{F(g.AccuracyAtIou50)}** (answers without a box: {g.Unparsed}).");
+            if (g.MeanBoxBaseline is { } mean)
+                md.AppendLine($"The mean training box of the asked-for label, the same for every image: mean IoU {F(mean.MeanIou)}, accuracy at IoU ≥ 0.5 {F(mean.AccuracyAtIou50)}.");
+            md.AppendLine();
         }
         if (metrics.Notes.Count > 0)
         {

@@ -184,6 +184,9 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             }
         }
 
+        // 3. Image-free answers for the finding lists and boxes, from the training split.
+        var shortAnswerBaselines = options.Baselines ? ShortAnswerBaselines(studies, prompts, notes) : [];
+
         var items = prompts.Select((p, i) => new EvalItem
         {
             Id = p.Id,
@@ -195,10 +198,48 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             Prediction = answers[i],
             References = [p.Reference],
             ReferenceLabels = p.ReferenceLabels,
-            Baselines = p.Task == EvalTasks.Report ? baselineReports.GetValueOrDefault(p.Study.StudyId) : null,
+            Baselines = p.Task == EvalTasks.Report ? baselineReports.GetValueOrDefault(p.Study.StudyId) : shortAnswerBaselines.GetValueOrDefault(i),
         }).ToList();
         var metrics = EvalReport.Compute(items, loaded.Name, split, notes, labeler);
         return new EvalResult(items, metrics);
+    }
+
+    /// <summary>
+    /// Prompt index → baseline name → answer, for the finding-list and grounding prompts: the training split's majority
+    /// findings written as the training answers write a finding list (<see cref="Instructions.FindingListAnswer"/>),
+    /// and the mean training box of the asked-for label as box text. Both are scored exactly as the model's answers.
+    /// </summary>
+    private Dictionary<int, Dictionary<string, string>> ShortAnswerBaselines(IReadOnlyList<Study> studies, List<Prompt> prompts, List<string> notes)
+    {
+        var result = new Dictionary<int, Dictionary<string, string>>();
+        var train = studies.Where(s => Splits.NormalizeName(s.Split) == Splits.Train).ToList();
+        if (prompts.Any(p => p.Task == EvalTasks.Classify))
+        {
+            var labels = train.Select(s => s.Labels is { } l ? ChexpertLabels.FromDictionary(l)
+                : s.ReportText.Length > 0 ? labeler.Label(s.ReportText, s.Language) : null).OfType<ChexpertLabels>().ToList();
+            if (labels.Count == 0) notes.Add("no training study has labels or a report: the majority-findings baseline was left out");
+            else
+            {
+                var majority = Baselines.MajorityFindings(labels);
+                foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Classify))
+                    result[i] = new() { [Baselines.MajorityFindingsName] = Instructions.FindingListAnswer(majority, p.Language) };
+            }
+        }
+        if (prompts.Any(p => p.Task == EvalTasks.Ground))
+        {
+            var meanBoxes = Baselines.MeanBoxes(train.SelectMany(s => s.Boxes ?? []));
+            int missing = 0;
+            foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Ground))
+            {
+                // The prompt asked for the study box whose text is the reference.
+                var asked = (p.Study.Boxes ?? []).FirstOrDefault(b => Instructions.BoxText(b) == p.Reference);
+                if (asked is not null && meanBoxes.TryGetValue(asked.Label, out var mean))
+                    result[i] = new() { [Baselines.MeanBoxName] = Instructions.BoxText(mean) };
+                else missing++;
+            }
+            if (missing > 0) notes.Add($"{missing} grounding questions ask for a label with no training box: the mean-box baseline was left out of the grounding figures");
+        }
+        return result;
     }
 
     /// <summary>One question to ask: which study, the prompt text and what a right answer is.</summary>

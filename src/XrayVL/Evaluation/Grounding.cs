@@ -1,6 +1,3 @@
-using System.Globalization;
-using System.Text.RegularExpressions;
-
 namespace XrayVL.Evaluation;
 
 /// <summary>An axis-aligned box on the 0–100 grid (x right, y down); corners are put in order when parsed.</summary>
@@ -24,30 +21,18 @@ public sealed record GroundingResult(double MeanIoU, double AccuracyAt50, int It
 
 /// <summary>
 /// Grounding scores for boxes written as text, MiniGPT-Med style as <see cref="Data.Instructions.BoxText"/> writes them:
-/// <c>{&lt;x1&gt;&lt;y1&gt;&lt;x2&gt;&lt;y2&gt;}</c> (braces optional, numbers on the 0–100 grid, decimals and spaces
-/// tolerated). An item's IoU is that of the first predicted box with the best-overlapping reference box; a prediction
-/// with no box scores IoU 0 (and is counted as unparsed). Mean IoU = mean over items; accuracy = share with IoU ≥ 0.5.
+/// <c>{&lt;x1&gt;&lt;y1&gt;&lt;x2&gt;&lt;y2&gt;}</c>, read by <see cref="Data.GridBoxes.Parse"/> — the parser the server
+/// uses to draw boxes, so that a box scored here is a box a user sees. It is strict: braces and exactly four integers
+/// on the 0–100 grid; "{&lt;56&gt;&lt;12&gt;&lt;98&gt;&lt;87&gt;&lt;89&gt;&lt;89&gt;}" is not a box. An item's IoU is that of the first
+/// predicted box with the best-overlapping reference box; a prediction with no box scores IoU 0 (and is counted as
+/// unparsed). Mean IoU = mean over items; accuracy = share with IoU ≥ 0.5.
 /// </summary>
-public static partial class Grounding
+public static class Grounding
 {
     public const double Threshold = 0.5;
 
-    [GeneratedRegex(@"\{?\s*<\s*(-?\d+(?:\.\d+)?)\s*>\s*<\s*(-?\d+(?:\.\d+)?)\s*>\s*<\s*(-?\d+(?:\.\d+)?)\s*>\s*<\s*(-?\d+(?:\.\d+)?)\s*>\s*\}?")]
-    private static partial Regex BoxPattern();
-
-    /// <summary>Every box in the text, in order; coordinates clamped to 0–100 and corners ordered.</summary>
-    public static List<Box> Parse(string text)
-    {
-        ArgumentNullException.ThrowIfNull(text);
-        var boxes = new List<Box>();
-        foreach (Match m in BoxPattern().Matches(text))
-        {
-            double V(int g) => Math.Clamp(double.Parse(m.Groups[g].Value, CultureInfo.InvariantCulture), 0, 100);
-            double x1 = V(1), y1 = V(2), x2 = V(3), y2 = V(4);
-            boxes.Add(new Box(Math.Min(x1, x2), Math.Min(y1, y2), Math.Max(x1, x2), Math.Max(y1, y2)));
-        }
-        return boxes;
-    }
+    /// <summary>Every well-formed box in the text, in order (<see cref="Data.GridBoxes.Parse"/>).</summary>
+    public static List<Box> Parse(string text) => [.. Data.GridBoxes.Parse(text).Select(b => new Box(b.X1, b.Y1, b.X2, b.Y2))];
 
     public static GroundingResult Score(IReadOnlyList<string> predictions, IReadOnlyList<string> references)
     {

@@ -57,4 +57,15 @@ public class ErrorTests
         Assert.NotEqual(0, r.ExitCode);
         Assert.DoesNotContain("   at ", r.Err + r.Out);
     }
+
+    [Theory]
+    [InlineData("--threads", "0")]
+    [InlineData("--threads", "-1")]
+    [InlineData("--repeats", "0")]
+    public void BenchCountsBelowOneAreRefusedBeforeTorchSeesThem(string option, string value)
+    {
+        // libtorch aborts the whole process (a native trace, exit 134) when asked for 0 threads.
+        AssertOneLineError(CliRunner.Run("bench", "--language-model-only", option, value), $"{option} must be at least 1 (got {value})");
+        AssertOneLineError(CliRunner.Run("bench", "--model", TinyCheckpoint.Directory, option, value), $"{option} must be at least 1 (got {value})");
+    }
 }

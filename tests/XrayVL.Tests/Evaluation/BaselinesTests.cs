@@ -1,3 +1,5 @@
+using XrayVL.Data;
+using XrayVL.Data.Labeler;
 using XrayVL.Evaluation;
 
 namespace XrayVL.Tests.Evaluation;
@@ -68,6 +70,7 @@ public class BaselinesTests
     [Fact]
     public void ConsensusAgreesWithPairwiseMeansOnRealCaptions()
     {
+        var wrong = new List<string>();
         foreach (string lang in new[] { "en", "zh" })
         {
             var captions = XrayVL.Tests.Text.TrainedTokenizer.Captions(lang).Select(c => c.Caption).Take(120).ToList();
@@ -97,5 +100,63 @@ public class BaselinesTests
         double best = scores.Max();
         return reports.Select((r, i) => (r, i)).Where(x => scores[x.i] >= best - 1e-9)
             .OrderBy(x => CaptionTokenizer.Normalize(x.r, lang), StringComparer.Ordinal).First().r;
+    }
+
+    [Fact]
+    public void MajorityFindingsNeedMoreThanHalfOfTheTrainingStudies()
+    {
+        static ChexpertLabels L(params (Observation O, LabelValue V)[] set)
+        {
+            var l = new ChexpertLabels();
+            foreach (var (o, v) in set) l[o] = v;
+            return l;
+        }
+        var pneumonia = (Observation.Pneumonia, LabelValue.Positive);
+        var opacity = (Observation.LungOpacity, LabelValue.Positive);
+        var training = new[]
+        {
+            L(pneumonia, opacity), L(pneumonia), L(pneumonia, (Observation.LungOpacity, LabelValue.Uncertain)), L(opacity),
+            L((Observation.NoFinding, LabelValue.Positive)),
+        };
+        // Pneumonia 3 of 5: in; opacity 2 of 5 (the uncertain one does not count): out.
+        var majority = Baselines.MajorityFindings(training);
+        Assert.Equal([Observation.Pneumonia], majority.With(LabelValue.Positive));
+        // Opacity 2 of 4 is exactly half: not a majority; with nothing positive the answer is No Finding.
+        var tie = Baselines.MajorityFindings([L(opacity), L(opacity), L(), L()]);
+        Assert.Equal([Observation.NoFinding], tie.With(LabelValue.Positive));
+        Assert.Throws<XrayVLException>(() => Baselines.MajorityFindings([]));
+    }
+
+    [Fact]
+    public void FindingListAnswersReadBackToTheirLabels()
+    {
+        // The majority-findings baseline is scored through the labeler, as the model's answer is: every finding list the
+        // training answers can write must read back to exactly its positive findings, in both languages.
+        var wrong = new List<string>();
+        foreach (string lang in new[] { "en", "zh" })
+            foreach (var o in Observations.All)
+            {
+                var labels = new ChexpertLabels();
+                labels[o] = LabelValue.Positive;
+                if (o != Observation.PleuralEffusion) labels[Observation.PleuralEffusion] = LabelValue.Positive;
+                string answer = Instructions.FindingListAnswer(labels, lang);
+                var read = Labeler.Default.Label(answer, lang);
+                var expected = o == Observation.NoFinding ? [Observation.PleuralEffusion] : labels.With(LabelValue.Positive).ToList();
+                if (!expected.SequenceEqual(read.With(LabelValue.Positive))) wrong.Add($"{lang} '{answer}' read as {read}");
+            }
+        Assert.True(wrong.Count == 0, string.Join("\n", wrong));
+    }
+
+    [Fact]
+    public void MeanBoxesAverageEachLabelsCorners()
+    {
+        var boxes = new[]
+        {
+            new StudyBox(0, "Right Lung", 10, 20, 40, 80), new StudyBox(0, "right lung", 20, 10, 50, 90), new StudyBox(1, "Left Lung", 55, 15, 90, 85),
+        };
+        var mean = Baselines.MeanBoxes(boxes);
+        Assert.Equal(2, mean.Count);
+        Assert.Equal((15.0, 15.0, 45.0, 85.0), (mean["RIGHT LUNG"].X1, mean["RIGHT LUNG"].Y1, mean["RIGHT LUNG"].X2, mean["RIGHT LUNG"].Y2));
+        Assert.Equal("{<55><15><90><85>}", Instructions.BoxText(mean["Left Lung"]));
     }
 }

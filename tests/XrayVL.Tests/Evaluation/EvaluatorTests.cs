@@ -1,5 +1,6 @@
 using System.Text.Json;
 using XrayVL.Data;
+using XrayVL.Data.Labeler;
 using XrayVL.Evaluation;
 using XrayVL.Imaging;
 using XrayVL.IO;
@@ -43,7 +44,7 @@ public class EvaluatorTests
         {
             Make("CXR2", "test", "en", en["2_1"], "2_1", "2_2"),
             Make("CXR2882", "test", "en", en["2882_1"], "2882_1") with { Boxes = [new StudyBox(0, "right lung", 10, 15, 48, 85)] },
-            Make("CXR861", "train", "en", en["861_1"], "861_1"),
+            Make("CXR861", "train", "en", en["861_1"], "861_1") with { Boxes = [new StudyBox(0, "Right Lung", 4, 5, 40, 75)] },
             Make("CXR2577", "train", "en", en["2577_1"], "2577_1"),
             Make("CXR2-zh", "test", "zh", zh["2_1"], "2_1"),
             Make("CXR861-zh", "train", "zh", zh["861_1"], "861_1"),
@@ -124,7 +125,20 @@ public class EvaluatorTests
         Assert.Equal(result.Metrics.Report!["en"].Baselines[Baselines.RandomName].Cider, again.Report!["en"].Baselines[Baselines.RandomName].Cider, 12);
         Assert.Equal(result.Metrics.Vqa!.Accuracy, again.Vqa!.Accuracy);
 
+        // Image-free answers for the finding list (the training split's majority findings) and boxes (the mean training box).
+        var trainLabels = studies.Where(s => s.Split == "train").Select(s => Labeler.Default.Label(s.ReportText, s.Language)).ToList();
+        foreach (var item in items.Where(i => i.Task == EvalTasks.Classify))
+            Assert.Equal(Instructions.FindingListAnswer(Baselines.MajorityFindings(trainLabels), item.Language), item.Baselines![Baselines.MajorityFindingsName]);
+        var groundItem = items.Single(i => i.Task == EvalTasks.Ground);
+        Assert.Equal("{<4><5><40><75>}", groundItem.Baselines![Baselines.MeanBoxName]);
+        var meanBox = result.Metrics.Ground!.MeanBoxBaseline!;
+        Assert.Equal(new Box(4, 5, 40, 75).IoU(new Box(10, 15, 48, 85)), meanBox.MeanIou, 12);
+        Assert.NotNull(result.Metrics.Classify!.MajorityBaseline);
+        Assert.Equal(result.Metrics.Classify.MajorityBaseline!.MicroF1, again.Classify!.MajorityBaseline!.MicroF1, 12);
+
         string md = File.ReadAllText(Path.Combine(outDir, EvalReport.ReportFile));
+        Assert.Contains("| majority findings of the training split (no image) |", md);
+        Assert.Contains("The mean training box of the asked-for label", md);
         Assert.Contains("| nearest neighbour (image features) |", md);
         Assert.Contains("## Report generation (zh, 1 studies)", md);
         Assert.Contains("![per-label F1](per_label_f1_en.png)", md);

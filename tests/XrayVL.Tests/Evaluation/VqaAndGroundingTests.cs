@@ -41,9 +41,13 @@ public class GroundingTests
         string text = Instructions.BoxText(new StudyBox(0, "right lung", 10.4, 20, 45.6, 80));
         Assert.Equal("{<10><20><46><80>}", text);
         Assert.Equal([new Box(10, 20, 46, 80)], Grounding.Parse("The right lung is at " + text + "."));
-        Assert.Equal([new Box(10, 20, 30, 40), new Box(1.5, 2, 3, 4)], Grounding.Parse("<10><20><30><40> and {< 3 ><4><1.5><2>}"));
-        Assert.Equal([new Box(0, 0, 100, 50)], Grounding.Parse("{<-5><0><120><50>}"));
-        Assert.Empty(Grounding.Parse("left lung <10><20>"));
+        Assert.Equal([new Box(1, 2, 3, 4)], Grounding.Parse("<10><20><30><40> and {< 3 ><4><1><2>}"));     // braces required; corners ordered
+        // What the server would not draw is not scored either: more or fewer than four numbers, decimals, off the grid.
+        foreach (string malformed in new[] { "{<56><12><98><87><89><89>}", "{<10><20><30>}", "{<1.5><2><3><4>}", "{<-5><0><20><50>}", "{<0><0><120><50>}", "left lung <10><20>" })
+        {
+            Assert.Empty(Grounding.Parse(malformed));
+            Assert.Empty(GridBoxes.Parse(malformed));
+        }
     }
 
     [Fact]
