@@ -59,10 +59,17 @@ public sealed class LoraTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// Weights drawn from a private generator (U(±1/√Hidden), as nn.Linear draws them): torch's global generator is
+    /// shared with the tests running in parallel, and some tests here build the same model twice.
+    /// </summary>
     private static TinyModel NewModel(int seed = 11)
     {
-        torch.manual_seed(seed);
         var model = new TinyModel();
+        using var generator = new torch.Generator((ulong)seed);
+        double bound = 1 / Math.Sqrt(Hidden);
+        using (torch.no_grad())
+            foreach (var parameter in model.parameters()) parameter.uniform_(-bound, bound, generator);
         model.eval();
         return model;
     }
