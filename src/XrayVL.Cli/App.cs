@@ -27,6 +27,15 @@ public static class App
         return root;
     }
 
+    /// <summary>"xrayvl data build" for the command a parse reached.</summary>
+    private static string CommandPath(ParseResult parse)
+    {
+        var names = new List<string>();
+        for (var result = parse.CommandResult; result is { Command: not RootCommand }; result = result.Parent as System.CommandLine.Parsing.CommandResult)
+            names.Insert(0, result.Command.Name);
+        return string.Join(' ', ["xrayvl", .. names]);
+    }
+
     /// <summary>Parses and runs a command. User errors print one line and return 1; nothing prints a stack trace.</summary>
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin, CancellationToken cancel = default)
     {
@@ -36,7 +45,17 @@ public static class App
         var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = TimeSpan.FromMinutes(2) };
         try
         {
-            return await root.Parse(args).InvokeAsync(config, cancel);
+            var parse = root.Parse(args);
+            // A mistyped command line: one line per error and where the usage is, instead of the whole help page.
+            // (With no arguments at all the root's help is what a user wants.)
+            if (parse.Errors.Count > 0 && args.Length > 0)
+            {
+                string command = CommandPath(parse);
+                foreach (var error in parse.Errors)
+                    stderr.WriteLine($"error: {System.Text.RegularExpressions.Regex.Replace(error.Message, @"\s*\n\s*", " ")} (see `{command} --help`)");
+                return 1;
+            }
+            return await parse.InvokeAsync(config, cancel);
         }
         catch (XrayVLException e)
         {

@@ -8,17 +8,22 @@ public static class ModelLocator
 {
     public const string DefaultRelative = "models/default";
 
+    /// <summary>Where model folders come from, appended to every "not found".</summary>
+    private const string HowToGetOne =
+        "a model folder holds config.json, model.safetensors and the tokenizer: the shipped one is models/default, " +
+        "`xrayvl train --config configs/default.json --out OUT` writes OUT/model";
+
     public static string Resolve(string? modelDir)
     {
         if (!string.IsNullOrWhiteSpace(modelDir))
         {
-            if (!Directory.Exists(modelDir)) throw new XrayVLException($"{modelDir}: model folder not found");
+            if (!Directory.Exists(modelDir)) throw new XrayVLException($"{modelDir}: model folder not found ({HowToGetOne})");
             return modelDir;
         }
         string? env = Environment.GetEnvironmentVariable("XRAYVL_MODEL");
         if (!string.IsNullOrWhiteSpace(env))
         {
-            if (!Directory.Exists(env)) throw new XrayVLException($"{env} (from XRAYVL_MODEL): model folder not found");
+            if (!Directory.Exists(env)) throw new XrayVLException($"{env} (from XRAYVL_MODEL): model folder not found ({HowToGetOne})");
             return env;
         }
         // The shipped model sits at the repository root, above src/XrayVL.Cli/bin/... or the working folder.

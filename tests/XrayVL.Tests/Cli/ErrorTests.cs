@@ -58,6 +58,15 @@ public class ErrorTests
         Assert.DoesNotContain("   at ", r.Err + r.Out);
     }
 
+    [Fact]
+    public void AMistypedOptionValueIsOneLineNotTheHelpPage() =>
+        AssertOneLineError(CliRunner.Run("report", "x.png", "--lang", "fr", "--model", TinyCheckpoint.Directory),
+            "Argument 'fr' not recognized. Must be one of: 'en' 'zh' (see `xrayvl report --help`)");
+
+    [Fact]
+    public void AMissingModelFolderSaysWhereModelsComeFrom() =>
+        AssertOneLineError(CliRunner.Run("info", "--model", "/nonexistent/model"), "the shipped one is models/default");
+
     [Theory]
     [InlineData("--threads", "0")]
     [InlineData("--threads", "-1")]
