@@ -29,7 +29,7 @@ public sealed class MimicSource : IReportSource
         if (metadataPath == null) result.Warnings.Add("no mimic-cxr-2.0.0-metadata.csv: views unknown");
 
         var studies = splitPath != null ? ReadSplit(splitPath) : ScanReports(reportsFiles, imagesFiles);
-        if (splitPath == null) result.Warnings.Add("no mimic-cxr-2.0.0-split.csv: studies have no split yet");
+        if (splitPath == null) result.Warnings.Add("no mimic-cxr-2.0.0-split.csv: the official split is not applied (the build splits by patient instead)");
         int noReport = 0;
         var noReportExamples = new List<string>();
         foreach (var s in studies)
