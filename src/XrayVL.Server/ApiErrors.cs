@@ -42,6 +42,19 @@ public static class ApiErrors
         _ => status >= 500 ? "server_error" : "invalid_request_error",
     };
 
+    /// <summary>OpenAI's "code" is a string naming the error (typed clients parse it as one), never a number.</summary>
+    public static string CodeFor(int status) => status switch
+    {
+        400 => "bad_request",
+        401 => "invalid_api_key",
+        404 => "not_found",
+        409 => "conversation_busy",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        503 => "server_busy",
+        _ => status >= 500 ? "internal_error" : $"http_{status}",
+    };
+
     public static JsonObject Body(int status, string message, string? param = null) => new()
     {
         ["error"] = new JsonObject
@@ -49,7 +62,7 @@ public static class ApiErrors
             ["message"] = message,
             ["type"] = TypeFor(status),
             ["param"] = param,
-            ["code"] = status,
+            ["code"] = CodeFor(status),
         },
     };
 

@@ -10,9 +10,9 @@ public static class CommonOptions
         Description = "Checkpoint folder (config.json + model.safetensors + tokenizer); default: $XRAYVL_MODEL or models/default",
     };
 
-    public static Option<string> Language(string defaultValue = "en") => new Option<string>("--lang", "-l")
+    public static Option<string> Language(string defaultValue = "en", string description = "Language of prompts and answers: en or zh") => new Option<string>("--lang", "-l")
     {
-        Description = "Language of prompts and answers: en or zh",
+        Description = description,
         DefaultValueFactory = _ => defaultValue,
     }.AcceptOnlyFromAmong("en", "zh");
 

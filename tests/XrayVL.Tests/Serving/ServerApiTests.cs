@@ -38,7 +38,7 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Equal(expected, response.StatusCode);
         Assert.StartsWith("application/json", response.Content.Headers.ContentType?.ToString());
         var error = (await JsonOf(response))["error"]!.AsObject();
-        Assert.Equal((int)expected, error["code"]!.GetValue<int>());
+        Assert.Equal(XrayVL.Server.ApiErrors.CodeFor((int)expected), error["code"]!.GetValue<string>());       // a string, as OpenAI's clients expect
         string message = error["message"]!.GetValue<string>();
         Assert.DoesNotContain('\n', message);
         return message;
