@@ -13,6 +13,8 @@ public static class Baselines
     public const string ConsensusName = "consensus";
     public const string RandomName = "random";
     public const string NearestNeighbourName = "nearest_neighbour";
+    /// <summary>Closed questions: the training split's majority answer to the same question text, ignoring the image.</summary>
+    public const string QuestionPriorName = "question_prior";
     /// <summary>Finding list: the findings positive in more than half of the training studies, for every study.</summary>
     public const string MajorityFindingsName = "majority_findings";
     /// <summary>Grounding: the mean training box of the asked-for label, for every image.</summary>

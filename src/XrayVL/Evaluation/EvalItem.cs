@@ -75,7 +75,11 @@ public sealed record ReportTaskMetrics
 /// <param name="MajorityAnswer">The most common reference answer of these questions.</param>
 /// <param name="MajorityAccuracy">Accuracy of always giving <paramref name="MajorityAnswer"/>: the majority-class baseline
 /// (chosen on the evaluated questions themselves, so it is the best any constant answer can do here).</param>
-public sealed record VqaTaskMetrics(double Accuracy, int Correct, int Items, int Unparsed, int[][] Confusion, string MajorityAnswer, double MajorityAccuracy);
+public sealed record VqaTaskMetrics(double Accuracy, int Correct, int Items, int Unparsed, int[][] Confusion, string MajorityAnswer, double MajorityAccuracy)
+{
+    /// <summary>Accuracy of the training split's majority answer to the same question (<see cref="Baselines.QuestionPriorName"/>), when every item has one.</summary>
+    public double? QuestionPriorAccuracy { get; init; }
+}
 
 public sealed record ClassifyTaskMetrics(
     double MicroF1, double MacroF1, double MicroPrecision, double MicroRecall, double MacroPrecision, double MacroRecall,

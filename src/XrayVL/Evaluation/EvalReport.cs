@@ -55,6 +55,11 @@ public static partial class EvalReport
             int majority = Enumerable.Range(0, VqaResult.Classes.Count).MaxBy(c => confusion[c].Sum());   // reference rows
             vqaMetrics = new VqaTaskMetrics(r.Accuracy, r.Correct, r.Total, r.Unparsed, confusion,
                 VqaResult.Classes[majority], r.Total == 0 ? 0 : confusion[majority].Sum() / (double)r.Total);
+            if (vqa.All(i => i.Baselines?.ContainsKey(Baselines.QuestionPriorName) == true))
+                vqaMetrics = vqaMetrics with
+                {
+                    QuestionPriorAccuracy = VqaAccuracy.Score(vqa.Select(i => i.Baselines![Baselines.QuestionPriorName]).ToList(), vqa.Select(i => i.References[0]).ToList()).Accuracy,
+                };
         }
 
         ClassifyTaskMetrics? classifyMetrics = null;
@@ -236,7 +241,8 @@ public static partial class EvalReport
         {
             md.AppendLine($"## Closed questions ({vqa.Items})").AppendLine();
             md.AppendLine($"Accuracy **{F(vqa.Accuracy)}** ({vqa.Correct} of {vqa.Items}; answers that were not yes/no/uncertain: {vqa.Unparsed}); " +
-                          $"majority-class baseline (always \"{vqa.MajorityAnswer}\"): {F(vqa.MajorityAccuracy)}.").AppendLine();
+                          $"majority-class baseline (always \"{vqa.MajorityAnswer}\"): {F(vqa.MajorityAccuracy)}" +
+                          (vqa.QuestionPriorAccuracy is { } prior ? $"; question prior (the training split's most common answer to the same question, no image): {F(prior)}." : ".")).AppendLine();
             md.AppendLine("| reference \\ answer | yes | no | uncertain | other |").AppendLine("|---|---|---|---|---|");
             for (int r = 0; r < VqaResult.Classes.Count; r++)
                 md.AppendLine($"| {VqaResult.Classes[r]} | {string.Join(" | ", vqa.Confusion[r])} |");

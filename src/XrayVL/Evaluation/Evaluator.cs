@@ -185,7 +185,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
         }
 
         // 3. Image-free answers for the finding lists and boxes, from the training split.
-        var shortAnswerBaselines = options.Baselines ? ShortAnswerBaselines(studies, prompts, notes) : [];
+        var shortAnswerBaselines = options.Baselines ? ShortAnswerBaselines(studies, prompts, options, notes) : [];
 
         var items = prompts.Select((p, i) => new EvalItem
         {
@@ -205,14 +205,37 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
     }
 
     /// <summary>
-    /// Prompt index → baseline name → answer, for the finding-list and grounding prompts: the training split's majority
-    /// findings written as the training answers write a finding list (<see cref="Instructions.FindingListAnswer"/>),
-    /// and the mean training box of the asked-for label as box text. Both are scored exactly as the model's answers.
+    /// Prompt index → baseline name → answer, for the closed, finding-list and grounding prompts, none looking at an
+    /// image: the training split's majority answer to the same question; its majority findings written as the training
+    /// answers write a finding list (<see cref="Instructions.FindingListAnswer"/>); and the mean training box of the
+    /// asked-for label as box text. Each is scored exactly as the model's answers are.
     /// </summary>
-    private Dictionary<int, Dictionary<string, string>> ShortAnswerBaselines(IReadOnlyList<Study> studies, List<Prompt> prompts, List<string> notes)
+    private Dictionary<int, Dictionary<string, string>> ShortAnswerBaselines(IReadOnlyList<Study> studies, List<Prompt> prompts, EvalOptions options, List<string> notes)
     {
         var result = new Dictionary<int, Dictionary<string, string>>();
         var train = studies.Where(s => Splits.NormalizeName(s.Split) == Splits.Train).ToList();
+        if (prompts.Any(p => p.Task == EvalTasks.Vqa))
+        {
+            // The same questions asked of the training studies (same phrasings, same seed): per question text, the
+            // answer given most often there (ties: yes, no, uncertain in that order); an unseen text gets the language's.
+            var trainQuestions = BuildPrompts(train, options with { Tasks = [EvalTasks.Vqa] }, notes: []);
+            var byQuestion = new Dictionary<(string, string), int[]>();
+            var byLanguage = new Dictionary<string, int[]>();
+            foreach (var q in trainQuestions)
+                if (VqaAccuracy.Parse(q.Reference) is { } answer)
+                {
+                    (byQuestion.TryGetValue((q.Language, q.Question), out var c) ? c : byQuestion[(q.Language, q.Question)] = new int[3])[(int)answer]++;
+                    (byLanguage.TryGetValue(q.Language, out var l) ? l : byLanguage[q.Language] = new int[3])[(int)answer]++;
+                }
+            if (byLanguage.Count == 0) notes.Add("no training study has closed questions: the question-prior baseline was left out");
+            else
+                foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Vqa))
+                {
+                    var counts = byQuestion.GetValueOrDefault((p.Language, p.Question)) ?? byLanguage.GetValueOrDefault(p.Language) ?? byLanguage.Values.First();
+                    var majority = (ClosedAnswer)Array.IndexOf(counts, counts.Max());
+                    result[i] = new() { [Baselines.QuestionPriorName] = VqaAccuracy.Write(majority, p.Language) };
+                }
+        }
         if (prompts.Any(p => p.Task == EvalTasks.Classify))
         {
             var labels = train.Select(s => s.Labels is { } l ? ChexpertLabels.FromDictionary(l)

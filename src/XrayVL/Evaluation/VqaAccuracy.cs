@@ -46,6 +46,17 @@ public static class VqaAccuracy
     ];
 
     /// <summary>The class of an answer, or null when its start is none of the known forms.</summary>
+    /// <summary>The bare answer as the training answers begin: "Yes." / "No." / "Uncertain." or "是。" / "否。" / "不确定。".</summary>
+    public static string Write(ClosedAnswer answer, string lang) => (answer, lang == "zh") switch
+    {
+        (ClosedAnswer.Yes, false) => "Yes.",
+        (ClosedAnswer.No, false) => "No.",
+        (ClosedAnswer.Uncertain, false) => "Uncertain.",
+        (ClosedAnswer.Yes, true) => "是。",
+        (ClosedAnswer.No, true) => "否。",
+        _ => "不确定。",
+    };
+
     public static ClosedAnswer? Parse(string answer)
     {
         ArgumentNullException.ThrowIfNull(answer);

@@ -129,6 +129,10 @@ public class EvaluatorTests
         var trainLabels = studies.Where(s => s.Split == "train").Select(s => Labeler.Default.Label(s.ReportText, s.Language)).ToList();
         foreach (var item in items.Where(i => i.Task == EvalTasks.Classify))
             Assert.Equal(Instructions.FindingListAnswer(Baselines.MajorityFindings(trainLabels), item.Language), item.Baselines![Baselines.MajorityFindingsName]);
+        // Closed questions: the training split's most common answer to the same question, as a bare closed answer.
+        Assert.All(items.Where(i => i.Task == EvalTasks.Vqa), i => Assert.NotNull(VqaAccuracy.Parse(i.Baselines![Baselines.QuestionPriorName])));
+        Assert.Equal(result.Metrics.Vqa!.QuestionPriorAccuracy, again.Vqa!.QuestionPriorAccuracy);
+        Assert.InRange(result.Metrics.Vqa.QuestionPriorAccuracy!.Value, 0, 1);
         var groundItem = items.Single(i => i.Task == EvalTasks.Ground);
         Assert.Equal("{<4><5><40><75>}", groundItem.Baselines![Baselines.MeanBoxName]);
         var meanBox = result.Metrics.Ground!.MeanBoxBaseline!;
@@ -139,6 +143,7 @@ public class EvaluatorTests
         string md = File.ReadAllText(Path.Combine(outDir, EvalReport.ReportFile));
         Assert.Contains("| majority findings of the training split (no image) |", md);
         Assert.Contains("The mean training box of the asked-for label", md);
+        Assert.Contains("question prior (the training split's most common answer to the same question, no image)", md);
         Assert.Contains("| nearest neighbour (image features) |", md);
         Assert.Contains("## Report generation (zh, 1 studies)", md);
         Assert.Contains("![per-label F1](per_label_f1_en.png)", md);

@@ -19,6 +19,14 @@ public class VqaAccuracyTests
     public void OtherTextIsNotAnAnswer(string answer) => Assert.Null(VqaAccuracy.Parse(answer));
 
     [Fact]
+    public void WrittenAnswersParseBack()
+    {
+        foreach (var answer in Enum.GetValues<ClosedAnswer>())
+            foreach (string lang in new[] { "en", "zh" })
+                Assert.Equal(answer, VqaAccuracy.Parse(VqaAccuracy.Write(answer, lang)));
+    }
+
+    [Fact]
     public void AccuracyAndConfusion()
     {
         // 4 questions: right, wrong (no for yes), unparsed, right.
