@@ -13,14 +13,14 @@ public static class EvalCommand
         var model = CommonOptions.Model();
         var manifest = new Option<string>("--manifest") { Description = "manifest.jsonl from `xrayvl data build`", Required = true };
         var split = new Option<string>("--split") { Description = "Split to evaluate", DefaultValueFactory = _ => "test" };
-        var tasks = new Option<string>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground", DefaultValueFactory = _ => string.Join(",", EvalTasks.All) };
+        var tasks = new Option<string?>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground [default: all four; report with --without-images]" };
         var output = new Option<string>("--out", "-o") { Description = "Output folder: predictions.jsonl, metrics.json, report.md, plots", DefaultValueFactory = _ => "eval-out" };
         var batch = new Option<int>("--batch-size") { Description = "Prompts generated together", DefaultValueFactory = _ => 8 };
         var maxStudies = new Option<int?>("--max-studies") { Description = "Evaluate at most this many studies of the split" };
         var beams = new Option<int>("--beams") { Description = "Beam width for reports (1 = greedy)", DefaultValueFactory = _ => 1 };
         var withoutImages = new Option<bool>("--without-images")
         {
-            Description = "Ask for reports with no image, on every study of the split that has a report (use with --tasks report): for report collections whose images are not at hand",
+            Description = "Ask for reports with no image, on the studies of the split that have a report but none of whose image files is at hand (report task only): for report collections whose images are missing",
         };
         var maxTokens = CommonOptions.MaxTokens();
         var command = new Command("eval", "Evaluate a model on a manifest split: reports, closed VQA, finding classification, grounding")
@@ -30,7 +30,7 @@ public static class EvalCommand
             var options = new EvalOptions
             {
                 Split = parse.GetValue(split)!,
-                Tasks = EvalTasks.Parse(parse.GetValue(tasks)!),
+                Tasks = parse.GetValue(tasks) is { } named ? EvalTasks.Parse(named) : parse.GetValue(withoutImages) ? [EvalTasks.Report] : EvalTasks.All,
                 BatchSize = parse.GetValue(batch),
                 MaxStudies = parse.GetValue(maxStudies),
                 WithoutImages = parse.GetValue(withoutImages),

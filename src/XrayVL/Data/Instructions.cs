@@ -297,6 +297,7 @@ public static class Instructions
         foreach (var box in c.Study.Boxes ?? [])
         {
             if (box.Image != 0 && c.Images.Count > 1) continue;  // questions carry all images; boxes on the first are unambiguous
+            if (GridBoxes.Parse(BoxText(box)).Count == 0) continue;  // thinner than a grid unit: written without area, no box to ask for
             string target = Prompts.BoxLabel(box.Label, c.Lang);
             string question = string.Format(CultureInfo.InvariantCulture, c.Pick(Prompts.Grounding[c.Lang]), target);
             result.Add(Exchange(question, BoxText(box)));

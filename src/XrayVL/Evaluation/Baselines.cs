@@ -49,28 +49,34 @@ public static class Baselines
     /// </summary>
     public static string ConsensusReport(IEnumerable<string> trainingReports, string lang = "en")
     {
-        const int maxN = 4;
         var reports = trainingReports.Where(r => !string.IsNullOrWhiteSpace(r)).Select(r => r.Trim()).ToList();
         if (reports.Count == 0) throw new XrayVLException("no training report to take the consensus report from");
-        var counts = reports.Select(r => NGrams.Count(CaptionTokenizer.Tokenize(r, lang), maxN)).ToList();
-
-        // Unit tf-idf vectors per order, and their sum.
-        var unit = new Dictionary<string, double>[counts.Count][];
-        var sum = Enumerable.Range(0, maxN).Select(_ => new Dictionary<string, double>(StringComparer.Ordinal)).ToArray();
-        for (int n = 0; n < maxN; n++)
+        const int maxN = Cider.MaxN;
+        // Three passes over the texts, so that memory holds the corpus's n-gram tables, never one per report (MIMIC-CXR
+        // has about 220,000 reports): document frequencies, the sum of the unit vectors, then each report's score.
+        Dictionary<string, int>[] Counts(string report) => NGrams.Count(CaptionTokenizer.Tokenize(report, lang), maxN);
+        var documentFrequency = Enumerable.Range(0, maxN).Select(_ => new Dictionary<string, int>(StringComparer.Ordinal)).ToArray();
+        foreach (string report in reports)
         {
-            var documentFrequency = new Dictionary<string, int>(StringComparer.Ordinal);
-            foreach (var c in counts)
-                foreach (string gram in c[n].Keys) documentFrequency[gram] = documentFrequency.GetValueOrDefault(gram) + 1;
-            double logN = Math.Log(reports.Count);
-            for (int r = 0; r < counts.Count; r++)
-            {
-                unit[r] ??= new Dictionary<string, double>[maxN];
-                var weights = counts[r][n].ToDictionary(kv => kv.Key, kv => kv.Value * (logN - Math.Log(documentFrequency[kv.Key])), StringComparer.Ordinal);
-                double norm = Math.Sqrt(weights.Values.Sum(w => w * w));
-                unit[r][n] = norm == 0 ? [] : weights.ToDictionary(kv => kv.Key, kv => kv.Value / norm, StringComparer.Ordinal);
-                foreach (var (gram, w) in unit[r][n]) sum[n][gram] = sum[n].GetValueOrDefault(gram) + w;
-            }
+            var counts = Counts(report);
+            for (int n = 0; n < maxN; n++)
+                foreach (string gram in counts[n].Keys) documentFrequency[n][gram] = documentFrequency[n].GetValueOrDefault(gram) + 1;
+        }
+        double logN = Math.Log(reports.Count);
+        // A report's tf-idf vector of order n, scaled to unit length (empty when it has no n-gram of that order or all
+        // its n-grams occur in every report).
+        List<(string Gram, double Weight)> Unit(Dictionary<string, int> counts, int n)
+        {
+            var weights = counts.Select(kv => (kv.Key, kv.Value * Cider.Idf(documentFrequency[n][kv.Key], logN))).ToList();
+            double norm = Math.Sqrt(weights.Sum(w => w.Item2 * w.Item2));
+            return norm == 0 ? [] : weights.Select(w => (w.Key, w.Item2 / norm)).ToList();
+        }
+        var sum = Enumerable.Range(0, maxN).Select(_ => new Dictionary<string, double>(StringComparer.Ordinal)).ToArray();
+        foreach (string report in reports)
+        {
+            var counts = Counts(report);
+            for (int n = 0; n < maxN; n++)
+                foreach (var (gram, w) in Unit(counts[n], n)) sum[n][gram] = sum[n].GetValueOrDefault(gram) + w;
         }
 
         int best = -1;
@@ -78,16 +84,13 @@ public static class Baselines
         string bestKey = "";
         for (int r = 0; r < reports.Count; r++)
         {
+            var counts = Counts(reports[r]);
             double score = 0;
             for (int n = 0; n < maxN; n++)
             {
-                double dot = 0, self = 0;
-                foreach (var (gram, w) in unit[r][n])
-                {
-                    dot += w * sum[n][gram];
-                    self += w * w;                      // 1, or 0 for an empty vector
-                }
-                score += dot - self;
+                var unit = Unit(counts[n], n);
+                // Dot product with every other report's unit vector: with the sum, less the report's own (1, or 0 if empty).
+                score += unit.Sum(u => u.Weight * sum[n][u.Gram]) - (unit.Count > 0 ? 1 : 0);
             }
             string key = CaptionTokenizer.Normalize(reports[r], lang);
             if (score > bestScore + 1e-12 || (Math.Abs(score - bestScore) <= 1e-12 && string.CompareOrdinal(key, bestKey) < 0))
@@ -113,6 +116,35 @@ public static class Baselines
             if (2 * training.Count(l => l[o] == LabelValue.Positive) > training.Count) result[o] = LabelValue.Positive;
         if (!Observations.All.Any(o => result[o] == LabelValue.Positive)) result[Observation.NoFinding] = LabelValue.Positive;
         return result;
+    }
+
+    /// <summary>
+    /// The question prior for closed questions, which never looks at an image: for each asked (language, question text),
+    /// the answer that text got most often among the training questions; a text not among them gets the language's most
+    /// common answer, and a language without training questions the most common answer of all. Ties go to yes, then no,
+    /// then uncertain. Answers are written bare (<see cref="VqaAccuracy.Write"/>). Null when no training reference
+    /// answer is a closed one.
+    /// </summary>
+    public static List<string>? QuestionPrior(IReadOnlyList<(string Language, string Question, string Reference)> training,
+        IReadOnlyList<(string Language, string Question)> asked)
+    {
+        var byQuestion = new Dictionary<(string, string), int[]>();
+        var byLanguage = new Dictionary<string, int[]>();
+        var all = new int[3];
+        static void Count(Dictionary<string, int[]> d, string key, ClosedAnswer a) => (d.TryGetValue(key, out var c) ? c : d[key] = new int[3])[(int)a]++;
+        foreach (var (language, question, reference) in training)
+            if (VqaAccuracy.Parse(reference) is { } answer)
+            {
+                (byQuestion.TryGetValue((language, question), out var c) ? c : byQuestion[(language, question)] = new int[3])[(int)answer]++;
+                Count(byLanguage, language, answer);
+                all[(int)answer]++;
+            }
+        if (all.Sum() == 0) return null;
+        return asked.Select(q =>
+        {
+            var counts = byQuestion.GetValueOrDefault((q.Language, q.Question)) ?? byLanguage.GetValueOrDefault(q.Language) ?? all;
+            return VqaAccuracy.Write((ClosedAnswer)Array.IndexOf(counts, counts.Max()), q.Language);   // IndexOf: the first maximum
+        }).ToList();
     }
 
     /// <summary>Per box label (ordinal, case-insensitive): the mean of the training boxes' corners on the 0–100 grid.</summary>

@@ -65,6 +65,9 @@ public static class Cider
         return (perItem.Average(), perItem);
     }
 
+    /// <summary>CIDEr's inverse document frequency: log N − log max(1, df), N the number of documents (as log N).</summary>
+    internal static double Idf(int documentFrequency, double logN) => logN - Math.Log(Math.Max(1, documentFrequency));
+
     private sealed record TfIdf(Dictionary<string, double>[] Weights, double[] Norms, int Length);
 
     private static TfIdf Vector(Dictionary<string, int>[] counts, Dictionary<string, int>[] documentFrequency, double logN)
@@ -76,7 +79,7 @@ public static class Cider
             weights[n] = new Dictionary<string, double>(StringComparer.Ordinal);
             foreach (var (gram, tf) in counts[n])
             {
-                double w = tf * (logN - Math.Log(Math.Max(1, documentFrequency[n].GetValueOrDefault(gram))));
+                double w = tf * Idf(documentFrequency[n].GetValueOrDefault(gram), logN);
                 weights[n][gram] = w;
                 norms[n] += w * w;
             }

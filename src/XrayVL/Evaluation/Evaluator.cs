@@ -39,7 +39,7 @@ public sealed record EvalOptions
     /// Ask for reports with no image attached, on the studies of the split that have a report but none of whose image
     /// files is at hand (the report task only; studies with images are left out: evaluate those with their images).
     /// For report collections whose images are missing: it measures the model's report writing alone, beside the
-    /// most common and random training reports (nearest-neighbour retrieval needs images and is left out).
+    /// most common, consensus and random training reports (nearest-neighbour retrieval needs images and is left out).
     /// </summary>
     public bool WithoutImages { get; init; }
 
@@ -59,7 +59,8 @@ public sealed record EvalOptions
 }
 
 /// <summary>The evaluated items and their figures.</summary>
-public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metrics);
+/// <param name="Generations">Answers generated: one per item, except that identical image-less prompts share one.</param>
+public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metrics, int Generations);
 
 /// <summary>
 /// `xrayvl eval`: asks a loaded model about every study of a manifest split — report generation with the front ends'
@@ -145,6 +146,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
         // 1. Generate, one task at a time (one GenerationOptions per batch). Prompts without images that are the same
         //    text in the same language get the same answer under deterministic decoding: each is generated once.
         var answers = new string[prompts.Count];
+        int generations = 0;
         foreach (var group in prompts.Select((p, i) => (Prompt: p, Index: i)).GroupBy(x => x.Prompt.Task))
         {
             var generation = GenerationFor(group.Key, options);
@@ -154,6 +156,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var texts = GenerateBatch(batch.Select(b => b[0].Prompt).ToList(), generation, cancellationToken);
+                generations += texts.Count;
                 for (int k = 0; k < batch.Length; k++)
                     foreach (var same in batch[k]) answers[same.Index] = texts[k];
                 Advance(batch.Sum(b => b.Count));
@@ -201,7 +204,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             Baselines = p.Task == EvalTasks.Report ? baselineReports.GetValueOrDefault(p.Study.StudyId) : shortAnswerBaselines.GetValueOrDefault(i),
         }).ToList();
         var metrics = EvalReport.Compute(items, loaded.Name, split, notes, labeler);
-        return new EvalResult(items, metrics);
+        return new EvalResult(items, metrics, generations);
     }
 
     /// <summary>
@@ -213,32 +216,25 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
     private Dictionary<int, Dictionary<string, string>> ShortAnswerBaselines(IReadOnlyList<Study> studies, List<Prompt> prompts, EvalOptions options, List<string> notes)
     {
         var result = new Dictionary<int, Dictionary<string, string>>();
+        // Closed questions and finding lists are asked of studies with images only: their baselines come from the
+        // training studies with images (a manifest may add image-less reports of another population).
         var train = studies.Where(s => Splits.NormalizeName(s.Split) == Splits.Train).ToList();
-        if (prompts.Any(p => p.Task == EvalTasks.Vqa))
+        var trainWithImages = train.Where(s => s.Images.Count > 0).ToList();
+        var vqa = prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Vqa).ToList();
+        if (vqa.Count > 0)
         {
-            // The same questions asked of the training studies (same phrasings, same seed): per question text, the
-            // answer given most often there (ties: yes, no, uncertain in that order); an unseen text gets the language's.
-            var trainQuestions = BuildPrompts(train, options with { Tasks = [EvalTasks.Vqa] }, notes: []);
-            var byQuestion = new Dictionary<(string, string), int[]>();
-            var byLanguage = new Dictionary<string, int[]>();
-            foreach (var q in trainQuestions)
-                if (VqaAccuracy.Parse(q.Reference) is { } answer)
-                {
-                    (byQuestion.TryGetValue((q.Language, q.Question), out var c) ? c : byQuestion[(q.Language, q.Question)] = new int[3])[(int)answer]++;
-                    (byLanguage.TryGetValue(q.Language, out var l) ? l : byLanguage[q.Language] = new int[3])[(int)answer]++;
-                }
-            if (byLanguage.Count == 0) notes.Add("no training study has closed questions: the question-prior baseline was left out");
+            // The same questions asked of the training studies (same phrasings, same seed).
+            var trainQuestions = BuildPrompts(trainWithImages, options with { Tasks = [EvalTasks.Vqa] }, notes: [])
+                .Select(q => (q.Language, q.Question, q.Reference)).ToList();
+            var answers = Baselines.QuestionPrior(trainQuestions, vqa.Select(x => (x.p.Language, x.p.Question)).ToList());
+            if (answers is null) notes.Add("no training study has closed questions: the question-prior baseline was left out");
             else
-                foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Vqa))
-                {
-                    var counts = byQuestion.GetValueOrDefault((p.Language, p.Question)) ?? byLanguage.GetValueOrDefault(p.Language) ?? byLanguage.Values.First();
-                    var majority = (ClosedAnswer)Array.IndexOf(counts, counts.Max());
-                    result[i] = new() { [Baselines.QuestionPriorName] = VqaAccuracy.Write(majority, p.Language) };
-                }
+                for (int k = 0; k < vqa.Count; k++)
+                    result[vqa[k].i] = new() { [Baselines.QuestionPriorName] = answers[k] };
         }
         if (prompts.Any(p => p.Task == EvalTasks.Classify))
         {
-            var labels = train.Select(s => s.Labels is { } l ? ChexpertLabels.FromDictionary(l)
+            var labels = trainWithImages.Select(s => s.Labels is { } l ? ChexpertLabels.FromDictionary(l)
                 : s.ReportText.Length > 0 ? labeler.Label(s.ReportText, s.Language) : null).OfType<ChexpertLabels>().ToList();
             if (labels.Count == 0) notes.Add("no training study has labels or a report: the majority-findings baseline was left out");
             else

@@ -45,7 +45,6 @@ public static class VqaAccuracy
         ("是", ClosedAnswer.Yes), ("有", ClosedAnswer.Yes), ("对", ClosedAnswer.Yes), ("存在", ClosedAnswer.Yes),
     ];
 
-    /// <summary>The class of an answer, or null when its start is none of the known forms.</summary>
     /// <summary>The bare answer as the training answers begin: "Yes." / "No." / "Uncertain." or "是。" / "否。" / "不确定。".</summary>
     public static string Write(ClosedAnswer answer, string lang) => (answer, lang == "zh") switch
     {
@@ -57,6 +56,7 @@ public static class VqaAccuracy
         _ => "不确定。",
     };
 
+    /// <summary>The class of an answer, or null when its start is none of the known forms.</summary>
     public static ClosedAnswer? Parse(string answer)
     {
         ArgumentNullException.ThrowIfNull(answer);

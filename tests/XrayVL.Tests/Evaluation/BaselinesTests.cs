@@ -70,7 +70,6 @@ public class BaselinesTests
     [Fact]
     public void ConsensusAgreesWithPairwiseMeansOnRealCaptions()
     {
-        var wrong = new List<string>();
         foreach (string lang in new[] { "en", "zh" })
         {
             var captions = XrayVL.Tests.Text.TrainedTokenizer.Captions(lang).Select(c => c.Caption).Take(120).ToList();
@@ -144,6 +143,13 @@ public class BaselinesTests
                 var expected = o == Observation.NoFinding ? [Observation.PleuralEffusion] : labels.With(LabelValue.Positive).ToList();
                 if (!expected.SequenceEqual(read.With(LabelValue.Positive))) wrong.Add($"{lang} '{answer}' read as {read}");
             }
+        // With nothing positive the answer is "No abnormal findings." / "未见异常。": read as No Finding alone.
+        foreach (string lang in new[] { "en", "zh" })
+        {
+            string none = Instructions.FindingListAnswer(new ChexpertLabels(), lang);
+            var read = Labeler.Default.Label(none, lang);
+            if (!read.With(LabelValue.Positive).SequenceEqual([Observation.NoFinding])) wrong.Add($"{lang} '{none}' read as {read}");
+        }
         Assert.True(wrong.Count == 0, string.Join("\n", wrong));
     }
 
@@ -158,5 +164,26 @@ public class BaselinesTests
         Assert.Equal(2, mean.Count);
         Assert.Equal((15.0, 15.0, 45.0, 85.0), (mean["RIGHT LUNG"].X1, mean["RIGHT LUNG"].Y1, mean["RIGHT LUNG"].X2, mean["RIGHT LUNG"].Y2));
         Assert.Equal("{<55><15><90><85>}", Instructions.BoxText(mean["Left Lung"]));
+    }
+
+    [Fact]
+    public void QuestionPriorAnswersEachQuestionAsTrainingMostOftenDid()
+    {
+        (string, string, string)[] training =
+        [
+            ("en", "Is there pneumonia?", "Yes. There is pneumonia."), ("en", "Is there pneumonia?", "Yes."), ("en", "Is there pneumonia?", "No."),
+            ("en", "Is there a fracture?", "No."), ("en", "Is there a fracture?", "No fracture is seen."),
+            ("en", "Is there edema?", "Yes."), ("en", "Is there edema?", "No."),                  // a tie: yes first
+            ("zh", "有气胸吗？", "否。"), ("en", "Is the heart enlarged?", "Not a sentence a parser reads"),
+        ];
+        var answers = Baselines.QuestionPrior(training,
+        [
+            ("en", "Is there pneumonia?"), ("en", "Is there a fracture?"), ("en", "Is there edema?"),
+            ("en", "Is the heart enlarged?"),                    // only an unreadable answer: the language's majority (yes 3, no 4)
+            ("zh", "有肺炎吗？"),                                   // unseen text: the language's majority
+            ("fr", "Y a-t-il un épanchement ?"),                 // a language without questions: the majority of all (no 5)
+        ]);
+        Assert.Equal(["Yes.", "No.", "Yes.", "No.", "否。", "No."], answers);
+        Assert.Null(Baselines.QuestionPrior([("en", "Is there edema?", "perhaps")], [("en", "Is there edema?")]));
     }
 }

@@ -77,6 +77,7 @@ public class EvaluatorTests
 
         // Every task has items; reports are asked of the three test studies only, in their own language.
         var items = result.Items;
+        Assert.Equal(items.Count, result.Generations);                     // every prompt has an image: none shared
         Assert.Equal(EvalTasks.All.Order(), items.Select(i => i.Task).Distinct().Order());
         var reportItems = items.Where(i => i.Task == EvalTasks.Report).ToList();
         Assert.Equal(["CXR2", "CXR2882", "CXR2-zh"], reportItems.Select(i => i.StudyId));
@@ -193,12 +194,14 @@ public class EvaluatorTests
         Assert.Equal(reports[^1].Total, reports[^1].Done);
         Assert.Equal(result.Items.Count, reports[^1].Total);          // no vision features to compute
 
-        // One prompt per language, decoded greedily: each English study gets the answer the model gives when asked alone.
+        // One prompt per language, decoded greedily: generated once per language, and each English study gets the
+        // answer the model gives when asked alone.
+        Assert.Equal(2, result.Generations);
         var alone = new Evaluator(loaded).Run([studies[1] with { Images = [] }], Quick with { Tasks = [EvalTasks.Report], WithoutImages = true, Baselines = false },
             null, TestContext.Current.CancellationToken);
         Assert.All(result.Items.Where(i => i.Language == "en"), i => Assert.Equal(alone.Items.Single().Prediction, i.Prediction));
 
-        // Baselines: most common and random training reports; retrieval by image is left out, and the notes say so.
+        // Baselines: most common, consensus and random training reports; retrieval by image is left out, as the notes say.
         Assert.All(result.Items, i => Assert.Equal([Baselines.ConsensusName, Baselines.MostCommonName, Baselines.RandomName], i.Baselines!.Keys.Order()));
         Assert.Contains(result.Metrics.Notes, n => n.Contains("nearest-neighbour") && n.Contains("without images"));
         Assert.Equal(2, result.Metrics.Report!["en"].Items);

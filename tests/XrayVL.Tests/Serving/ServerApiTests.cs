@@ -38,7 +38,18 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Equal(expected, response.StatusCode);
         Assert.StartsWith("application/json", response.Content.Headers.ContentType?.ToString());
         var error = (await JsonOf(response))["error"]!.AsObject();
-        Assert.Equal(XrayVL.Server.ApiErrors.CodeFor((int)expected), error["code"]!.GetValue<string>());       // a string, as OpenAI's clients expect
+        // A string naming the error, as OpenAI's typed clients expect.
+        string code = expected switch
+        {
+            HttpStatusCode.BadRequest => "bad_request",
+            HttpStatusCode.NotFound => "not_found",
+            HttpStatusCode.UnsupportedMediaType => "unsupported_media_type",
+            HttpStatusCode.RequestEntityTooLarge => "payload_too_large",
+            HttpStatusCode.Unauthorized => "invalid_api_key",
+            HttpStatusCode.Conflict => "conversation_busy",
+            _ => throw new ArgumentOutOfRangeException(nameof(expected)),
+        };
+        Assert.Equal(code, error["code"]!.GetValue<string>());
         string message = error["message"]!.GetValue<string>();
         Assert.DoesNotContain('\n', message);
         return message;
