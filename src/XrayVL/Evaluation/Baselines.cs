@@ -131,11 +131,12 @@ public static class Baselines
         var byQuestion = new Dictionary<(string, string), int[]>();
         var byLanguage = new Dictionary<string, int[]>();
         var all = new int[3];
-        static void Count(Dictionary<string, int[]> d, string key, ClosedAnswer a) => (d.TryGetValue(key, out var c) ? c : d[key] = new int[3])[(int)a]++;
+        static void Count<TKey>(Dictionary<TKey, int[]> counts, TKey key, ClosedAnswer answer) where TKey : notnull =>
+            (counts.TryGetValue(key, out var c) ? c : counts[key] = new int[3])[(int)answer]++;
         foreach (var (language, question, reference) in training)
             if (VqaAccuracy.Parse(reference) is { } answer)
             {
-                (byQuestion.TryGetValue((language, question), out var c) ? c : byQuestion[(language, question)] = new int[3])[(int)answer]++;
+                Count(byQuestion, (language, question), answer);
                 Count(byLanguage, language, answer);
                 all[(int)answer]++;
             }
