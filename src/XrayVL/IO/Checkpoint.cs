@@ -68,32 +68,102 @@ public static class Checkpoint
         ReplaceDirectory(tmp, full);
     }
 
-    /// <summary>Loads a composed model folder written by <see cref="Save"/> (or by another tool in the same layout).</summary>
+    /// <summary>
+    /// Loads a composed model folder with its tokenizer and preprocessing: one written by <see cref="Save"/>, or a
+    /// transformers LLaVA folder (either key layout; see <see cref="LoadModel"/>).
+    /// </summary>
     public static LoadedModel Load(string dir, ScalarType? dtype = null)
+    {
+        var model = LoadModel(dir, dtype);
+        var config = model.Config;
+        try
+        {
+            var tokenizer = XrayTokenizer.Load(dir);
+            if (tokenizer.VocabSize > config.TextConfig.VocabSize)
+                throw new XrayVLException($"{dir}: tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
+            if (tokenizer.ImageId != config.ImageTokenIndex)
+                throw new XrayVLException($"{dir}: image token is {tokenizer.ImageId} in the tokenizer but {config.ImageTokenIndex} in config.json");
+            string preprocessPath = Path.Combine(dir, PreprocessorFileName);
+            var preprocess = File.Exists(preprocessPath)
+                ? ReadPreprocessConfig(preprocessPath, config.VisionConfig)
+                : DefaultPreprocess(config.VisionConfig);
+            // The encoder's positions are sized for one image size; gray input is repeated to 3 channels, not the reverse.
+            if (preprocess.ImageSize != config.VisionConfig.ImageSize || (preprocess.Channels == 3 && config.VisionConfig.NumChannels == 1))
+                throw new XrayVLException($"{preprocessPath}: images of {preprocess.ImageSize} px × {preprocess.Channels} channels do not fit the " +
+                                          $"vision encoder ({config.VisionConfig.ImageSize} px × {config.VisionConfig.NumChannels} channels)");
+            return new LoadedModel(model, tokenizer, preprocess, dir);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The weights and config of a composed model folder, without tokenizer: this project's `xrayvl` folders and
+    /// transformers' `LlavaForConditionalGeneration` folders as `save_pretrained` writes them, in the 4.40 key layout
+    /// (`vision_tower.*`, `multi_modal_projector.*`, `language_model.model.*`, `language_model.lm_head.weight`) or the
+    /// one later versions write (`model.vision_tower.*`, `model.multi_modal_projector.*`, `model.language_model.*`,
+    /// `lm_head.weight`).
+    /// </summary>
+    public static VisionLanguageModel LoadModel(string dir, ScalarType? dtype = null)
     {
         RequireFolder(dir, "model");
         var config = ConfigFile.Read<VisionLanguageConfig>(Path.Combine(dir, ConfigFileName));
-        var tokenizer = XrayTokenizer.Load(dir);
-        if (tokenizer.VocabSize > config.TextConfig.VocabSize)
-            throw new XrayVLException($"{dir}: tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
-        if (tokenizer.ImageId != config.ImageTokenIndex)
-            throw new XrayVLException($"{dir}: image token is {tokenizer.ImageId} in the tokenizer but {config.ImageTokenIndex} in config.json");
-        string preprocessPath = Path.Combine(dir, PreprocessorFileName);
-        var preprocess = File.Exists(preprocessPath)
-            ? ConfigFile.Read<PreprocessConfig>(preprocessPath)
-            : new PreprocessConfig { ImageSize = config.VisionConfig.ImageSize, Channels = config.VisionConfig.NumChannels };
-        // The encoder's positions are sized for one image size; gray input is repeated to 3 channels, not the reverse.
-        if (preprocess.ImageSize != config.VisionConfig.ImageSize || (preprocess.Channels == 3 && config.VisionConfig.NumChannels == 1))
-            throw new XrayVLException($"{preprocessPath}: images of {preprocess.ImageSize} px × {preprocess.Channels} channels do not fit the " +
-                                      $"vision encoder ({config.VisionConfig.ImageSize} px × {config.VisionConfig.NumChannels} channels)");
         var model = new VisionLanguageModel(config);
-        LoadWeights(dir, model, prefix: "");
-        if (dtype is { } t) model.to(t);
-        model.eval();
-        return new LoadedModel(model, tokenizer, preprocess, dir);
+        try
+        {
+            var tensors = HfLayouts.ToModuleKeys(ReadWeights(dir));
+            // A tied head reuses the embeddings; a stored copy of it has no place in the model.
+            if (config.TextConfig.TieWordEmbeddings && tensors.Remove("language_model.lm_head.weight", out var head)) head.Dispose();
+            LoadInto(dir, model, tensors, prefix: "");
+            if (dtype is { } t) model.to(t);
+            model.eval();
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
     }
 
-    /// <summary>Loads a Hugging Face LlamaForCausalLM / Qwen2ForCausalLM folder (config.json + safetensors).</summary>
+    /// <summary>
+    /// preprocessor_config.json in this project's form ({image_size, channels, mean, std, pad_value}) or as transformers'
+    /// CLIPImageProcessor writes it (image_mean, image_std, crop_size): the latter becomes pad-to-square, resize to the
+    /// crop size, and CLIP's statistics per channel.
+    /// </summary>
+    private static PreprocessConfig ReadPreprocessConfig(string path, VisionConfig vision)
+    {
+        var node = HfConfigs.ParseFile(path);
+        if (node["image_mean"] is null) return ConfigFile.Read<PreprocessConfig>(path);
+        try
+        {
+            float[] mean = node["image_mean"]!.Deserialize<float[]>() ?? [];
+            float[] std = node["image_std"]?.Deserialize<float[]>() ?? [];
+            int size = node["crop_size"] switch
+            {
+                JsonObject crop => crop["height"]?.GetValue<int>() ?? vision.ImageSize,
+                JsonValue v => v.GetValue<int>(),
+                _ => vision.ImageSize,
+            };
+            return new PreprocessConfig { ImageSize = size, Channels = mean.Length == 3 ? 3 : 1, Mean = mean, Std = std }.Validate();
+        }
+        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
+        {
+            throw new XrayVLException($"{path}: not a valid image processor config ({e.Message})");
+        }
+        catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
+    }
+
+    /// <summary>Without preprocessor_config.json: the encoder's size, and CLIP's statistics for a 3-channel CLIP tower.</summary>
+    private static PreprocessConfig DefaultPreprocess(VisionConfig vision) =>
+        vision.NumChannels == 3 && vision.IsVit
+            ? PreprocessConfig.Clip(vision.ImageSize)
+            : new PreprocessConfig { ImageSize = vision.ImageSize, Channels = vision.NumChannels };
+
+    /// <summary>Loads a Hugging Face LlamaForCausalLM / Qwen2ForCausalLM / MistralForCausalLM folder (config.json + weights).</summary>
     public static LanguageModel LoadLanguageModel(string dir)
     {
         RequireFolder(dir, "language model");
@@ -114,15 +184,7 @@ public static class Checkpoint
     public static VisionEncoder LoadVisionTower(string dir, int featureLayer = -1, string selectStrategy = "default")
     {
         RequireFolder(dir, "vision tower");
-        string path = Path.Combine(dir, ConfigFileName);
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not valid JSON ({e.Message})"); }
-        var node = root?["model_type"]?.GetValue<string>() == "clip" ? root["vision_config"] : root;
-        VisionConfig config;
-        try { config = (node?.Deserialize<VisionConfig>(Json.Options) ?? throw new XrayVLException($"{path}: empty config")).Validate(); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not a valid vision config ({e.Message})"); }
-        catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
+        var config = ConfigFile.Read<VisionConfig>(Path.Combine(dir, ConfigFileName));
         var encoder = VisionEncoder.Create(config, featureLayer, selectStrategy);
         LoadWeights(dir, encoder, prefix: "", strict: false, requireAllOfModel: true);
         encoder.eval();

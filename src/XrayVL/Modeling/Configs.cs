@@ -27,6 +27,8 @@ public sealed record LanguageModelConfig
     public int MaxPositionEmbeddings { get; init; } = 512;
     public double RmsNormEps { get; init; } = 1e-6;
     public double RopeTheta { get; init; } = 10000.0;
+    /// <summary>HF `rope_scaling` (linear, dynamic, llama3, yarn) for checkpoints stretched past their trained context; null: plain RoPE.</summary>
+    public RopeScaling? RopeScaling { get; init; }
     /// <summary>Standard deviation of the N(0, σ) init of weight matrices; 0.02 as HF LLaMA/Qwen2.</summary>
     public double InitializerRange { get; init; } = 0.02;
     /// <summary>Tied input/output embeddings save vocab x hidden parameters, a large share in a compact model.</summary>
@@ -67,12 +69,46 @@ public sealed record LanguageModelConfig
         Require(HeadSize % 2 == 0, $"head size ({HeadSize}) must be even for rotary embeddings");
         Require(MaxPositionEmbeddings > 0, "max_position_embeddings must be positive");
         Require(HiddenAct == "silu", $"hidden_act '{HiddenAct}' is not supported (silu)");
+        RopeScaling?.Validate();
         return this;
     }
 
     internal static void Require(bool ok, string message)
     {
         if (!ok) throw new XrayVLException("invalid config: " + message);
+    }
+}
+
+/// <summary>
+/// HF `rope_scaling`: how rotary frequencies are stretched for contexts beyond the trained one, as transformers'
+/// `modeling_rope_utils` defines each type (see <see cref="RotaryEmbedding.InverseFrequencies"/>).
+/// </summary>
+public sealed record RopeScaling
+{
+    /// <summary>"default", "linear", "dynamic" (NTK), "llama3" or "yarn"; older files say "type".</summary>
+    public string RopeType { get; init; } = "default";
+    public double Factor { get; init; } = 1.0;
+    /// <summary>llama3: wavelengths longer than original / low_freq_factor are divided by the factor.</summary>
+    public double? LowFreqFactor { get; init; }
+    /// <summary>llama3: wavelengths shorter than original / high_freq_factor are kept.</summary>
+    public double? HighFreqFactor { get; init; }
+    /// <summary>llama3 and yarn: the context the model was trained with.</summary>
+    public int? OriginalMaxPositionEmbeddings { get; init; }
+    /// <summary>yarn: scale of cos/sin; null means 0.1·ln(factor) + 1.</summary>
+    public double? AttentionFactor { get; init; }
+    /// <summary>yarn: rotation counts bounding the ramp between interpolated and extrapolated dimensions (32 and 1 when null).</summary>
+    public double? BetaFast { get; init; }
+    public double? BetaSlow { get; init; }
+
+    public RopeScaling Validate()
+    {
+        LanguageModelConfig.Require(RopeType is "default" or "linear" or "dynamic" or "llama3" or "yarn",
+            $"rope_scaling type '{RopeType}' is not supported (linear, dynamic, llama3, yarn)");
+        LanguageModelConfig.Require(Factor > 0 && double.IsFinite(Factor), $"rope_scaling factor must be positive, got {Factor}");
+        if (RopeType == "llama3")
+            LanguageModelConfig.Require(LowFreqFactor is > 0 && HighFreqFactor > LowFreqFactor && OriginalMaxPositionEmbeddings is > 0,
+                "rope_scaling llama3 needs low_freq_factor > 0, high_freq_factor > low_freq_factor and original_max_position_embeddings > 0");
+        return this;
     }
 }
 
@@ -149,6 +185,11 @@ public sealed record VisionLanguageConfig
     public LanguageModelConfig TextConfig { get; init; } = new();
     /// <summary>"linear" (XrayGPT), "mlp2x_gelu" (LLaVA-1.5) or "merge4" (MiniGPT-v2: 4 adjacent tokens concatenated, then linear).</summary>
     public string ProjectorType { get; init; } = "mlp2x_gelu";
+    /// <summary>
+    /// The activation between the two linears of "mlp2x_gelu" (LLaVA's `projector_hidden_act`): "gelu" (exact erf),
+    /// "gelu_pytorch_tanh" / "gelu_new" (tanh approximation), "quick_gelu", "relu" or "silu".
+    /// </summary>
+    public string ProjectorHiddenAct { get; init; } = "gelu";
     /// <summary>Which encoder layer's output feeds the projector; -2 (the penultimate) as LLaVA, -1 the last.</summary>
     public int VisionFeatureLayer { get; init; } = -1;
     /// <summary>"default": patch tokens only (CLS dropped, as LLaVA); "full": CLS + patches.</summary>
@@ -164,6 +205,8 @@ public sealed record VisionLanguageConfig
         TextConfig.Validate();
         LanguageModelConfig.Require(ProjectorType is "linear" or "mlp2x_gelu" or "merge4",
             $"projector_type '{ProjectorType}' is not supported (linear, mlp2x_gelu, merge4)");
+        LanguageModelConfig.Require(Projector.IsSupportedActivation(ProjectorHiddenAct),
+            $"projector_hidden_act '{ProjectorHiddenAct}' is not supported (gelu, gelu_pytorch_tanh, gelu_new, quick_gelu, relu, silu)");
         LanguageModelConfig.Require(VisionFeatureSelectStrategy is "default" or "full",
             $"vision_feature_select_strategy '{VisionFeatureSelectStrategy}' is not supported (default, full)");
         LanguageModelConfig.Require(ImageTokenIndex >= 0 && ImageTokenIndex < TextConfig.VocabSize,
@@ -175,8 +218,24 @@ public sealed record VisionLanguageConfig
 /// <summary>Reads and writes configs as HF-style JSON files, validating on load.</summary>
 public static class ConfigFile
 {
+    /// <summary>
+    /// Reads a config file. Model configs (language, vision, composed) are read as Hugging Face transformers reads them:
+    /// missing keys take transformers' defaults for their model_type, and unknown keys are refused (<see cref="HfConfigs"/>).
+    /// </summary>
     public static T Read<T>(string path) where T : class
     {
+        if (typeof(T) == typeof(LanguageModelConfig) || typeof(T) == typeof(VisionConfig) || typeof(T) == typeof(VisionLanguageConfig))
+        {
+            var node = HfConfigs.ParseFile(path);
+            try
+            {
+                object model = typeof(T) == typeof(LanguageModelConfig) ? HfConfigs.ReadLanguageModel(node)
+                    : typeof(T) == typeof(VisionConfig) ? HfConfigs.ReadVision(node)
+                    : HfConfigs.ReadVisionLanguage(node);
+                return (T)model;
+            }
+            catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
+        }
         if (!File.Exists(path)) throw new XrayVLException($"{path}: config file not found");
         T? config;
         try { config = JsonSerializer.Deserialize<T>(File.ReadAllText(path), Json.Options); }

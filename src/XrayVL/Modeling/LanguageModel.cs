@@ -37,24 +37,103 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
 /// <summary>
 /// Rotary position embeddings, Hugging Face "rotate_half" convention: the head is split into halves (x1, x2), and the
-/// pair (x1[i], x2[i]) is rotated by the angle position · theta^(−2i/hd). Nothing is stored: the tables are computed per
-/// forward from the positions (cheap), so they never enter the state dict and never lose precision in a bf16 copy.
+/// pair (x1[i], x2[i]) is rotated by the angle position · invFreq[i], invFreq[i] = theta^(−2i/hd) unless `rope_scaling`
+/// stretches it. Nothing is stored: the tables are computed per forward from the positions (cheap), so they never enter
+/// the state dict and never lose precision in a bf16 copy.
 /// </summary>
 public static class RotaryEmbedding
 {
-    /// <summary>cos and sin tables (B, 1, T, hd) in <paramref name="dtype"/> for positions (B, T).</summary>
-    public static (Tensor Cos, Tensor Sin) CosSin(Tensor positions, int headSize, double theta, ScalarType dtype)
+    /// <summary>cos and sin tables (B, 1, T, hd) in <paramref name="dtype"/> for positions (B, T), plain RoPE.</summary>
+    public static (Tensor Cos, Tensor Sin) CosSin(Tensor positions, int headSize, double theta, ScalarType dtype) =>
+        CosSin(positions, headSize, theta, null, 0, dtype);
+
+    /// <summary>cos and sin tables (B, 1, T, hd) for positions (B, T) under the config's RoPE settings.</summary>
+    public static (Tensor Cos, Tensor Sin) CosSin(Tensor positions, LanguageModelConfig config, ScalarType dtype) =>
+        CosSin(positions, config.HeadSize, config.RopeTheta, config.RopeScaling, config.MaxPositionEmbeddings, dtype);
+
+    private static (Tensor Cos, Tensor Sin) CosSin(Tensor positions, int headSize, double theta, RopeScaling? scaling,
+        int maxPositionEmbeddings, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
-        var inverseFrequencies = Enumerable.Range(0, headSize / 2)
-            .Select(i => (float)(1.0 / Math.Pow(theta, 2.0 * i / headSize))).ToArray();
+        // Dynamic NTK rescales by the longest sequence of this forward (HF: max position + 1).
+        long sequenceLength = scaling?.RopeType == "dynamic" && positions.numel() > 0 ? positions.max().item<long>() + 1 : 0;
+        var (inverseFrequencies, attentionFactor) = InverseFrequencies(headSize, theta, scaling, maxPositionEmbeddings, sequenceLength);
         var invFreq = torch.tensor(inverseFrequencies, device: positions.device);          // (hd/2)
         // angles in float32 as HF does: exact enough for positions far beyond any context used here.
         var angles = positions.to(ScalarType.Float32).unsqueeze(-1) * invFreq;             // (B, T, hd/2)
         var doubled = torch.cat([angles, angles], dim: -1).unsqueeze(1);                   // (B, 1, T, hd)
-        var cos = doubled.cos().to(dtype);
-        var sin = doubled.sin().to(dtype);
-        return (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
+        var cos = doubled.cos();
+        var sin = doubled.sin();
+        if (attentionFactor != 1.0) (cos, sin) = (cos * attentionFactor, sin * attentionFactor);
+        return (cos.to(dtype).MoveToOuterDisposeScope(), sin.to(dtype).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// The hd/2 inverse frequencies and the factor cos/sin are scaled by, per transformers' `modeling_rope_utils`:
+    /// linear divides every frequency by the factor; dynamic (NTK) raises the base once the sequence passes
+    /// max_position_embeddings; llama3 divides long wavelengths by the factor, keeps short ones and blends between;
+    /// yarn blends interpolated and original frequencies over a ramp of dimensions and scales cos/sin by 0.1·ln(factor) + 1.
+    /// <paramref name="sequenceLength"/> is used by dynamic only.
+    /// </summary>
+    public static (float[] InverseFrequencies, double AttentionFactor) InverseFrequencies(int headSize, double theta,
+        RopeScaling? scaling, int maxPositionEmbeddings, long sequenceLength)
+    {
+        int half = headSize / 2;
+        double[] Plain(double b) => [.. Enumerable.Range(0, half).Select(i => 1.0 / Math.Pow(b, 2.0 * i / headSize))];
+        double[] freq;
+        double attention = 1.0;
+        double factor = scaling?.Factor ?? 1.0;
+        switch (scaling?.RopeType ?? "default")
+        {
+            case "default":
+                freq = Plain(theta);
+                break;
+            case "linear":
+                freq = [.. Plain(theta).Select(f => f / factor)];
+                break;
+            case "dynamic":
+                double b = theta;
+                if (sequenceLength > maxPositionEmbeddings)
+                    b = theta * Math.Pow(factor * sequenceLength / maxPositionEmbeddings - (factor - 1), headSize / (headSize - 2.0));
+                freq = Plain(b);
+                break;
+            case "llama3":
+            {
+                double old = scaling!.OriginalMaxPositionEmbeddings!.Value, low = scaling.LowFreqFactor!.Value, high = scaling.HighFreqFactor!.Value;
+                double lowWavelength = old / low, highWavelength = old / high;
+                freq = [.. Plain(theta).Select(f =>
+                {
+                    double wavelength = 2 * Math.PI / f;
+                    if (wavelength < highWavelength) return f;                      // high frequencies: kept
+                    if (wavelength > lowWavelength) return f / factor;               // low frequencies: interpolated
+                    double smooth = (old / wavelength - low) / (high - low);          // in between: blended
+                    return (1 - smooth) * f / factor + smooth * f;
+                })];
+                break;
+            }
+            case "yarn":
+            {
+                double fast = scaling!.BetaFast ?? 32, slow = scaling.BetaSlow ?? 1;
+                int context = scaling.OriginalMaxPositionEmbeddings ?? maxPositionEmbeddings;
+                // The dimension whose wavelength completes `rotations` turns over the context.
+                double CorrectionDim(double rotations) => headSize * Math.Log(context / (rotations * 2 * Math.PI)) / (2 * Math.Log(theta));
+                double lowDim = Math.Max(Math.Floor(CorrectionDim(fast)), 0), highDim = Math.Min(Math.Ceiling(CorrectionDim(slow)), headSize - 1);
+                if (lowDim == highDim) highDim += 0.001;                              // no zero-width ramp
+                var original = Plain(theta);
+                freq = new double[half];
+                for (int i = 0; i < half; i++)
+                {
+                    double ramp = Math.Clamp((i - lowDim) / (highDim - lowDim), 0, 1);
+                    double keep = 1 - ramp;                                           // 1: extrapolate (original), 0: interpolate
+                    freq[i] = original[i] / factor * (1 - keep) + original[i] * keep;
+                }
+                attention = scaling.AttentionFactor ?? 0.1 * Math.Log(factor) + 1.0;
+                break;
+            }
+            default:
+                throw new XrayVLException($"rope_scaling type '{scaling!.RopeType}' is not supported (linear, dynamic, llama3, yarn)");
+        }
+        return ([.. freq.Select(f => (float)f)], attention);
     }
 
     /// <summary>x (B, h, T, hd) rotated: x·cos + rotate_half(x)·sin, where rotate_half(x1, x2) = (−x2, x1).</summary>
@@ -225,7 +304,7 @@ public sealed class DecoderStack : nn.Module
         var positions = attentionMask is null
             ? torch.arange(past, total, ScalarType.Int64, device).expand(batch, length)
             : (keyIsReal.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, length);          // (B, T)
-        var (cos, sin) = RotaryEmbedding.CosSin(positions, config.HeadSize, config.RopeTheta, x.dtype);
+        var (cos, sin) = RotaryEmbedding.CosSin(positions, config, x.dtype);
 
         // Query t (absolute position past + t) may see key s when s <= past + t (causal) and s is a real token.
         var causal = torch.arange(total, device: device).unsqueeze(0)

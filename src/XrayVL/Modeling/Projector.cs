@@ -7,7 +7,7 @@ namespace XrayVL.Modeling;
 /// Maps vision tokens (B, N, Dv) into the language model's embedding space (B, N', D), with Hugging Face
 /// LlavaMultiModalProjector's key names:
 /// "linear" (XrayGPT): `linear_1` (Dv → D);
-/// "mlp2x_gelu" (LLaVA-1.5): `linear_1` (Dv → D) → GELU → `linear_2` (D → D);
+/// "mlp2x_gelu" (LLaVA-1.5): `linear_1` (Dv → D) → activation (LLaVA's `projector_hidden_act`, GELU by default) → `linear_2` (D → D);
 /// "merge4" (MiniGPT-v2): every 4 consecutive tokens concatenated along features (B, N/4, 4·Dv), then `linear_1`
 /// (4·Dv → D) — a quarter of the tokens for the language model to read.
 /// </summary>
@@ -16,9 +16,12 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     private readonly nn.Module<Tensor, Tensor> linear_1;
     private readonly nn.Module<Tensor, Tensor>? linear_2;
 
-    private Projector(string type, int visionDim, int textDim, int mergeFactor, bool mlp, Device? device) : base("Projector")
+    private Projector(string type, int visionDim, int textDim, int mergeFactor, bool mlp, string activation, Device? device) : base("Projector")
     {
+        if (!IsSupportedActivation(activation))
+            throw new XrayVLException($"projector activation '{activation}' is not supported (gelu, gelu_pytorch_tanh, gelu_new, quick_gelu, relu, silu)");
         Type = type;
+        Activation = activation;
         MergeFactor = mergeFactor;
         VisionDim = visionDim;
         linear_1 = Layers.Linear(mergeFactor * visionDim, textDim, true, device);
@@ -32,12 +35,17 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     public int MergeFactor { get; }
     /// <summary>Feature width Dv of the vision tokens it accepts.</summary>
     public int VisionDim { get; }
+    /// <summary>The activation between the two linears of "mlp2x_gelu" (unused by the one-linear types).</summary>
+    public string Activation { get; }
 
-    public static Projector Create(string type, int visionDim, int textDim, Device? device = null) => type switch
+    /// <summary>transformers' ACT2FN names this projector computes.</summary>
+    public static bool IsSupportedActivation(string name) => name is "gelu" or "gelu_pytorch_tanh" or "gelu_new" or "quick_gelu" or "relu" or "silu";
+
+    public static Projector Create(string type, int visionDim, int textDim, Device? device = null, string activation = "gelu") => type switch
     {
-        "linear" => new Projector(type, visionDim, textDim, 1, mlp: false, device),
-        "mlp2x_gelu" => new Projector(type, visionDim, textDim, 1, mlp: true, device),
-        "merge4" => new Projector(type, visionDim, textDim, 4, mlp: false, device),
+        "linear" => new Projector(type, visionDim, textDim, 1, mlp: false, activation, device),
+        "mlp2x_gelu" => new Projector(type, visionDim, textDim, 1, mlp: true, activation, device),
+        "merge4" => new Projector(type, visionDim, textDim, 4, mlp: false, activation, device),
         _ => throw new XrayVLException($"projector_type '{type}' is not supported (linear, mlp2x_gelu, merge4)"),
     };
 
@@ -57,6 +65,17 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
         return inputTokens / MergeFactor;
     }
 
+    private Tensor Activate(Tensor x) => Activation switch
+    {
+        "gelu" => nn.functional.gelu(x),
+        // transformers' gelu_new and gelu_pytorch_tanh are the same tanh approximation of GELU.
+        "gelu_pytorch_tanh" or "gelu_new" => nn.functional.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
+        "quick_gelu" => x * torch.sigmoid(1.702 * x),
+        "relu" => nn.functional.relu(x),
+        "silu" => nn.functional.silu(x),
+        _ => throw new XrayVLException($"projector activation '{Activation}' is not supported"),
+    };
+
     /// <summary>(B, N, Dv) → (B, N / merge, D)</summary>
     public override Tensor forward(Tensor tokens)
     {
@@ -68,7 +87,7 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
         // Row-major reshape puts tokens k·i .. k·i+k−1 side by side in one row: exactly their concatenation.
         var x = tokens.reshape(b, OutputTokens((int)n), MergeFactor * dv); // (B, N/k, k·Dv)
         x = linear_1.call(x); // (B, N/k, D)
-        if (linear_2 != null) x = linear_2.call(nn.functional.gelu(x));
+        if (linear_2 != null) x = linear_2.call(Activate(x));
         return x.MoveToOuterDisposeScope();
     }
 }

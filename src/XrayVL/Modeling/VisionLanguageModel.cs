@@ -28,7 +28,8 @@ public sealed class VisionLanguageModel : nn.Module
     {
         Config = config.Validate();
         vision_tower = VisionEncoder.Create(config);
-        multi_modal_projector = Projector.Create(config.ProjectorType, vision_tower.OutputDim, config.TextConfig.HiddenSize);
+        multi_modal_projector = Projector.Create(config.ProjectorType, vision_tower.OutputDim, config.TextConfig.HiddenSize,
+            activation: config.ProjectorHiddenAct);
         TokensPerImage = multi_modal_projector.OutputTokens(vision_tower.NumTokens);
         language_model = new LanguageModel(config.TextConfig);
         RegisterComponents();

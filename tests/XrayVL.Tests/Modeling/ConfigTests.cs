@@ -31,9 +31,9 @@ public class ConfigTests
     }
 
     [Theory]
-    [InlineData("{\"num_attention_heads\": 5}", "num_attention_heads (5) must be a multiple of num_key_value_heads (2)")]
-    [InlineData("{\"model_type\": \"gpt2\"}", "language model type 'gpt2' is not supported")]
-    [InlineData("{\"hidden_act\": \"relu\"}", "hidden_act 'relu' is not supported")]
+    [InlineData("{\"model_type\": \"llama\", \"num_attention_heads\": 5, \"num_key_value_heads\": 2}", "num_attention_heads (5) must be a multiple of num_key_value_heads (2)")]
+    [InlineData("{\"model_type\": \"gpt2\"}", "model_type 'gpt2' is not supported")]
+    [InlineData("{\"model_type\": \"llama\", \"hidden_act\": \"relu\"}", "hidden_act 'relu' is not supported")]
     [InlineData("{\"hidden_size\": ", "not a valid config")]
     public void InvalidConfigsAreRefusedWithTheFileNamed(string json, string expected)
     {
