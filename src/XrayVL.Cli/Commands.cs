@@ -12,6 +12,7 @@ public static class Commands
         ServeCommand.Create(io),
         TrainCommand.Create(io),
         InfoCommand.Create(io),
+        ExportCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),
         ScoreCommand.Create(io),

@@ -187,7 +187,7 @@ public sealed record VisionLanguageConfig
     public string ProjectorType { get; init; } = "mlp2x_gelu";
     /// <summary>
     /// The activation between the two linears of "mlp2x_gelu" (LLaVA's `projector_hidden_act`): "gelu" (exact erf),
-    /// "gelu_pytorch_tanh" / "gelu_new" (tanh approximation), "quick_gelu", "relu" or "silu".
+    /// "gelu_pytorch_tanh" / "gelu_new" (tanh approximation), "quick_gelu", "relu", "silu" or "linear" (identity).
     /// </summary>
     public string ProjectorHiddenAct { get; init; } = "gelu";
     /// <summary>Which encoder layer's output feeds the projector; -2 (the penultimate) as LLaVA, -1 the last.</summary>
@@ -206,7 +206,7 @@ public sealed record VisionLanguageConfig
         LanguageModelConfig.Require(ProjectorType is "linear" or "mlp2x_gelu" or "merge4",
             $"projector_type '{ProjectorType}' is not supported (linear, mlp2x_gelu, merge4)");
         LanguageModelConfig.Require(Projector.IsSupportedActivation(ProjectorHiddenAct),
-            $"projector_hidden_act '{ProjectorHiddenAct}' is not supported (gelu, gelu_pytorch_tanh, gelu_new, quick_gelu, relu, silu)");
+            $"projector_hidden_act '{ProjectorHiddenAct}' is not supported (gelu, gelu_pytorch_tanh, gelu_new, quick_gelu, relu, silu, linear)");
         LanguageModelConfig.Require(VisionFeatureSelectStrategy is "default" or "full",
             $"vision_feature_select_strategy '{VisionFeatureSelectStrategy}' is not supported (default, full)");
         LanguageModelConfig.Require(ImageTokenIndex >= 0 && ImageTokenIndex < TextConfig.VocabSize,

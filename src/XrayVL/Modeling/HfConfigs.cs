@@ -58,6 +58,88 @@ public static class HfConfigs
         catch (JsonException e) { throw new XrayVLException($"{path}: not a valid config ({e.Message})"); }
     }
 
+    // ---- writing: the way save_pretrained writes a LLaVA config ----
+
+    /// <summary>The transformers version whose LLaVA layout and config format <see cref="WriteLlava"/> writes.</summary>
+    public const string TransformersVersion = "4.40.0";
+
+    /// <summary>
+    /// `config.json` of a LlavaForConditionalGeneration as `save_pretrained` writes it: the top level in full, the nested
+    /// `vision_config` / `text_config` as diffs against the defaults of their own model_type (plus model_type), keys
+    /// sorted. Throws when a part has no transformers equivalent (the caller checks that first).
+    /// </summary>
+    public static JsonObject WriteLlava(VisionLanguageConfig config, string torchDtype)
+    {
+        var v = config.VisionConfig;
+        var vision = Diff("clip_vision_model", VisionFamily, O(("hidden_size", v.HiddenSize), ("intermediate_size", v.IntermediateSize),
+            ("num_hidden_layers", v.NumHiddenLayers), ("num_attention_heads", v.NumAttentionHeads), ("num_channels", v.NumChannels),
+            ("image_size", v.ImageSize), ("patch_size", v.PatchSize), ("hidden_act", v.HiddenAct), ("layer_norm_eps", v.LayerNormEps)));
+        var t = config.TextConfig;
+        var textValues = O(("vocab_size", t.VocabSize), ("hidden_size", t.HiddenSize), ("intermediate_size", t.IntermediateSize),
+            ("num_hidden_layers", t.NumHiddenLayers), ("num_attention_heads", t.NumAttentionHeads),
+            ("num_key_value_heads", t.NumKeyValueHeads), ("hidden_act", t.HiddenAct), ("max_position_embeddings", t.MaxPositionEmbeddings),
+            ("rms_norm_eps", t.RmsNormEps), ("rope_theta", t.RopeTheta), ("tie_word_embeddings", t.TieWordEmbeddings),
+            ("initializer_range", t.InitializerRange));
+        if (t.HeadDim is int headDim) textValues["head_dim"] = headDim;
+        if (t.RopeScaling is { } scaling) textValues["rope_scaling"] = WriteRopeScaling(scaling);
+        if (t.ModelType == "llama")
+        {
+            textValues["attention_bias"] = t.AttentionBias;
+            if (t.MlpBias) textValues["mlp_bias"] = true;
+        }
+        // Token ids only where set: a missing one reads as the type's default, which the forward pass never uses.
+        if (t.BosTokenId is int bos) textValues["bos_token_id"] = bos;
+        if (t.EosTokenId is int eos) textValues["eos_token_id"] = eos;
+        if (t.PadTokenId is int pad) textValues["pad_token_id"] = pad;
+        var text = Diff(t.ModelType, TextFamily, textValues);
+        var top = O(("architectures", new JsonArray("LlavaForConditionalGeneration")), ("ignore_index", Constants.IgnoreIndex),
+            ("image_token_index", config.ImageTokenIndex), ("model_type", "llava"), ("projector_hidden_act", config.ProjectorHiddenAct),
+            ("text_config", text), ("torch_dtype", torchDtype), ("transformers_version", TransformersVersion), ("vision_config", vision),
+            ("vision_feature_layer", config.VisionFeatureLayer), ("vision_feature_select_strategy", config.VisionFeatureSelectStrategy));
+        return Sorted(top);
+    }
+
+    /// <summary>transformers 4.40 reads "type" for linear and dynamic; the later kinds were introduced with "rope_type".</summary>
+    private static JsonObject WriteRopeScaling(RopeScaling scaling)
+    {
+        var node = (JsonObject)JsonSerializer.SerializeToNode(scaling, Json.Options)!;
+        if (scaling.RopeType is "linear" or "dynamic")
+        {
+            node.Remove("rope_type");
+            node["type"] = scaling.RopeType;
+        }
+        return node;
+    }
+
+    /// <summary>The keys of <paramref name="values"/> that differ from the type's defaults, with model_type.</summary>
+    private static JsonObject Diff(string modelType, Dictionary<string, Family> families, JsonObject values)
+    {
+        var defaults = families[modelType].Defaults;
+        var diff = new JsonObject { ["model_type"] = modelType };
+        foreach (var (key, value) in values)
+        {
+            var fallback = key == "num_key_value_heads" && defaults[key] is null ? defaults["num_attention_heads"] : defaults[key];
+            if (!defaults.ContainsKey(key) || !SameNumberOrValue(value, fallback)) diff[key] = value?.DeepClone();
+        }
+        return Sorted(diff);
+    }
+
+    /// <summary>Equal values, numbers compared by value (1e-05 written by Python equals 1E-05 written here).</summary>
+    private static bool SameNumberOrValue(JsonNode? a, JsonNode? b) =>
+        a is JsonValue va && b is JsonValue vb && va.GetValueKind() == JsonValueKind.Number && vb.GetValueKind() == JsonValueKind.Number
+            ? Number(va) == Number(vb)
+            : JsonNode.DeepEquals(a, b);
+
+    private static double Number(JsonValue v) => double.Parse(v.ToJsonString(), System.Globalization.CultureInfo.InvariantCulture);
+
+    private static JsonObject Sorted(JsonObject node)
+    {
+        var sorted = new JsonObject();
+        foreach (var (key, value) in node.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+            sorted[key] = value is JsonObject child ? Sorted(child) : value?.DeepClone();
+        return sorted;
+    }
+
     // ---- model families: defaults, keys read, keys that leave the computation unchanged, keys pinned to one value ----
 
     /// <summary>

@@ -19,7 +19,7 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     private Projector(string type, int visionDim, int textDim, int mergeFactor, bool mlp, string activation, Device? device) : base("Projector")
     {
         if (!IsSupportedActivation(activation))
-            throw new XrayVLException($"projector activation '{activation}' is not supported (gelu, gelu_pytorch_tanh, gelu_new, quick_gelu, relu, silu)");
+            throw new XrayVLException($"projector activation '{activation}' is not supported (gelu, gelu_pytorch_tanh, gelu_new, quick_gelu, relu, silu, linear)");
         Type = type;
         Activation = activation;
         MergeFactor = mergeFactor;
@@ -39,7 +39,8 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     public string Activation { get; }
 
     /// <summary>transformers' ACT2FN names this projector computes.</summary>
-    public static bool IsSupportedActivation(string name) => name is "gelu" or "gelu_pytorch_tanh" or "gelu_new" or "quick_gelu" or "relu" or "silu";
+    public static bool IsSupportedActivation(string name) =>
+        name is "gelu" or "gelu_pytorch_tanh" or "gelu_new" or "quick_gelu" or "relu" or "silu" or "linear";
 
     public static Projector Create(string type, int visionDim, int textDim, Device? device = null, string activation = "gelu") => type switch
     {
@@ -73,6 +74,8 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
         "quick_gelu" => x * torch.sigmoid(1.702 * x),
         "relu" => nn.functional.relu(x),
         "silu" => nn.functional.silu(x),
+        // transformers' "linear" activation is the identity (an exported one-linear projector uses it).
+        "linear" => x,
         _ => throw new XrayVLException($"projector activation '{Activation}' is not supported"),
     };
 
