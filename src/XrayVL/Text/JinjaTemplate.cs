@@ -963,7 +963,7 @@ public sealed class JinjaTemplate
         JsonValueKind.True => true,
         JsonValueKind.False => false,
         JsonValueKind.Null or JsonValueKind.Undefined => null,
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : e.GetDouble(),
+        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : (object)e.GetDouble(),
         JsonValueKind.Array => e.EnumerateArray().Select(ImportJson).ToList(),
         _ => e.EnumerateObject().Aggregate(new Dictionary<string, object?>(StringComparer.Ordinal), (d, p) =>
         {
@@ -1268,9 +1268,9 @@ public sealed class JinjaTemplate
             if (v is Undefined u) throw Error(At, u.Hint);
             return v switch
             {
-                bool b => op == "-" ? -(b ? 1L : 0L) : (b ? 1L : 0L),
-                long l => op == "-" ? checked(-l) : l,
-                double d => op == "-" ? -d : d,
+                bool b => (object)(op == "-" ? -(b ? 1L : 0L) : (b ? 1L : 0L)),
+                long l => (object)(op == "-" ? checked(-l) : l),
+                double d => (object)(op == "-" ? -d : d),
                 _ => throw Error(At, $"bad operand type for unary {op}: '{TypeName(v)}'"),
             };
         }
@@ -1833,7 +1833,7 @@ public sealed class JinjaTemplate
             case "abs":
                 return v switch
                 {
-                    long l => Math.Abs(l),
+                    long l => (object)Math.Abs(l),
                     double dd => Math.Abs(dd),
                     bool b => b ? 1L : 0L,
                     _ => throw Error(at, $"abs needs a number, not {TypeName(v)}"),
