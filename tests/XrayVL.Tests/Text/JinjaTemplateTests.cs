@@ -289,6 +289,15 @@ public class JinjaTemplateTests
         Assert.Equal(expected, Render(template, ("xs", new[] { 1, 2, 3, 4, 5 })));
 
     [Fact]
+    public void JsonVariablesKeepIntegersApartFromFloats()
+    {
+        using var doc = JsonDocument.Parse("""{"n": 3, "x": 2.5, "big": 1e20, "list": [1, "a", null, true], "d": {"k": false}}""");
+        var variables = doc.RootElement.EnumerateObject().ToDictionary(p => p.Name, p => (object?)p.Value);
+        Assert.Equal("3 2.5 1e+20 [1, 'a', None, True] {'k': False} 1.5",
+            JinjaTemplate.Parse("{{ n }} {{ x }} {{ big }} {{ list }} {{ d }} {{ n / 2 }}").Render(variables));
+    }
+
+    [Fact]
     public void MessageFieldsByAttributeOrSubscript()
     {
         var message = Message("user", "hi");
