@@ -386,12 +386,10 @@ public class JinjaTemplateTests
 
     [Theory]
     [InlineData("{% if x %}a", "line 1, column 4", "'if' is not closed")]
-    [InlineData("ok\n  {{ x | nofilter }}", "line 2, column 10", "unknown or unsupported filter 'nofilter'")]
     [InlineData("{% endfor %}", "line 1, column 4", "'{% endfor %}'")]
     [InlineData("{{ 'abc }}", "line 1, column 4", "string literal is not closed")]
     [InlineData("{% include 'other.jinja' %}", "line 1, column 4", "unknown or unsupported tag 'include'")]
     [InlineData("a\nb {{ 1 + }}", "line 2, column 10", "unexpected '}}'")]
-    [InlineData("{{ x is shiny }}", "line 1, column 9", "unknown or unsupported test 'shiny'")]
     [InlineData("{% for x in xs %}{% endif %}", "line 1, column 21", "'{% endif %}'")]
     [InlineData("{% break %}", "line 1, column 4", "'break' outside a for loop")]
     [InlineData("{{ 1 ", "line 1, column 1", "'{{' is not closed")]
@@ -401,6 +399,14 @@ public class JinjaTemplateTests
         Assert.Contains(position, error.Message);
         Assert.Contains(construct, error.Message);
         Assert.DoesNotContain('\n', error.Message);
+    }
+
+    [Fact]
+    public void UnknownFiltersAndTestsFailOnlyWhenEvaluated()
+    {
+        Assert.Contains("line 2, column 10: unknown or unsupported filter 'nofilter'", ErrorOf("ok\n  {{ x | nofilter }}"));
+        Assert.Contains("line 1, column 9: unknown or unsupported test 'shiny'", ErrorOf("{{ x is shiny }}"));
+        Assert.Equal("plain", Render("{% if tools %}{{ tools | nofilter }}{% else %}plain{% endif %}"));
     }
 
     [Fact]
