@@ -13,7 +13,11 @@ public class InitializeWeightsTests
         if (drawInBetween) randn(1000).Dispose();             // other users of the global generator change nothing
         using var generator = new torch.Generator(seed);
         model.InitializeWeights(generator);
-        return model.state_dict();
+        // Copies, with the model kept alive until they are made: once the model is unreachable a garbage collection can
+        // finalize it and invalidate the tensors its state_dict hands out (which test order and allocation made happen).
+        var state = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
+        GC.KeepAlive(model);
+        return state;
     }
 
     [Theory]
