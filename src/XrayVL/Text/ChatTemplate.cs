@@ -116,6 +116,7 @@ public static class ChatTemplate
     /// </summary>
     public static RenderedChat Render(Conversation conversation, XrayTokenizer tokenizer, bool addGenerationPrompt)
     {
+        if (tokenizer.ParsedChatTemplate is { } foreign) return RenderWithTemplate(foreign, conversation, tokenizer, addGenerationPrompt);
         var ids = new List<int>();
         var labels = new List<int>();
         var images = new List<int>();
@@ -169,6 +170,126 @@ public static class ChatTemplate
         }
         if (addGenerationPrompt) text.Append(SpecialTokens.ImStart).Append(RoleName(ChatRole.Assistant)).Append('\n');
         return text.ToString();
+    }
+
+    // ---- a checkpoint's own Jinja template (tokenizer_config.json chat_template) ----
+
+    // Message texts enter the template as markers from Unicode's private use area, so the rendered text shows where
+    // each text sits: those pieces are encoded as plain text (a typed "<|im_start|>" or "<image>" stays text, as in the
+    // built-in renderer), the template's own pieces with special tokens recognised.
+    private const char MarkOpen = '\uE000', MarkClose = '\uE001';
+
+    private static string Mark(int index) => $"{MarkOpen}{index}{MarkClose}";
+
+    /// <summary>
+    /// The conversation as transformers' apply_chat_template renders it with <paramref name="template"/>: messages are
+    /// {role, content}; a user turn with images has content [{"type": "image"}…, {"type": "text", "text": …}], and
+    /// for templates that only print string contents, "&lt;image&gt;\n" per image before the text (LLaVA-1.5's
+    /// convention). Training labels: the text each assistant turn adds (its answer and the template's closing tokens).
+    /// </summary>
+    private static RenderedChat RenderWithTemplate(JinjaTemplate template, Conversation conversation, XrayTokenizer tokenizer, bool addGenerationPrompt)
+    {
+        var turns = Turns(conversation).ToList();
+        int images = turns.Sum(t => t.ImageCount);
+        foreach (bool asParts in new[] { true, false })
+        {
+            string Text(int count, bool generation) => RenderTemplate(template, turns.Take(count), tokenizer, generation, asParts, marked: true);
+            string full;
+            try { full = Text(turns.Count, addGenerationPrompt); }
+            catch (XrayVLException) when (asParts && images > 0) { continue; }
+            var learned = new List<(int Start, int End)>();
+            for (int i = 0; i < turns.Count && !addGenerationPrompt; i++)
+            {
+                if (turns[i].Role != ChatRole.Assistant) continue;
+                string before = Text(i, generation: true), upTo = Text(i + 1, generation: false);
+                if (!upTo.StartsWith(before, StringComparison.Ordinal) || !full.StartsWith(upTo, StringComparison.Ordinal))
+                    throw new XrayVLException("the checkpoint's chat template renders earlier turns differently once later turns follow, " +
+                                              "so answers cannot be marked for training; train with this project's template");
+                learned.Add((before.Length, upTo.Length));
+            }
+            var rendered = Encode(full, turns, learned, tokenizer);
+            if (rendered.ImageCount == images) return rendered;
+            if (!asParts) break;
+        }
+        throw new XrayVLException($"the checkpoint's chat template does not place the {images} image(s) of this conversation " +
+                                  $"(it writes no '{SpecialTokens.Image}' for them)");
+    }
+
+    /// <summary>The rendered text, message texts as markers when <paramref name="marked"/>.</summary>
+    private static string RenderTemplate(JinjaTemplate template, IEnumerable<ChatMessage> turns, XrayTokenizer tokenizer,
+        bool addGenerationPrompt, bool imagesAsParts, bool marked)
+    {
+        var messages = new List<object?>();
+        int index = 0;
+        foreach (var turn in turns)
+        {
+            string text = marked ? Mark(index) : turn.Text;
+            index++;
+            object content = turn.ImageCount == 0 ? text
+                : imagesAsParts
+                    ? (object)new List<object?>([.. Enumerable.Repeat<object?>(new Dictionary<string, object?> { ["type"] = "image" }, turn.ImageCount),
+                        new Dictionary<string, object?> { ["type"] = "text", ["text"] = text }])
+                    : string.Concat(Enumerable.Repeat(SpecialTokens.Image + "\n", turn.ImageCount)) + text;
+            messages.Add(new Dictionary<string, object?> { ["role"] = RoleName(turn.Role), ["content"] = content });
+        }
+        var variables = new Dictionary<string, object?>
+        {
+            ["messages"] = messages,
+            ["add_generation_prompt"] = addGenerationPrompt,
+        };
+        foreach (var (name, value) in tokenizer.TemplateTokens) variables[name] = value;
+        try { return template.Render(variables); }
+        catch (XrayVLException e) { throw new XrayVLException($"the checkpoint's chat template: {e.Message}"); }
+    }
+
+    /// <summary>Ids and labels of a marked rendering: template text with special tokens, message texts as plain text.</summary>
+    private static RenderedChat Encode(string full, List<ChatMessage> turns, List<(int Start, int End)> learned, XrayTokenizer tokenizer)
+    {
+        var ids = new List<int>();
+        var labels = new List<int>();
+        var images = new List<int>();
+        bool IsLearned(int at) => learned.Any(r => at >= r.Start && at < r.End);
+        // Cut points: markers and the edges of learned spans; each piece is encoded on its own.
+        var cuts = new SortedSet<int> { 0, full.Length };
+        foreach (var (start, end) in learned) { cuts.Add(start); cuts.Add(end); }
+        for (int i = 0; i < full.Length; i++)
+            if (full[i] == MarkOpen) { cuts.Add(i); cuts.Add(full.IndexOf(MarkClose, i) + 1); }
+        int[] points = [.. cuts];
+        for (int p = 0; p + 1 < points.Length; p++)
+        {
+            int start = points[p], end = points[p + 1];
+            if (end <= start) continue;
+            string piece = full[start..end];
+            bool isMessage = piece[0] == MarkOpen && piece[^1] == MarkClose;
+            int[] pieceIds = isMessage
+                ? tokenizer.EncodeSegment(turns[int.Parse(piece[1..^1], System.Globalization.CultureInfo.InvariantCulture)].Text)
+                : tokenizer.Encode(piece);
+            if (!isMessage && (piece.Contains(MarkOpen) || piece.Contains(MarkClose)))
+                throw new XrayVLException("the checkpoint's chat template changes message texts (e.g. trims them); it cannot be rendered here");
+            bool learn = IsLearned(start);
+            foreach (int id in pieceIds)
+            {
+                if (id == tokenizer.ImageId && !isMessage) images.Add(ids.Count);
+                ids.Add(id);
+                labels.Add(learn ? id : Constants.IgnoreIndex);
+            }
+        }
+        return new RenderedChat([.. ids], [.. labels], [.. images]);
+    }
+
+    /// <summary>
+    /// The text <paramref name="tokenizer"/>'s template renders (the checkpoint's own, else this project's): what
+    /// transformers' apply_chat_template returns for the same conversation.
+    /// </summary>
+    public static string RenderText(Conversation conversation, XrayTokenizer tokenizer, bool addGenerationPrompt)
+    {
+        if (tokenizer.ParsedChatTemplate is not { } template) return RenderText(conversation, addGenerationPrompt);
+        var turns = Turns(conversation).ToList();
+        try { return RenderTemplate(template, turns, tokenizer, addGenerationPrompt, imagesAsParts: true, marked: false); }
+        catch (XrayVLException) when (turns.Any(t => t.ImageCount > 0))
+        {
+            return RenderTemplate(template, turns, tokenizer, addGenerationPrompt, imagesAsParts: false, marked: false);
+        }
     }
 
     private static int SingleId(XrayTokenizer tokenizer, string text)

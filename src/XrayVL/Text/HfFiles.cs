@@ -94,6 +94,48 @@ internal static class HfFiles
         return result;
     }
 
+    /// <summary>
+    /// tokenizer_config.json's `chat_template` (a string, or newer files' list of named templates: the "default" one)
+    /// and the special-token strings templates refer to (bos_token, eos_token, pad_token, unk_token); null and empty
+    /// when the file or the key is absent.
+    /// </summary>
+    public static (string? Template, Dictionary<string, string> Tokens) ReadChatTemplate(string directory)
+    {
+        var tokens = new Dictionary<string, string>(StringComparer.Ordinal);
+        string path = Path.Combine(directory, TokenizerConfigJson);
+        if (!File.Exists(path)) return (null, tokens);
+        using var doc = Parse(path);
+        var root = doc.RootElement;
+        if (root.ValueKind != JsonValueKind.Object) return (null, tokens);
+        foreach (string name in new[] { "bos_token", "eos_token", "pad_token", "unk_token" })
+            if (root.TryGetProperty(name, out var token))
+            {
+                if (token.ValueKind == JsonValueKind.String) tokens[name] = token.GetString()!;
+                else if (token.ValueKind == JsonValueKind.Object && token.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String)
+                    tokens[name] = c.GetString()!;
+            }
+        if (!root.TryGetProperty("chat_template", out var template)) return (null, tokens);
+        return template.ValueKind switch
+        {
+            JsonValueKind.String => (template.GetString(), tokens),
+            JsonValueKind.Null => (null, tokens),
+            JsonValueKind.Array => (template.EnumerateArray()
+                .Where(t => t.ValueKind == JsonValueKind.Object && t.TryGetProperty("name", out var n) && n.GetString() == "default")
+                .Select(t => t.TryGetProperty("template", out var body) ? body.GetString() : null)
+                .FirstOrDefault() ?? throw new XrayVLException($"{path}: chat_template lists named templates but none named 'default'."), tokens),
+            _ => throw new XrayVLException($"{path}: chat_template must be a string or a list of named templates."),
+        };
+    }
+
+    /// <summary>Replaces the chat template of an existing tokenizer_config.json (a checkpoint keeps its own template).</summary>
+    public static void WriteChatTemplate(string directory, string template)
+    {
+        string path = Path.Combine(directory, TokenizerConfigJson);
+        var node = File.Exists(path) ? JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? new JsonObject() : new JsonObject();
+        node["chat_template"] = template;
+        Json.WriteAllTextAtomic(path, node.ToJsonString(Json.Options));
+    }
+
     private static string Content(JsonElement entry, string path)
     {
         if (entry.ValueKind == JsonValueKind.Object && entry.TryGetProperty("content", out var content)

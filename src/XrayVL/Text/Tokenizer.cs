@@ -58,6 +58,19 @@ public sealed class XrayTokenizer
     public int PadId { get; }
 
     public int ImageId { get; }
+
+    /// <summary>
+    /// The checkpoint's own chat template (tokenizer_config.json `chat_template`) when it differs from this project's,
+    /// else null: <see cref="ChatTemplate.Render"/> then renders prompts with it.
+    /// </summary>
+    public string? ForeignChatTemplate { get; private set; }
+
+    /// <summary><see cref="ForeignChatTemplate"/> parsed once.</summary>
+    internal JinjaTemplate? ParsedChatTemplate { get; private set; }
+
+    /// <summary>Special-token strings a chat template may use (bos_token, eos_token, pad_token, unk_token).</summary>
+    public IReadOnlyDictionary<string, string> TemplateTokens { get; private set; } = new Dictionary<string, string>();
+
     public int ImStartId { get; }
     public int ImEndId { get; }
 
@@ -112,17 +125,43 @@ public sealed class XrayTokenizer
     /// Writes the tokenizer files to <paramref name="directory"/>: vocab.json, merges.txt, tokenizer.json and
     /// tokenizer_config.json for byte-level BPE; tokenizer.model and tokenizer_config.json for SentencePiece.
     /// </summary>
-    public void Save(string directory) => save(directory);
+    public void Save(string directory)
+    {
+        save(directory);
+        if (ForeignChatTemplate != null) HfFiles.WriteChatTemplate(directory, ForeignChatTemplate);
+    }
 
     /// <summary>Loads a tokenizer folder: vocab.json + merges.txt (byte-level BPE), else tokenizer.model (SentencePiece).</summary>
     public static XrayTokenizer Load(string directory)
     {
         if (!Directory.Exists(directory)) throw new XrayVLException($"Tokenizer folder '{directory}' does not exist.");
+        XrayTokenizer tokenizer;
         if (File.Exists(Path.Combine(directory, ByteLevelBpeModel.VocabFile)) && File.Exists(Path.Combine(directory, ByteLevelBpeModel.MergesFile)))
-            return FromModel(ByteLevelBpeModel.Load(directory));
-        if (File.Exists(Path.Combine(directory, SentencePieceFile)))
-            return LoadSentencePiece(directory);
-        throw new XrayVLException($"Tokenizer folder '{directory}' has neither vocab.json + merges.txt nor tokenizer.model.");
+            tokenizer = FromModel(ByteLevelBpeModel.Load(directory));
+        else if (File.Exists(Path.Combine(directory, SentencePieceFile)))
+            tokenizer = LoadSentencePiece(directory);
+        else
+            throw new XrayVLException($"Tokenizer folder '{directory}' has neither vocab.json + merges.txt nor tokenizer.model.");
+        var (template, tokens) = HfFiles.ReadChatTemplate(directory);
+        tokenizer.UseChatTemplate(template, tokens);
+        return tokenizer;
+    }
+
+    /// <summary>
+    /// Renders prompts with <paramref name="template"/> (Jinja, as transformers' apply_chat_template) from now on; null
+    /// or this project's own template keeps the built-in renderer. The template is parsed here, so a broken one is
+    /// refused when the model loads, not at the first request.
+    /// </summary>
+    public void UseChatTemplate(string? template, IReadOnlyDictionary<string, string>? tokens = null)
+    {
+        if (template != null && template != ChatTemplate.JinjaTemplate)
+        {
+            try { ParsedChatTemplate = JinjaTemplate.Parse(template); }
+            catch (XrayVLException e) { throw new XrayVLException($"chat_template: {e.Message}"); }
+            ForeignChatTemplate = template;
+        }
+        else (ForeignChatTemplate, ParsedChatTemplate) = (null, null);
+        TemplateTokens = tokens ?? new Dictionary<string, string>();
     }
 
     /// <summary>Wraps a byte-level BPE model (e.g. just trained) without a round trip through files.</summary>
