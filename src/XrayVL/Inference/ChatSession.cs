@@ -12,7 +12,7 @@ namespace XrayVL.Inference;
 
 /// <summary>
 /// One conversation with a loaded model: its images, its turns, and answers streamed as text.
-/// Weights are shared by every session; the chat state lives here (DESIGN habit 8).
+/// Weights are shared by every session (loaded once); the chat state lives here, one per conversation.
 /// Images added with <see cref="AddImage"/> belong to the next user turn (a frontal and a lateral view may go together).
 /// </summary>
 public sealed class ChatSession

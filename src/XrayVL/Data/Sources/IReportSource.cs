@@ -93,7 +93,7 @@ public sealed class SourceResult(string source)
 /// <summary>An image path with whether it is on disk (null: not checked).</summary>
 internal readonly record struct ResolvedImage(StudyImage Image, bool? Exists);
 
-/// <summary>Picks a source by name (DESIGN habit 7: a switch that throws on an unknown name).</summary>
+/// <summary>Picks a source by name: a switch that throws on an unknown name, so a typo is an error, never a silent default.</summary>
 public static class ReportSources
 {
     public static readonly IReadOnlyList<string> Names = ["iu-csv", "openi-xml", "xrayglm", "r2gen", "mimic", "covid", "jsonl"];
