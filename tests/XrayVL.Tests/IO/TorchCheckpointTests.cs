@@ -134,6 +134,63 @@ public sealed class TorchCheckpointTests
         foreach (var t in Flatten(root, ExpectedPaths).Values.OfType<Tensor>()) t.Dispose();
     }
 
+    [Fact]
+    public void ProtocolFourOpcodesAndTheOtherAllowedGlobals()
+    {
+        // What newer torch / pickle versions may write, built by hand: FRAME, MEMOIZE, STACK_GLOBAL, SHORT_BINUNICODE,
+        // BINUNICODE8, EMPTY_SET + ADDITEMS, LONG1 beyond 64 bits, torch.Size, a dtype, torch.device, _rebuild_parameter.
+        var p = new PickleBuilder().Op(0x80, 4).Op(0x95).Raw(new byte[8]).Op((byte)'}').Op(0x94).Op((byte)'(');
+        p.Str("size").Op(0x94).Str("torch").Str("Size").Op(0x93).Op((byte)'K', 2).Op((byte)'K', 3).Op(0x86).Op(0x85).Op((byte)'R');
+        p.Str("dtype").Str("torch").Str("bfloat16").Op(0x93);
+        p.Str("device").Global("torch", "device").Str("cuda").Op((byte)'K', 1).Op(0x86).Op((byte)'R');
+        p.Str("param").Global("torch._utils", "_rebuild_parameter")
+            .Global("torch._utils", "_rebuild_tensor_v2").Op((byte)'(')
+            .Op((byte)'(').Str("storage").Global("torch", "FloatStorage").Str("0").Str("cpu").Op((byte)'K', 4).Op((byte)'t').Op((byte)'Q')
+            .Op((byte)'K', 0).Op((byte)'K', 2).Op((byte)'K', 2).Op(0x86).Op((byte)'K', 2).Op((byte)'K', 1).Op(0x86).Op(0x89)
+            .Global("collections", "OrderedDict").Op((byte)')').Op((byte)'R').Op((byte)'t').Op((byte)'R')
+            .Op(0x88).Global("collections", "OrderedDict").Op((byte)')').Op((byte)'R').Op(0x87).Op((byte)'R');
+        p.Str("again").Op((byte)'h', 1);                                               // memo 1 = "size"
+        p.Str("set").Op(0x8f).Op((byte)'(').Op((byte)'K', 1).Op((byte)'K', 2).Op((byte)'K', 1).Op(0x90);
+        p.Str("big").Op(0x8a, 9).Raw([0, 0, 0, 0, 0, 0, 0, 0, 1]);                   // 2^64
+        p.Str("long8").Op(0x8d).Raw(BitConverter.GetBytes(3L)).Raw("é!"u8.ToArray());
+        p.Op((byte)'u').Op((byte)'.');
+
+        var storages = new Dictionary<string, TorchStorageInfo>();
+        var root = (PickleDict)TorchPickle.Load(p.ToArray(), "hand.pt", storages)!;
+        Assert.Equal(["size", "dtype", "device", "param", "again", "set", "big", "long8"], root.Keys);
+        Assert.Equal(new object?[] { 2L, 3L }, root["size"]);
+        Assert.Equal(ScalarType.BFloat16, root["dtype"]);
+        Assert.Equal("cuda:1", root["device"]);
+        var param = Assert.IsType<TorchTensorInfo>(root["param"]);
+        Assert.True(param.RequiresGrad);
+        Assert.Equal([2L, 2], param.Shape);
+        Assert.Equal([2L, 1], param.Stride);
+        Assert.Same(storages["0"], param.Storage);
+        Assert.Equal(ScalarType.Float32, param.DType);
+        Assert.Equal("size", root["again"]);
+        Assert.Equal(2, ((HashSet<object>)root["set"]!).Count);
+        Assert.Equal(System.Numerics.BigInteger.Pow(2, 64), root["big"]);
+        Assert.Equal("é!", root["long8"]);
+    }
+
+    [Fact]
+    public void ViewsReachingPastTheirStorageAndBackwardHooksAreRefused()
+    {
+        PickleBuilder Tensor(int numel, int size, bool hook)
+        {
+            var p = new PickleBuilder().Op(0x80, 2).Global("torch._utils", "_rebuild_tensor_v2").Op((byte)'(')
+                .Op((byte)'(').Str("storage").Global("torch", "HalfStorage").Str("0").Str("cpu").Op((byte)'K', (byte)numel).Op((byte)'t').Op((byte)'Q')
+                .Op((byte)'K', 1).Op((byte)'K', (byte)size).Op(0x85).Op((byte)'K', 1).Op(0x85).Op(0x89)
+                .Global("collections", "OrderedDict").Op((byte)')').Op((byte)'R');
+            if (hook) p.Op((byte)'K', 0).Op((byte)'N').Op((byte)'s');
+            return p.Op((byte)'t').Op((byte)'R').Op((byte)'.');
+        }
+        Assert.Equal([3L], Assert.IsType<TorchTensorInfo>(TorchPickle.Load(Tensor(4, 3, hook: false).ToArray(), "ok.pt")).Shape);
+        Assert.Contains("reaches element 4 of storage '0', which holds 4",
+            Assert.Throws<XrayVLException>(() => TorchPickle.Load(Tensor(4, 4, hook: false).ToArray(), "bad.pt")).Message);
+        Assert.Contains("backward hooks", Assert.Throws<XrayVLException>(() => TorchPickle.Load(Tensor(4, 3, hook: true).ToArray(), "bad.pt")).Message);
+    }
+
     // ---------------------------------------------------------------- refusals
 
     /// <summary>protocol 2: os.system("echo pwned") — what a hostile checkpoint looks like.</summary>
@@ -413,6 +470,36 @@ public sealed class TorchCheckpointTests
         ScalarType.Int64 => "<i8", ScalarType.Int32 => "<i4", ScalarType.Byte => "|u1", ScalarType.Int8 => "|i1", ScalarType.Bool => "|b1",
         _ => type.ToString(),
     };
+}
+
+/// <summary>Writes pickle opcodes by hand, for cases the fixtures do not hold.</summary>
+internal sealed class PickleBuilder
+{
+    private readonly List<byte> bytes = [];
+
+    public PickleBuilder Op(byte op, params byte[] args)
+    {
+        bytes.Add(op);
+        bytes.AddRange(args);
+        return this;
+    }
+
+    public PickleBuilder Raw(byte[] data)
+    {
+        bytes.AddRange(data);
+        return this;
+    }
+
+    /// <summary>SHORT_BINUNICODE (protocol 4) when short, else BINUNICODE.</summary>
+    public PickleBuilder Str(string text)
+    {
+        byte[] utf8 = Encoding.UTF8.GetBytes(text);
+        return utf8.Length < 256 ? Op(0x8c, (byte)utf8.Length).Raw(utf8) : Op((byte)'X').Raw(BitConverter.GetBytes(utf8.Length)).Raw(utf8);
+    }
+
+    public PickleBuilder Global(string module, string name) => Op((byte)'c').Raw(Encoding.ASCII.GetBytes($"{module}\n{name}\n"));
+
+    public byte[] ToArray() => [.. bytes];
 }
 
 /// <summary>Just enough of numpy's .npy format (v1–v3, C order) to read the fixtures' expected values.</summary>
