@@ -7,9 +7,14 @@ namespace XrayVL.Tests.Modeling;
 
 public class InitializeWeightsTests
 {
-    private static Dictionary<string, Tensor> Fresh(VisionLanguageConfig config, ulong seed, bool drawInBetween = false)
+    // The state dicts' tensors belong to their models: keep the models reachable while the test reads them
+    // (a collected module's finalizer frees its parameters).
+    private readonly List<VisionLanguageModel> models = [];
+
+    private Dictionary<string, Tensor> Fresh(VisionLanguageConfig config, ulong seed, bool drawInBetween = false)
     {
         var model = new VisionLanguageModel(config);
+        models.Add(model);
         if (drawInBetween) randn(1000).Dispose();             // other users of the global generator change nothing
         using var generator = new torch.Generator(seed);
         model.InitializeWeights(generator);
