@@ -17,7 +17,8 @@ public sealed record LoadedModel(VisionLanguageModel Model, XrayTokenizer Tokeni
 
 /// <summary>
 /// Checkpoint folders in the Hugging Face layout:
-/// config.json (the composed config) + model.safetensors (or shards with model.safetensors.index.json)
+/// config.json (the composed config) + model.safetensors (or shards with model.safetensors.index.json; or PyTorch's
+/// pytorch_model.bin / pytorch_model.bin.index.json)
 /// + tokenizer files + preprocessor_config.json. Folders of a plain HF LLaMA/Qwen2 language model or a CLIP vision
 /// tower load on their own too, so pretrained parts can be composed into a new vision-language model.
 /// </summary>
@@ -26,6 +27,8 @@ public static class Checkpoint
     public const string ConfigFileName = "config.json";
     public const string WeightsFileName = "model.safetensors";
     public const string WeightsIndexFileName = "model.safetensors.index.json";
+    public const string TorchWeightsFileName = "pytorch_model.bin";
+    public const string TorchWeightsIndexFileName = "pytorch_model.bin.index.json";
     public const string PreprocessorFileName = "preprocessor_config.json";
 
     /// <summary>
@@ -222,23 +225,50 @@ public static class Checkpoint
         }
     }
 
-    /// <summary>All tensors of a folder: one model.safetensors, or the shards an index file lists.</summary>
+    /// <summary>
+    /// All tensors of a folder: one model.safetensors, or the shards model.safetensors.index.json lists; without
+    /// safetensors, a PyTorch pytorch_model.bin or the shards of pytorch_model.bin.index.json (what Hugging Face writes
+    /// with safe_serialization=False), read by <see cref="TorchCheckpoint"/> without executing the pickle.
+    /// </summary>
     public static Dictionary<string, Tensor> ReadWeights(string dir)
     {
         string single = Path.Combine(dir, WeightsFileName);
         if (File.Exists(single)) return SafeTensors.Load(single);
         string index = Path.Combine(dir, WeightsIndexFileName);
-        if (!File.Exists(index)) throw new XrayVLException($"{dir}: no {WeightsFileName} or {WeightsIndexFileName}");
+        if (File.Exists(index)) return ReadShards(dir, index, path => SafeTensors.Load(path));
+        string torchSingle = Path.Combine(dir, TorchWeightsFileName);
+        if (File.Exists(torchSingle)) return TorchCheckpoint.LoadStateDict(torchSingle);
+        string torchIndex = Path.Combine(dir, TorchWeightsIndexFileName);
+        if (File.Exists(torchIndex)) return ReadShards(dir, torchIndex, path => TorchCheckpoint.LoadStateDict(path));
+        throw new XrayVLException($"{dir}: no {WeightsFileName}, {WeightsIndexFileName}, {TorchWeightsFileName} or {TorchWeightsIndexFileName}");
+    }
+
+    private static Dictionary<string, Tensor> ReadShards(string dir, string index, Func<string, Dictionary<string, Tensor>> read)
+    {
         JsonNode? map;
         try { map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"]; }
         catch (JsonException e) { throw new XrayVLException($"{index}: not valid JSON ({e.Message})"); }
         if (map is not JsonObject weightMap) throw new XrayVLException($"{index}: no weight_map");
         var all = new Dictionary<string, Tensor>();
-        foreach (string shard in weightMap.Select(kv => kv.Value!.GetValue<string>()).Distinct())
+        try
         {
-            string shardPath = Path.Combine(dir, shard);
-            if (!File.Exists(shardPath)) throw new XrayVLException($"{index}: lists shard {shard}, which is missing");
-            foreach (var (name, tensor) in SafeTensors.Load(shardPath)) all[name] = tensor;
+            foreach (string shard in weightMap.Select(kv => kv.Value!.GetValue<string>()).Distinct())
+            {
+                string shardPath = Path.Combine(dir, shard);
+                if (!File.Exists(shardPath)) throw new XrayVLException($"{index}: lists shard {shard}, which is missing");
+                foreach (var (name, tensor) in read(shardPath))
+                {
+                    if (all.Remove(name, out var duplicate)) duplicate.Dispose();
+                    all[name] = tensor;
+                }
+            }
+            foreach (var (name, _) in weightMap)
+                if (!all.ContainsKey(name)) throw new XrayVLException($"{index}: maps '{name}' to a shard that does not hold it");
+        }
+        catch
+        {
+            foreach (var t in all.Values) t.Dispose();
+            throw;
         }
         return all;
     }
