@@ -87,7 +87,9 @@ public sealed class MiniGptV2ImageEncoderTests
         Assert.Equal(want.Keys.Order(), have.Keys.Order());
         foreach (var (name, shape) in want) Assert.Equal(shape, have[name].shape);
 
-        using var published = new MiniGptV2ImageEncoder(new EvaVisionConfig { ImageSize = 448, NumHiddenLayers = 1 }, 4096);
-        Assert.Equal([4096L, 5632], published.state_dict()["llama_proj.weight"].shape); // 4 · 1408
+        // ViT-g's width at 448 px (one block, a narrow language model, to keep the test light): llama_proj reads 4 · 1408.
+        using var published = new MiniGptV2ImageEncoder(new EvaVisionConfig { ImageSize = 448, NumHiddenLayers = 1 }, 8);
+        Assert.Equal([8L, 5632], published.state_dict()["llama_proj.weight"].shape);
+        Assert.Equal([1L, 1025, 1408], published.state_dict()["visual_encoder.pos_embed"].shape); // 32×32 patches + CLS
     }
 }
