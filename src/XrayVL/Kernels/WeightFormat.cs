@@ -40,6 +40,7 @@ public static class WeightFormats
     /// </summary>
     public static void Apply(nn.Module model, LanguageModel languageModel, WeightFormat format)
     {
+        NativeHeap.ReturnLargeBlocks();
         if (format != WeightFormat.Fp32) model.to(format.ComputeDType());
         if (format == WeightFormat.Int8) QuantizeLinears(languageModel);
     }
@@ -57,6 +58,7 @@ public static class WeightFormats
     /// </summary>
     public static LanguageModel CreateRandom(LanguageModelConfig config, WeightFormat format)
     {
+        NativeHeap.ReturnLargeBlocks();
         var previous = torch.get_default_dtype();
         torch.set_default_dtype(format.ComputeDType());
         try
