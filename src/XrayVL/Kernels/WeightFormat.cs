@@ -1,4 +1,5 @@
 using TorchSharp;
+using XrayVL.IO;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
 
@@ -45,10 +46,32 @@ public static class WeightFormats
         if (format == WeightFormat.Int8) QuantizeLinears(languageModel);
     }
 
-    /// <summary>Stores every linear layer of <paramref name="module"/> as Q8_0 (a tied output head stays the embedding's dtype).</summary>
-    public static void QuantizeLinears(nn.Module module)
+    /// <summary>
+    /// A model folder loaded for inference: no gradients anywhere, weights held as <paramref name="format"/>. The folder's
+    /// float32 weights are read first, then converted (fine for the compact models shipped here; a 7B checkpoint needs
+    /// loading straight into the target dtype, which this path does not do yet).
+    /// </summary>
+    public static LoadedModel LoadForInference(string dir, WeightFormat format)
     {
-        foreach (var linear in module.modules().OfType<AdaptableLinear>()) linear.QuantizeQ8();
+        var loaded = Checkpoint.Load(dir);
+        foreach (var p in loaded.Model.parameters()) p.requires_grad = false;
+        Apply(loaded.Model, loaded.Model.LanguageModel, format);
+        return loaded;
+    }
+
+    /// <summary>
+    /// Stores every linear layer of <paramref name="module"/> as Q8_0; returns how many. A layer whose input width is not a
+    /// multiple of 32 keeps its dtype, as does a tied output head (it is the embedding matrix).
+    /// </summary>
+    public static int QuantizeLinears(nn.Module module)
+    {
+        int count = 0;
+        foreach (var linear in module.modules().OfType<AdaptableLinear>().Where(l => l.InFeatures % MatVec.GroupSize == 0))
+        {
+            linear.QuantizeQ8();
+            count++;
+        }
+        return count;
     }
 
     /// <summary>
