@@ -123,7 +123,6 @@ public static class ShapeBenchmark
         try
         {
             var rows = new List<ShapeFigures>();
-            NativeHeap.ReturnLargeBlocks();
             foreach (var format in formats)
             {
                 GC.Collect();

@@ -54,8 +54,17 @@ public static class DecodeLinear
     }
 
     /// <summary>
+    /// Float transients are kept under this many bytes: freshly mapped pages are expensive (tens of µs per 4 KiB page on
+    /// the virtual machines measured here), while blocks this small are recycled by the C heap from one chunk to the next.
+    /// </summary>
+    private const long ChunkBytes = 8 << 20;
+
+    /// <summary>Rows of an (N, K) matrix per chunk so that a float32 chunk stays under <see cref="ChunkBytes"/>.</summary>
+    private static long ChunkRows(long n, long k) => Math.Clamp(ChunkBytes / (4 * Math.Max(1, k)), 1, Math.Max(1, n));
+
+    /// <summary>
     /// Q8_0 of a float weight (N, K): each group of 32 along K becomes int8 q = round(w / scale), scale = max|w| / 127
-    /// (an all-zero group gets scale 0 and q 0). Computed in float32 one matrix at a time.
+    /// (an all-zero group gets scale 0 and q 0). Computed in float32, a few rows at a time.
     /// </summary>
     public static (Tensor Q, Tensor Scales) QuantizeQ8(Tensor weight)
     {
@@ -63,12 +72,21 @@ public static class DecodeLinear
             throw new XrayVLException($"Q8_0 needs a matrix with rows divisible by {MatVec.GroupSize}, got ({string.Join(", ", weight.shape)})");
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        long n = weight.shape[0], k = weight.shape[1];
-        var groups = weight.detach().to(ScalarType.Float32).view(n, k / MatVec.GroupSize, MatVec.GroupSize);   // (N, K/32, 32)
-        var scales = groups.abs().amax([-1]).div_(127);                                                          // (N, K/32)
-        var divisor = torch.where(scales.gt(0), scales, torch.ones_like(scales)).unsqueeze(-1);                  // (N, K/32, 1)
-        var q = groups.div(divisor).round_().clamp_(-127, 127).to(ScalarType.Int8).view(n, k);
-        return (q.MoveToOuterDisposeScope(), scales.contiguous().MoveToOuterDisposeScope());
+        long n = weight.shape[0], k = weight.shape[1], groupsPerRow = k / MatVec.GroupSize;
+        var q = torch.empty(n, k, ScalarType.Int8);                       // (N, K)
+        var scales = torch.empty(n, groupsPerRow, ScalarType.Float32);    // (N, K/32)
+        long step = ChunkRows(n, k);
+        for (long first = 0; first < n; first += step)
+        {
+            using var chunkScope = NewDisposeScope();
+            long rows = Math.Min(step, n - first);
+            var groups = weight.detach().narrow(0, first, rows).to(ScalarType.Float32).view(rows, groupsPerRow, MatVec.GroupSize); // (r, K/32, 32)
+            var s = groups.abs().amax([-1]).div_(127);                                                           // (r, K/32)
+            var divisor = torch.where(s.gt(0), s, torch.ones_like(s)).unsqueeze(-1);                             // (r, K/32, 1)
+            q.narrow(0, first, rows).copy_(groups.div(divisor).round_().clamp_(-127, 127).view(rows, k));   // div: groups may be the caller's own float32 weight
+            scales.narrow(0, first, rows).copy_(s);
+        }
+        return (q.MoveToOuterDisposeScope(), scales.MoveToOuterDisposeScope());
     }
 
     /// <summary>q (N, K) int8, scales (N, K / 32) → w (N, K) in <paramref name="dtype"/> (products in float32).</summary>
@@ -78,6 +96,26 @@ public static class DecodeLinear
         long n = q.shape[0], k = q.shape[1];
         var w = q.to(ScalarType.Float32).view(n, k / MatVec.GroupSize, MatVec.GroupSize).mul_(scales.unsqueeze(-1));
         return w.view(n, k).to(dtype).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// y = x Wᵀ + b for a Q8_0 weight and any number of rows (prefill): libtorch's GEMM on the weight widened to x's dtype,
+    /// a block of output rows at a time, so the widened copy never exists whole (a 7B MLP matrix would be 90 MB in bf16).
+    /// </summary>
+    public static Tensor Q8Prefill(Tensor x, Tensor q, Tensor scales, Tensor? bias)
+    {
+        using var scope = NewDisposeScope();
+        long n = q.shape[0], k = q.shape[1], step = ChunkRows(n, k);
+        var parts = new List<Tensor>();
+        for (long first = 0; first < n; first += step)
+        {
+            long rows = Math.Min(step, n - first);
+            using var w = DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), x.dtype);   // (r, K)
+            parts.Add(nn.functional.linear(x, w));                                                          // (…, r)
+        }
+        var y = parts.Count == 1 ? parts[0] : torch.cat(parts, dim: -1);                                   // (…, N)
+        if (bias is not null) y = y.add_(bias.to(y.dtype));
+        return y.MoveToOuterDisposeScope();
     }
 
     private static int ThreadCount() => Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());

@@ -41,7 +41,6 @@ public static class WeightFormats
     /// </summary>
     public static void Apply(nn.Module model, LanguageModel languageModel, WeightFormat format)
     {
-        NativeHeap.ReturnLargeBlocks();
         if (format != WeightFormat.Fp32) model.to(format.ComputeDType());
         if (format == WeightFormat.Int8) QuantizeLinears(languageModel);
     }
@@ -81,7 +80,6 @@ public static class WeightFormats
     /// </summary>
     public static LanguageModel CreateRandom(LanguageModelConfig config, WeightFormat format)
     {
-        NativeHeap.ReturnLargeBlocks();
         var previous = torch.get_default_dtype();
         torch.set_default_dtype(format.ComputeDType());
         try

@@ -79,11 +79,11 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor input)
     {
         // input (…, in) → (…, out). Decoding (≤ 8 rows, no gradient) takes the C# kernels for bf16 and Q8_0 weights;
-        // longer inputs go to libtorch, a Q8_0 weight widened to the input's dtype for that one product.
+        // longer inputs go to libtorch, a Q8_0 weight widened to the input's dtype a block of rows at a time.
         if (weight_scale is not null)
             return DecodeLinear.Applies(input, weight)
                 ? DecodeLinear.Q8(input, weight, weight_scale, bias)
-                : QuantizedLinear(input);
+                : DecodeLinear.Q8Prefill(input, weight, weight_scale, bias);
         if (lora_A is null || lora_B is null || merged)
             return weight.dtype == ScalarType.BFloat16 && DecodeLinear.Applies(input, weight)
                 ? DecodeLinear.Bf16(input, weight, bias)
@@ -97,13 +97,6 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
             x = nn.functional.dropout(x, loraDropout, training: true);
         var delta = lora_B.forward(lora_A.forward(x)).mul(loraScale);  // (…, out)
         return result.add(delta.to(result.dtype)).MoveToOuterDisposeScope();
-    }
-
-    private Tensor QuantizedLinear(Tensor input)
-    {
-        using var scope = torch.NewDisposeScope();
-        var w = DecodeLinear.DequantizeQ8(weight, weight_scale!, input.dtype);   // (out, in), this product only
-        return nn.functional.linear(input, w, bias?.to(input.dtype)).MoveToOuterDisposeScope();
     }
 
     /// <summary>
