@@ -1,5 +1,6 @@
 using TorchSharp;
 using XrayVL.IO;
+using XrayVL.Kernels;
 
 namespace XrayVL.Cli;
 
@@ -33,12 +34,10 @@ public static class ModelLocator
             "folder, e.g. OUT/model written by `xrayvl train --config configs/default.json --out OUT`");
     }
 
-    /// <summary>Loads the model for inference (no gradients anywhere).</summary>
-    public static LoadedModel Load(string? modelDir)
+    /// <summary>Loads the model for inference (no gradients anywhere), its weights held as <paramref name="dtype"/> (`--dtype`).</summary>
+    public static LoadedModel Load(string? modelDir, string dtype = "fp32")
     {
         string dir = Resolve(modelDir);
-        var loaded = Checkpoint.Load(dir);
-        foreach (var p in loaded.Model.parameters()) p.requires_grad = false;
-        return loaded;
+        return WeightFormats.LoadForInference(dir, WeightFormats.Parse(dtype));
     }
 }

@@ -10,6 +10,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using XrayVL.IO;
+using XrayVL.Kernels;
 using XrayVL.Serving;
 
 namespace XrayVL.Server;
@@ -23,7 +24,7 @@ public sealed class XrayServer : IDisposable
     {
         Options = options.Validate();
         ownsModel = options.Model is null;
-        Model = options.Model ?? Checkpoint.Load(options.ModelDir!);
+        Model = options.Model ?? WeightFormats.LoadForInference(options.ModelDir!, WeightFormats.Parse(options.DType));
         Scheduler = new BatchScheduler(Model.Model, Model.Preprocess, new BatchSchedulerOptions { MaxBatch = options.MaxBatch, MaxQueue = options.MaxQueue });
         ChatClient = new XrayChatClient(Model, Scheduler, new XrayChatClientOptions
         {

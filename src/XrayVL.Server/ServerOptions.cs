@@ -10,6 +10,8 @@ public sealed record ServerOptions
 {
     /// <summary>The model folder to load (ignored when <see cref="Model"/> is given).</summary>
     public string? ModelDir { get; init; }
+    /// <summary>How <see cref="ModelDir"/>'s weights are held: fp32, bf16 or int8 (see WeightFormats).</summary>
+    public string DType { get; init; } = "fp32";
     /// <summary>An already loaded model (tests, or a host that loads once); the server does not dispose it.</summary>
     public LoadedModel? Model { get; init; }
     /// <summary>Loopback only by default: a research tool should not be reachable from the network by accident.</summary>
@@ -45,6 +47,7 @@ public sealed record ServerOptions
     public ServerOptions Validate()
     {
         if (Model is null && string.IsNullOrWhiteSpace(ModelDir)) throw new XrayVLException("no model: give a model folder (--model DIR)");
+        _ = Kernels.WeightFormats.Parse(DType);
         if (Urls.Count == 0) throw new XrayVLException("no address to listen on (--urls)");
         if (MaxUploadBytes < 1024) throw new XrayVLException($"max upload size {MaxUploadBytes} bytes is too small");
         if (MaxBatch < 1 || MaxQueue < 1 || MaxSessions < 1) throw new XrayVLException("max batch, queue and sessions must be at least 1");

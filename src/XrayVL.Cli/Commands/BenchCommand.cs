@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using XrayVL.Benchmarks;
+using XrayVL.Kernels;
 
 namespace XrayVL.Cli;
 
@@ -19,11 +20,36 @@ public static class BenchCommand
         {
             Description = "Only decoding and prefill of a random ~20M-parameter decoder at context 256 (no model folder needed)",
         };
-        var command = new Command("bench", "Measure throughput: image decode, vision encoder, prefill, decoding (KV cache vs recompute), fp32 vs bf16, seconds per report")
-            { model, image, json, output, threads, repeats, languageModelOnly };
+        var shape = new Option<string?>("--shape")
+        {
+            Description = $"Benchmark a published decoder shape with random weights (no model folder): {string.Join(", ", ShapeBenchmark.Shapes.Keys)}",
+        }.AcceptOnlyFromAmong([.. ShapeBenchmark.Shapes.Keys]);
+        var dtypes = new Option<string>("--dtype")
+        {
+            Description = "With --shape: comma-separated dtypes to measure, each with its own peak RSS (fp32, bf16, int8)",
+            DefaultValueFactory = _ => "fp32,bf16,int8",
+        };
+        var promptTokens = new Option<int>("--prompt-tokens") { Description = "With --shape: prompt length for prefill", DefaultValueFactory = _ => 128 };
+        var decodeTokens = new Option<int>("--decode-tokens") { Description = "With --shape: tokens decoded per measurement", DefaultValueFactory = _ => 16 };
+        var command = new Command("bench", "Measure throughput: image decode, vision encoder, prefill, decoding (KV cache vs recompute), fp32 vs bf16, seconds per report; or, with --shape, a published decoder shape per dtype against the memory-bandwidth roofline")
+            { model, image, json, output, threads, repeats, languageModelOnly, shape, dtypes, promptTokens, decodeTokens };
         command.SetAction(parse =>
         {
             void Log(string step) => io.Err.WriteLine($"  measuring {step}...");
+            if (parse.GetValue(shape) is { } shapeName)
+            {
+                var formats = parse.GetValue(dtypes)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Select(WeightFormats.Parse).Distinct().ToArray();
+                var shapeReport = ShapeBenchmark.Run(shapeName, formats, new ShapeBenchmark.Options
+                {
+                    Threads = parse.GetValue(threads), Repeats = parse.GetValue(repeats),
+                    PromptTokens = parse.GetValue(promptTokens), DecodeTokens = parse.GetValue(decodeTokens),
+                }, Log);
+                string table = shapeReport.ToMarkdown();
+                if (parse.GetValue(output) is { } tablePath) Json.WriteAllTextAtomic(tablePath, table);
+                io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(shapeReport, Json.Options) : table);
+                return 0;
+            }
             if (parse.GetValue(languageModelOnly))
             {
                 var result = DecodeBenchmark.Run(threads: parse.GetValue(threads), repeats: parse.GetValue(repeats), log: Log);

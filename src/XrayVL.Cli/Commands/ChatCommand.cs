@@ -13,16 +13,17 @@ public static class ChatCommand
     {
         var image = new Argument<string?>("image") { Description = "X-ray file (PNG, JPEG or DICOM)", Arity = ArgumentArity.ZeroOrOne };
         var model = CommonOptions.Model();
+        var dtype = CommonOptions.DType();
         var lang = CommonOptions.Language();
         var maxTokens = CommonOptions.MaxTokens();
         var temperature = CommonOptions.Temperature();
         var seed = CommonOptions.Seed();
-        var command = new Command("chat", "Chat about a chest X-ray (multi-turn, streamed answers)") { image, model, lang, maxTokens, temperature, seed };
+        var command = new Command("chat", "Chat about a chest X-ray (multi-turn, streamed answers)") { image, model, dtype, lang, maxTokens, temperature, seed };
         command.SetAction(async (parse, cancel) =>
         {
             string? first = parse.GetValue(image);
             var firstImage = first is null ? null : ImageFile.Load(first);
-            var loaded = ModelLocator.Load(parse.GetValue(model));
+            var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
             var session = new ChatSession(loaded, parse.GetValue(lang)!);
             if (firstImage != null) session.AddImage(firstImage);
             double temp = parse.GetValue(temperature);

@@ -31,4 +31,11 @@ public static class CommonOptions
         Description = "0 = greedy (default); above 0 samples with this temperature",
         DefaultValueFactory = _ => 0.0,
     };
+
+    /// <summary>`--dtype`: how weights are held for inference (see WeightFormats); fp32 by default.</summary>
+    public static Option<string> DType() => new Option<string>("--dtype")
+    {
+        Description = "Weights for inference: fp32 (default), bf16, or int8 (bf16 with Q8_0 int8 decoder linears)",
+        DefaultValueFactory = _ => "fp32",
+    }.AcceptOnlyFromAmong("fp32", "bf16", "int8");
 }

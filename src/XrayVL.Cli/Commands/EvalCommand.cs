@@ -11,6 +11,7 @@ public static class EvalCommand
     public static Command Create(CliIO io)
     {
         var model = CommonOptions.Model();
+        var dtype = CommonOptions.DType();
         var manifest = new Option<string>("--manifest") { Description = "manifest.jsonl from `xrayvl data build`", Required = true };
         var split = new Option<string>("--split") { Description = "Split to evaluate", DefaultValueFactory = _ => "test" };
         var tasks = new Option<string?>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground [default: all four; report with --without-images]" };
@@ -24,7 +25,7 @@ public static class EvalCommand
         };
         var maxTokens = CommonOptions.MaxTokens();
         var command = new Command("eval", "Evaluate a model on a manifest split: reports, closed VQA, finding classification, grounding")
-            { model, manifest, split, tasks, output, batch, maxStudies, beams, withoutImages, maxTokens };
+            { model, dtype, manifest, split, tasks, output, batch, maxStudies, beams, withoutImages, maxTokens };
         command.SetAction(async (parse, cancel) =>
         {
             var options = new EvalOptions
@@ -35,7 +36,7 @@ public static class EvalCommand
                 MaxStudies = parse.GetValue(maxStudies),
                 WithoutImages = parse.GetValue(withoutImages),
             }.Validate();
-            var loaded = ModelLocator.Load(parse.GetValue(model));
+            var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
             // The decoding every front end uses, with this command's width and length: eval scores what `report` writes.
             options = options with
             {

@@ -15,18 +15,19 @@ public static class ReportCommand
     {
         var images = new Argument<string[]>("images") { Description = "X-ray files (PNG, JPEG or DICOM)", Arity = ArgumentArity.OneOrMore };
         var model = CommonOptions.Model();
+        var dtype = CommonOptions.DType();
         var lang = CommonOptions.Language();
         var json = CommonOptions.Json("Print one JSON object per image: image, report, labels, model, seconds");
         var beams = new Option<int>("--beams") { Description = "Beam search width (1 = greedy; R2Gen uses 3)", DefaultValueFactory = _ => 1 };
         var maxTokens = CommonOptions.MaxTokens();
-        var command = new Command("report", "Write a report for each chest X-ray") { images, model, lang, json, beams, maxTokens };
+        var command = new Command("report", "Write a report for each chest X-ray") { images, model, dtype, lang, json, beams, maxTokens };
         command.SetAction(async (parse, cancel) =>
         {
             string language = parse.GetValue(lang)!;
             bool asJson = parse.GetValue(json);
             // Read every image first: a bad file fails in a second, before the model loads.
             var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
-            var loaded = ModelLocator.Load(parse.GetValue(model));
+            var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
             // The decoding every front end uses (repetition penalty, n-gram ban, chat stop tokens), with this command's width and length.
             var options = ChatSession.DefaultOptions(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
             foreach (var (path, image) in loadedImages)

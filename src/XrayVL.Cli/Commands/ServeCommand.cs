@@ -16,6 +16,7 @@ public static class ServeCommand
     public static Command Create(CliIO io)
     {
         var model = CommonOptions.Model();
+        var dtype = CommonOptions.DType();
         var urls = new Option<string>("--urls")
         {
             Description = "Addresses to listen on, separated by ';' (loopback only unless --allow-remote)",
@@ -32,7 +33,7 @@ public static class ServeCommand
 
         var command = new Command("serve", "Serve a model: web page (upload an X-ray, report, chat) and HTTP API (/v1/chat/completions, /api/report).")
         {
-            model, urls, apiKey, allowRemote, maxBatch, maxUploadMb, sessionMinutes,
+            model, dtype, urls, apiKey, allowRemote, maxBatch, maxUploadMb, sessionMinutes,
         };
         command.SetAction(async (parse, cancel) =>
         {
@@ -41,6 +42,7 @@ public static class ServeCommand
             var options = new ServerOptions
             {
                 ModelDir = modelDir,
+                DType = parse.GetValue(dtype)!,
                 Urls = [.. parse.GetValue(urls)!.Split([';', ','], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)],
                 ApiKey = key,
                 AllowRemote = parse.GetValue(allowRemote),

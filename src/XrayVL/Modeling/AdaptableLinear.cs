@@ -1,5 +1,6 @@
 using TorchSharp;
 using TorchSharp.Modules;
+using XrayVL.Kernels;
 using static TorchSharp.torch;
 
 namespace XrayVL.Modeling;
@@ -21,6 +22,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     private double loraScale;   // alpha / r (or alpha / sqrt(r) with rsLoRA)
     private double loraDropout; // probability, applied to the adapter's input only, in training mode
     private bool merged;        // adapter folded into weight: forward skips the adapter path
+    private Tensor? weight_scale; // (out, in / 32) float32 when weight is stored as Q8_0 int8 (QuantizeQ8); else null
 
     public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null, ScalarType? dtype = null)
         : base(nameof(AdaptableLinear))
@@ -69,11 +71,23 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     /// <summary>B (out, r); null without an adapter.</summary>
     public Parameter? LoraB => lora_B?.weight;
 
+    /// <summary>True when the weight is stored as Q8_0: <c>weight</c> int8 (out, in) and <c>weight_scale</c> (out, in / 32).</summary>
+    public bool IsQuantized => weight_scale is not null;
+    /// <summary>The Q8_0 group scales (out, in / 32), or null when the weight is not quantized.</summary>
+    public Tensor? WeightScale => weight_scale;
+
     public override Tensor forward(Tensor input)
     {
-        // input (…, in) → (…, out)
+        // input (…, in) → (…, out). Decoding (≤ 8 rows, no gradient) takes the C# kernels for bf16 and Q8_0 weights;
+        // longer inputs go to libtorch, a Q8_0 weight widened to the input's dtype a block of rows at a time.
+        if (weight_scale is not null)
+            return DecodeLinear.Applies(input, weight)
+                ? DecodeLinear.Q8(input, weight, weight_scale, bias)
+                : DecodeLinear.Q8Prefill(input, weight, weight_scale, bias);
         if (lora_A is null || lora_B is null || merged)
-            return nn.functional.linear(input, weight, bias);
+            return weight.dtype == ScalarType.BFloat16 && DecodeLinear.Applies(input, weight)
+                ? DecodeLinear.Bf16(input, weight, bias)
+                : nn.functional.linear(input, weight, bias);
 
         using var scope = torch.NewDisposeScope();
         var result = nn.functional.linear(input, weight, bias);
@@ -86,6 +100,24 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
+    /// Stores the weight as Q8_0 (see <see cref="DecodeLinear.QuantizeQ8"/>): <c>weight</c> becomes int8 (out, in) and a
+    /// buffer <c>weight_scale</c> (out, in / 32) float32 joins the state dict; the float weight is released. For inference
+    /// only (no gradient flows to int8 weights); a LoRA adapter must be merged first. No-op when already quantized.
+    /// </summary>
+    public void QuantizeQ8()
+    {
+        if (weight_scale is not null) return;
+        if (lora_A is not null) throw new XrayVLException("a linear layer with a LoRA adapter cannot be quantized: merge it first (Lora.MergeAndUnload)");
+        var (q, scales) = DecodeLinear.QuantizeQ8(weight);
+        var old = weight;
+        weight = new Parameter(q, requires_grad: false);
+        ConditionallyRegisterParameter("weight", weight);   // replaces the registered float weight
+        weight_scale = scales;
+        ConditionallyRegisterBuffer("weight_scale", scales);
+        old.Dispose();
+    }
+
+    /// <summary>
     /// Attaches a fresh adapter of rank <paramref name="rank"/> as PEFT initialises one: A kaiming-uniform(a = √5), B zeros,
     /// so the layer's output is unchanged until B is trained. Adapter weights live on the base weight's device,
     /// in float32 when the base is bf16/fp16 (optimiser updates to small LoRA weights vanish in half precision), else in the base dtype.
@@ -94,6 +126,8 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     {
         if (lora_A is not null)
             throw new XrayVLException("layer already has a LoRA adapter; call Lora.MergeAndUnload first");
+        if (weight_scale is not null)
+            throw new XrayVLException("cannot attach a LoRA adapter to a quantized (int8) layer: load the model in fp32 or bf16 to train");
         var dtype = weight.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : weight.dtype;
         var device = weight.device;
 

@@ -350,6 +350,7 @@ public sealed class LanguageModel : nn.Module
         using var noGrad = torch.no_grad();
         foreach (var (name, p) in named_parameters())
         {
+            if (!p.is_floating_point()) continue;   // Q8_0 int8 weights (WeightFormats.CreateRandom) keep their draw
             if (p.dim() >= 2) p.normal_(0, Config.InitializerRange, generator);
             else if (name.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
             else p.fill_(1.0);
@@ -400,7 +401,9 @@ public sealed class LanguageModel : nn.Module
     public Tensor Logits(Tensor hidden)
     {
         using var scope = NewDisposeScope();
-        var logits = lm_head?.call(hidden) ?? nn.functional.linear(hidden, model.EmbeddingWeight);
+        var logits = lm_head?.call(hidden) ?? (model.EmbeddingWeight.dtype == ScalarType.BFloat16 && Kernels.DecodeLinear.Applies(hidden, model.EmbeddingWeight)
+            ? Kernels.DecodeLinear.Bf16(hidden, model.EmbeddingWeight, null)    // tied head at decode time: the bf16 kernel
+            : nn.functional.linear(hidden, model.EmbeddingWeight));
         return logits.to(ScalarType.Float32).MoveToOuterDisposeScope();
     }
 

@@ -10,8 +10,30 @@ namespace XrayVL.Modeling;
 /// </summary>
 public static class Layers
 {
-    public static nn.Module<Tensor, Tensor> Linear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null) =>
-        new AdaptableLinear(inFeatures, outFeatures, hasBias, device);
+    public static nn.Module<Tensor, Tensor> Linear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null)
+    {
+        var linear = new AdaptableLinear(inFeatures, outFeatures, hasBias, device);
+        if (quantizeOnCreation.Value) linear.QuantizeQ8();
+        return linear;
+    }
+
+    private static readonly AsyncLocal<bool> quantizeOnCreation = new();
+
+    /// <summary>
+    /// While the returned scope is open, every linear made by <see cref="Linear"/> on this flow is stored as Q8_0 as soon as
+    /// it is created, so a large model is never whole in a float dtype (see WeightFormats.CreateRandom).
+    /// </summary>
+    public static IDisposable QuantizeLinearsOnCreation(bool enabled = true)
+    {
+        bool previous = quantizeOnCreation.Value;
+        quantizeOnCreation.Value = enabled;
+        return new Restore(() => quantizeOnCreation.Value = previous);
+    }
+
+    private sealed class Restore(Action restore) : IDisposable
+    {
+        public void Dispose() => restore();
+    }
 
     /// <summary>
     /// Fills <paramref name="tensor"/> in place with N(0, std²) truncated to [low, high], by inverse-CDF sampling:

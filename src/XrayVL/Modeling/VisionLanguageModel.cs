@@ -58,7 +58,8 @@ public sealed class VisionLanguageModel : nn.Module
     public Tensor EncodeImages(Tensor pixels)
     {
         using var scope = NewDisposeScope();
-        return multi_modal_projector.call(vision_tower.call(pixels)).MoveToOuterDisposeScope();
+        var typed = pixels.to(multi_modal_projector.parameters().First().dtype);   // a bf16 / int8 model runs its vision tower in bf16
+        return multi_modal_projector.call(vision_tower.call(typed)).MoveToOuterDisposeScope();
     }
 
     /// <summary>Projects cached vision features: (N, Ntok, Dv) → (N, Nv, D).</summary>

@@ -27,6 +27,21 @@ public class ModelCommandTests
     }
 
     [Fact]
+    public void ReportRunsWithBf16AndInt8WeightsAndRefusesAnUnknownDtype()
+    {
+        foreach (string dtype in new[] { "bf16", "int8" })
+        {
+            var r = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "8", "--dtype", dtype);
+            Assert.True(r.ExitCode == 0, $"{dtype}: {r.Err}");
+            using var doc = JsonDocument.Parse(r.Out.Split('\n', StringSplitOptions.RemoveEmptyEntries).Single());
+            Assert.Equal(JsonValueKind.String, doc.RootElement.GetProperty("report").ValueKind);
+        }
+        var bad = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--dtype", "fp16");
+        Assert.NotEqual(0, bad.ExitCode);
+        Assert.Contains("fp16", bad.Err);
+    }
+
+    [Fact]
     public void ReportTextSaysItIsNotForDiagnosisInBothLanguagesAndBeamSearchRuns()
     {
         var en = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--max-tokens", "8", "--beams", "3");

@@ -1,0 +1,113 @@
+using TorchSharp;
+using XrayVL.IO;
+using XrayVL.Modeling;
+using static TorchSharp.torch;
+
+namespace XrayVL.Kernels;
+
+/// <summary>
+/// How a model's weights are held for inference (`--dtype`): fp32; bf16 (every weight and activation in bfloat16);
+/// int8 = bf16 plus the language model's linear layers as Q8_0 (int8 groups of 32 with a float32 scale each).
+/// </summary>
+public enum WeightFormat { Fp32, Bf16, Int8 }
+
+public static class WeightFormats
+{
+    public const string Names = "fp32, bf16 or int8";
+
+    public static WeightFormat Parse(string name) => name.Trim().ToLowerInvariant() switch
+    {
+        "fp32" or "float32" => WeightFormat.Fp32,
+        "bf16" or "bfloat16" => WeightFormat.Bf16,
+        "int8" or "q8_0" => WeightFormat.Int8,
+        _ => throw new XrayVLException($"unknown --dtype '{name}': use {Names}"),
+    };
+
+    public static string Name(this WeightFormat format) => format switch
+    {
+        WeightFormat.Fp32 => "fp32",
+        WeightFormat.Bf16 => "bf16",
+        WeightFormat.Int8 => "int8",
+        _ => throw new ArgumentOutOfRangeException(nameof(format)),
+    };
+
+    /// <summary>The dtype of activations and of every weight that is not quantized.</summary>
+    public static ScalarType ComputeDType(this WeightFormat format) =>
+        format == WeightFormat.Fp32 ? ScalarType.Float32 : ScalarType.BFloat16;
+
+    /// <summary>
+    /// Converts a loaded model in place: casts it to the format's compute dtype, then (int8) quantizes the linear layers
+    /// of <paramref name="languageModel"/>. Each layer's float weight is released as soon as its int8 copy exists.
+    /// </summary>
+    public static void Apply(nn.Module model, LanguageModel languageModel, WeightFormat format)
+    {
+        if (format != WeightFormat.Fp32) model.to(format.ComputeDType());
+        if (format == WeightFormat.Int8) QuantizeLinears(languageModel);
+    }
+
+    /// <summary>
+    /// A model folder loaded for inference: no gradients anywhere, weights held as <paramref name="format"/>. The folder's
+    /// float32 weights are read first, then converted (fine for the compact models shipped here; a 7B checkpoint needs
+    /// loading straight into the target dtype, which this path does not do yet).
+    /// </summary>
+    public static LoadedModel LoadForInference(string dir, WeightFormat format)
+    {
+        var loaded = Checkpoint.Load(dir);
+        foreach (var p in loaded.Model.parameters()) p.requires_grad = false;
+        Apply(loaded.Model, loaded.Model.LanguageModel, format);
+        return loaded;
+    }
+
+    /// <summary>
+    /// Stores every linear layer of <paramref name="module"/> as Q8_0; returns how many. A layer whose input width is not a
+    /// multiple of 32 keeps its dtype, as does a tied output head (it is the embedding matrix).
+    /// </summary>
+    public static int QuantizeLinears(nn.Module module)
+    {
+        int count = 0;
+        foreach (var linear in module.modules().OfType<AdaptableLinear>().Where(l => l.InFeatures % MatVec.GroupSize == 0))
+        {
+            linear.QuantizeQ8();
+            count++;
+        }
+        return count;
+    }
+
+    /// <summary>
+    /// A language model with random weights created directly in <paramref name="format"/>: the default dtype is set to
+    /// the compute dtype while it is built, and (int8) each linear layer is quantized as it is created, so no fp32 or
+    /// full bf16 copy of the model ever exists (a 7B int8 model peaks near its int8 size).
+    /// </summary>
+    public static LanguageModel CreateRandom(LanguageModelConfig config, WeightFormat format)
+    {
+        var previous = torch.get_default_dtype();
+        torch.set_default_dtype(format.ComputeDType());
+        try
+        {
+            using var _ = Layers.QuantizeLinearsOnCreation(format == WeightFormat.Int8);
+            var model = new LanguageModel(config);
+            model.eval();
+            foreach (var p in model.parameters()) p.requires_grad = false;
+            return model;
+        }
+        finally
+        {
+            torch.set_default_dtype(previous);
+        }
+    }
+
+    /// <summary>
+    /// Bytes of weights one decoded token reads: every linear layer of the decoder and the output head (a tied head reads
+    /// the embedding matrix), plus the norms; the embedding lookup itself reads one row and is left out.
+    /// </summary>
+    public static long DecodeBytesPerToken(LanguageModel model)
+    {
+        long bytes = 0;
+        foreach (var (name, t) in model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).Concat(model.named_buffers()))
+        {
+            bool embedding = name.EndsWith("embed_tokens.weight", StringComparison.Ordinal);
+            if (!embedding || model.Config.TieWordEmbeddings) bytes += t.numel() * t.element_size();
+        }
+        return bytes;
+    }
+}
