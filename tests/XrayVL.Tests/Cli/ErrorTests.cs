@@ -37,7 +37,7 @@ public class ErrorTests
     public void WrongConfigIsAOneLineError()
     {
         string dir = TinyCheckpoint.Write(TempDir.Create("xrayvl-badcfg"));
-        File.WriteAllText(Path.Combine(dir, "config.json"), "{\"text_config\": {\"num_attention_heads\": 3, \"num_key_value_heads\": 2}}");
+        File.WriteAllText(Path.Combine(dir, "config.json"), "{\"model_type\": \"xrayvl\", \"text_config\": {\"num_attention_heads\": 3, \"num_key_value_heads\": 2}}");
         AssertOneLineError(CliRunner.Run("info", "--model", dir), "must be a multiple of num_key_value_heads");
     }
 
