@@ -291,7 +291,11 @@ public sealed class GlmDecoder : nn.Module
             throw new XrayVLException($"GLM attention mask must be (batch, 1, {length}, {past + length}), got ({string.Join(", ", mask.shape)})");
         using var scope = NewDisposeScope();
         var dtype = transformer.EmbeddingWeight.dtype;
-        return transformer.Forward(inputsEmbeds.to(dtype), positionIds, mask?.to(dtype), cache, layerOutputs).MoveToOuterDisposeScope();
+        int collected = layerOutputs?.Count ?? 0;
+        var hidden = transformer.Forward(inputsEmbeds.to(dtype), positionIds, mask?.to(dtype), cache, layerOutputs);
+        // The layer outputs belong to the caller's scope, like the result.
+        if (layerOutputs is not null) for (int i = collected; i < layerOutputs.Count; i++) layerOutputs[i].MoveToOuterDisposeScope();
+        return hidden.MoveToOuterDisposeScope();
     }
 
     /// <summary>Hidden states (..., D) → float32 logits (..., V).</summary>
