@@ -393,6 +393,15 @@ public sealed class GlmDecoder : nn.Module
         return [.. generated];
     }
 
+    /// <summary>The parameter count of a config, by formula (the tests check it against an instantiated model).</summary>
+    public static long CountParameters(GlmConfig c)
+    {
+        long d = c.HiddenSize, m = c.MlpSize;
+        long perLayer = (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d) + 4 * d;   // qkv, dense, MLP, 2 LayerNorms
+        long vocabulary = (long)c.VocabSize * d;
+        return vocabulary + c.NumLayers * perLayer + 2 * d + (c.TieWordEmbeddings ? 0 : vocabulary);
+    }
+
     private static long PickGreedy(Tensor logits, List<long> generated, double repetitionPenalty)
     {
         using var scope = NewDisposeScope();

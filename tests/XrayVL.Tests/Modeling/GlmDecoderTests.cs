@@ -88,6 +88,16 @@ public sealed class GlmDecoderTests(GlmFixture fixture, ITestOutputHelper output
     }
 
     [Fact]
+    public void ParameterCountFormulaMatchesTheModelAndGivesChatGlm6B()
+    {
+        long counted = fixture.Decoder.parameters().Sum(p => p.numel());
+        Assert.Equal(8_709_568, counted);
+        Assert.Equal(counted, GlmDecoder.CountParameters(fixture.Decoder.Config));
+        // ChatGLM-6B's own shape (the GlmConfig defaults): 28 layers of 4096, vocabulary 130,528, untied LM head.
+        Assert.Equal(6_707_929_088, GlmDecoder.CountParameters(new GlmConfig()));
+    }
+
+    [Fact]
     public void LoraMergeMatchesXrayGlmMergedWeights()
     {
         using var scope = torch.NewDisposeScope();
