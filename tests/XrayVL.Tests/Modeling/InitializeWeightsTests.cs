@@ -7,9 +7,12 @@ namespace XrayVL.Tests.Modeling;
 
 public class InitializeWeightsTests
 {
-    private static Dictionary<string, Tensor> Fresh(VisionLanguageConfig config, ulong seed, bool drawInBetween = false)
+    // The models are kept (and disposed at the end): their state-dict tensors are the models' own parameters, which a
+    // garbage collection of an unreachable model could release while the test still reads them.
+    private static Dictionary<string, Tensor> Fresh(VisionLanguageConfig config, ulong seed, List<VisionLanguageModel> models, bool drawInBetween = false)
     {
         var model = new VisionLanguageModel(config);
+        models.Add(model);
         if (drawInBetween) randn(1000).Dispose();             // other users of the global generator change nothing
         using var generator = new torch.Generator(seed);
         model.InitializeWeights(generator);
@@ -22,9 +25,10 @@ public class InitializeWeightsTests
     public void TheSameSeedGivesTheSameModelWhateverTheGlobalGeneratorDoes(string vision, string projector)
     {
         var config = TinyVisionLanguageModels.Config(projector, vision);
-        var a = Fresh(config, 11);
-        var b = Fresh(config, 11, drawInBetween: true);
-        var c = Fresh(config, 12);
+        var models = new List<VisionLanguageModel>();
+        var a = Fresh(config, 11, models);
+        var b = Fresh(config, 11, models, drawInBetween: true);
+        var c = Fresh(config, 12, models);
         foreach (var (name, t) in a)
         {
             if (!t.is_floating_point()) continue;
@@ -39,5 +43,6 @@ public class InitializeWeightsTests
         Assert.True(w.abs().max().item<float>() <= 1 / MathF.Sqrt(w.shape[1]) + 1e-6f);
         double std = a["language_model.model.layers.0.mlp.up_proj.weight"].std().item<float>();
         Assert.InRange(std, 0.13, 0.17);
+        foreach (var model in models) model.Dispose();
     }
 }
