@@ -111,7 +111,7 @@ public sealed class GlmAttention : nn.Module
     }
 
     /// <param name="x">(B, T, D)</param>
-    /// <param name="rotary">(cos, sin) for positions and for block positions, each (B, 1, T, hd/2).</param>
+    /// <param name="position">(cos, sin) (B, 1, T, hd/2) for the positions; <paramref name="block"/> likewise for the block positions.</param>
     /// <param name="mask">(B | 1, 1, T, S) float, 1 = may attend, 0 = may not; null = attend to everything (one-token decode).</param>
     public Tensor Forward(Tensor x, (Tensor Cos, Tensor Sin) position, (Tensor Cos, Tensor Sin) block, Tensor? mask, KvCache? cache, int layerIndex)
     {
