@@ -146,23 +146,21 @@ public static class Dicom
         if (ds.Encapsulated)
         {
             byte[] jpeg = FirstFrameJpeg(data, pixelData, ds.NumberOfFrames);
-            var samples = Jpeg.DecodeSamples(jpeg, name, limits, "encapsulated JPEG frame");
-            (width, height, bitDepth) = (samples.Width, samples.Height, 8);
+            var frame = Jpeg.DecodeFrame(jpeg, name, limits, "encapsulated JPEG frame");
+            (width, height, bitDepth) = (frame.Width, frame.Height, frame.Precision);
             if (ds.SamplesPerPixel == 1)
             {
-                // Monochrome: the 8-bit samples are stored values for the modality and VOI transforms. A 3-component
-                // JPEG in a monochrome file (some encoders always write YCbCr) contributes its luma.
-                var stored = new int[samples.Width * samples.Height];
-                if (samples.Channels == 1)
-                    for (int i = 0; i < stored.Length; i++) stored[i] = samples.Data[i];
+                // Monochrome: the samples are stored values for the modality and VOI transforms. A 3-component JPEG in a
+                // monochrome file (some encoders always write YCbCr) contributes its luma.
+                var stored = new int[frame.Width * frame.Height];
+                var d = frame.Data;
+                if (frame.Channels == 1)
+                    for (int i = 0; i < stored.Length; i++) stored[i] = d[i];
                 else
-                {
-                    var d = samples.Data;
                     for (int i = 0; i < stored.Length; i++) stored[i] = (int)MathF.Round(Png.Luma(d[3 * i], d[3 * i + 1], d[3 * i + 2]));
-                }
-                pixels = RenderMonochrome(stored, ds with { BitsStored = 8, PixelRepresentation = 0 }, 0, 255);
+                pixels = RenderMonochrome(stored, ds with { BitsStored = frame.Precision, PixelRepresentation = 0 }, 0, (1 << frame.Precision) - 1);
             }
-            else pixels = Jpeg.ToGray(samples);
+            else pixels = Jpeg.ToGray(frame);
         }
         else
         {
