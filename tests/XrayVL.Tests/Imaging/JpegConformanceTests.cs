@@ -11,7 +11,7 @@ namespace XrayVL.Tests.Imaging;
 /// </summary>
 public class JpegConformanceTests
 {
-    private static string Suite(string file) => Path.Combine(AppContext.BaseDirectory, "Conformance", "jpeg", file);
+    private static string Suite(string file) => Path.Combine(AppContext.BaseDirectory, "Imaging", "Conformance", "jpeg", file);
 
     private static byte[] Bytes(JpegDecoder.Frame f) => f.Data.Select(v => (byte)v).ToArray();
 
