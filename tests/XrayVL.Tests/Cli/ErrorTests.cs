@@ -25,6 +25,10 @@ public class ErrorTests
         AssertOneLineError(CliRunner.Run("report", "/no/such/xray.png", "--model", TinyCheckpoint.Directory), "/no/such/xray.png");
 
     [Fact]
+    public void EmptyImagePathIsAOneLineUserError() =>
+        AssertOneLineError(CliRunner.Run("report", "", "--model", TinyCheckpoint.Directory), "error: image path is empty");
+
+    [Fact]
     public void UnsupportedFormatIsRefusedByContentNotExtension()
     {
         string fake = Path.Combine(Path.GetTempPath(), $"notes-{Guid.NewGuid():N}.png");
