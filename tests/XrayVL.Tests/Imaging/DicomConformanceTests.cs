@@ -131,4 +131,33 @@ public class DicomConformanceTests
         var (windowLow, _) = Dicom.PercentileRange(stored, -32768, 32767, 0.005, 0.995, ds.Padding);
         Assert.True(windowLow > high, $"window starts at {windowLow}, padding up to {high}");
     }
+
+    /// <summary>A VOI LUT Sequence (no window attributes) is the display transform: here one that inverts 8-bit values.
+    /// The sequence is encoded by hand (PS3.5 7.5, undefined lengths) and put before the pixel data.</summary>
+    [Fact]
+    public void VoiLutSequenceIsAppliedWhenThereIsNoWindow()
+    {
+        int[] samples = Enumerable.Range(0, 256).ToArray();
+        byte[] file = DicomWriter.WriteNative(16, 16, samples, new DicomWriteOptions { BitsAllocated = 8 });
+        var lut = new List<byte>();
+        for (int i = 0; i < 256; i++) lut.AddRange(BitConverter.GetBytes((ushort)(255 - i)));
+        byte[] sequence =
+        [
+            0x28, 0x00, 0x10, 0x30, (byte)'S', (byte)'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+            0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF,
+            0x28, 0x00, 0x02, 0x30, (byte)'U', (byte)'S', 6, 0, 0x00, 0x01, 0, 0, 8, 0,       // 256 entries, first 0, 8 bits
+            0x28, 0x00, 0x06, 0x30, (byte)'O', (byte)'W', 0, 0, 0x00, 0x02, 0, 0, .. lut,     // 512 bytes
+            0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0,
+            0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0,
+        ];
+        int pixelData = file.AsSpan().LastIndexOf([(byte)0xE0, (byte)0x7F, (byte)0x10, (byte)0x00]);
+        byte[] withLut = [.. file.AsSpan(0, pixelData), .. sequence, .. file.AsSpan(pixelData)];
+        var ds = Dicom.ReadDataset(withLut, "voi.dcm");
+        Assert.Null(ds.WindowCenter);
+        Assert.NotNull(ds.VoiLut);
+        var plain = ImageFile.Decode(file, "plain.dcm");
+        var inverted = ImageFile.Decode(withLut, "voi.dcm");
+        for (int i = 0; i < 256; i++) Assert.Equal(1 - i / 255f, inverted.Pixels[i], 1e-6);
+        Assert.True(plain.Pixels[255] > plain.Pixels[0]);
+    }
 }
