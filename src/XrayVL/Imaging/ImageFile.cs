@@ -72,7 +72,7 @@ public static class ImageFile
             return Sniff(bytes) switch
             {
                 ImageFormat.Png => Png.Decode(bytes, name, limits),
-                ImageFormat.Jpeg => Jpeg.Decode(array ?? bytes.ToArray(), name, limits),   // StbImageSharp takes arrays
+                ImageFormat.Jpeg => Jpeg.Decode(array ?? bytes.ToArray(), name, limits),   // the JPEG decoder works on arrays
                 ImageFormat.Dicom => Dicom.Decode(bytes, name, limits),
                 _ => throw new XrayVLException($"{name}: not a supported image (PNG, JPEG or DICOM)"),
             };
