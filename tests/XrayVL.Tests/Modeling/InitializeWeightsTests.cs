@@ -9,11 +9,13 @@ public class InitializeWeightsTests
 {
     private static Dictionary<string, Tensor> Fresh(VisionLanguageConfig config, ulong seed, bool drawInBetween = false)
     {
-        var model = new VisionLanguageModel(config);
+        using var model = new VisionLanguageModel(config);
         if (drawInBetween) randn(1000).Dispose();             // other users of the global generator change nothing
         using var generator = new torch.Generator(seed);
         model.InitializeWeights(generator);
-        return model.state_dict();
+        // Copies: the module's own tensors die with it, and an unreachable module may be finalized at any GC (the
+        // comparison below then met "empty handle" now and then).
+        return model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
     }
 
     [Theory]
