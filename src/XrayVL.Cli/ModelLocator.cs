@@ -19,6 +19,10 @@ public static class ModelLocator
         if (!string.IsNullOrWhiteSpace(modelDir))
         {
             if (!Directory.Exists(modelDir)) throw new XrayVLException($"{modelDir}: model folder not found ({HowToGetOne})");
+            // A training run's folder (`train --out DIR`) holds the model one level down, in DIR/model.
+            string inner = Path.Combine(modelDir, "model");
+            if (!File.Exists(Path.Combine(modelDir, Checkpoint.ConfigFileName)) && File.Exists(Path.Combine(inner, Checkpoint.ConfigFileName)))
+                throw new XrayVLException($"{modelDir}: a training run folder, not a model folder; its model is {inner} (pass --model {inner})");
             return modelDir;
         }
         string? env = Environment.GetEnvironmentVariable("XRAYVL_MODEL");

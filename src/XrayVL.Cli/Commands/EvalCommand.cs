@@ -58,7 +58,9 @@ public static class EvalCommand
                     task.Value = task.MaxValue;
                 });
             io.Out.WriteLine(File.ReadAllText(Path.Combine(outDir, "report.md")));
-            io.Err.WriteLine($"wrote {Path.Combine(outDir, "predictions.jsonl")}, metrics.json, report.md and plots ({result.Items.Count} items)");
+            // Name what was written: plots exist only for tasks that had something to plot.
+            var names = result.Written.Select(Path.GetFileName).ToList();
+            io.Err.WriteLine($"wrote {string.Join(", ", names)} in {outDir} ({result.Items.Count} items)");
             return 0;
         });
         return command;

@@ -60,7 +60,11 @@ public sealed record EvalOptions
 
 /// <summary>The evaluated items and their figures.</summary>
 /// <param name="Generations">Answers generated: one per item, except that identical image-less prompts share one.</param>
-public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metrics, int Generations);
+public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metrics, int Generations)
+{
+    /// <summary>The files <see cref="Evaluator.RunToFolder"/> wrote (plots only where there was something to plot).</summary>
+    public IReadOnlyList<string> Written { get; init; } = [];
+}
 
 /// <summary>
 /// `xrayvl eval`: asks a loaded model about every study of a manifest split — report generation with the front ends'
@@ -82,8 +86,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
         CancellationToken cancellationToken = default)
     {
         var result = Run(Manifest.Read(manifestPath), options, progress, cancellationToken);
-        EvalReport.Write(outDir, result.Items, result.Metrics);
-        return result;
+        return result with { Written = EvalReport.Write(outDir, result.Items, result.Metrics) };
     }
 
     public EvalResult Run(IReadOnlyList<Study> studies, EvalOptions? options = null, IProgress<(int Done, int Total)>? progress = null,

@@ -103,10 +103,15 @@ public static class Scorer
     /// count as a line). A blank prediction line is scored as an empty text; an item whose reference line is blank has
     /// nothing to be scored against and is left out (counted in <see cref="TextScores.SkippedEmptyReferences"/>).
     /// </summary>
-    public static TextScores ScoreFiles(string predictionPath, string referencePath, string lang = "en", ILabeler? labeler = null)
+    /// <param name="lang">"en", "zh", or "auto": the script of the references decides. An explicit language that the texts'
+    /// script contradicts is refused: English tokenization of Chinese (or the English labeler on it) gives wrong
+    /// figures without any error.</param>
+    public static TextScores ScoreFiles(string predictionPath, string referencePath, string lang = "auto", ILabeler? labeler = null)
     {
         var predictions = ReadLines(predictionPath, "prediction");
         var referenceLines = ReadLines(referencePath, "reference");
+        lang = Labeler.CheckLanguage(string.Join('\n', referenceLines), lang, referencePath);
+        Labeler.CheckLanguage(string.Join('\n', predictions), lang, predictionPath);
         if (predictions.Length != referenceLines.Length)
             throw new XrayVLException(
                 $"{predictionPath} has {predictions.Length} lines but {referencePath} has {referenceLines.Length}: one prediction per reference line is needed");

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Globalization;
+using System.IO.Compression;
 using System.Text;
 
 namespace XrayVL.Imaging;
@@ -35,15 +36,32 @@ public sealed record DicomDataset
     public required string VoiLutFunction { get; init; }
     public string? ViewPosition { get; init; }
     public string? Modality { get; init; }
+    /// <summary>Explicit VR big endian (the retired 1.2.840.10008.1.2.2): multi-byte values and words are big-endian.</summary>
+    public bool BigEndian { get; init; }
+    /// <summary>Pixel Padding Value (0028,0120) and Pixel Padding Range Limit (0028,0121) as stored values: pixels in this
+    /// range lie outside the patient (the detector's border); they are shown black and left out of the automatic window.</summary>
+    public (int Low, int High)? Padding { get; init; }
+    /// <summary>Modality LUT Sequence (0028,3000), which replaces rescale slope and intercept when present.</summary>
+    public DicomLut? ModalityLut { get; init; }
+    /// <summary>VOI LUT Sequence (0028,3010), used when the file gives no window.</summary>
+    public DicomLut? VoiLut { get; init; }
 
     public bool Signed => PixelRepresentation == 1;
+}
+
+/// <summary>A LUT of a Modality or VOI LUT Sequence item: input values First … First + Data.Length − 1 map to Data
+/// (values below map to the first entry, above to the last); outputs have <see cref="Bits"/> bits.</summary>
+public sealed record DicomLut(int First, int Bits, int[] Data)
+{
+    public int Apply(int x) => Data[Math.Clamp(x - First, 0, Data.Length - 1)];
 }
 
 /// <summary>
 /// The project's own DICOM reader (PS3.5 / PS3.10): a Part-10 file (128-byte preamble, "DICM", group-0002 meta in
 /// explicit VR little endian) or a bare data set; transfer syntaxes implicit VR little endian (1.2.840.10008.1.2),
-/// explicit VR little endian (1.2.840.10008.1.2.1) and JPEG baseline (1.2.840.10008.1.2.4.50, encapsulated, decoded
-/// with StbImageSharp). Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
+/// explicit VR little endian (1.2.840.10008.1.2.1), deflated explicit VR little endian, explicit VR big endian, RLE
+/// lossless, and the JPEG processes of <see cref="JpegDecoder"/> (baseline, 12-bit extended, lossless); JPEG 2000 and
+/// JPEG-LS are refused with their names. Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
 /// read, so patient-identifying values are never decoded, kept, printed or put in an exception message.
 /// Rendering: stored value → mask to BitsStored (→ sign) → rescale slope/intercept → VOI window (the file's, else a
 /// robust 0.5–99.5 percentile window) → [0, 1] → inverted for MONOCHROME1. The first frame is used.
@@ -53,10 +71,20 @@ public static class Dicom
     public const string ImplicitVrLittleEndian = "1.2.840.10008.1.2";
     public const string ExplicitVrLittleEndian = "1.2.840.10008.1.2.1";
     public const string JpegBaseline = "1.2.840.10008.1.2.4.50";
+    public const string JpegExtended = "1.2.840.10008.1.2.4.51";
+    public const string JpegLossless = "1.2.840.10008.1.2.4.57";
+    public const string JpegLosslessSv1 = "1.2.840.10008.1.2.4.70";
+    public const string ExplicitVrBigEndian = "1.2.840.10008.1.2.2";
+    public const string DeflatedExplicitVrLittleEndian = "1.2.840.10008.1.2.1.99";
+    public const string RleLossless = "1.2.840.10008.1.2.5";
+
+    /// <summary>Transfer syntaxes whose pixel data are encapsulated fragments this reader decodes.</summary>
+    private static readonly HashSet<string> EncapsulatedSyntaxes = [JpegBaseline, JpegExtended, JpegLossless, JpegLosslessSv1, RleLossless];
 
     private const uint Undefined = 0xFFFFFFFF;
     private const uint ItemTag = 0xFFFEE000, ItemDelimitationTag = 0xFFFEE00D, SequenceDelimitationTag = 0xFFFEE0DD;
-    private const uint TransferSyntaxTag = 0x00020010, PixelDataTag = 0x7FE00010;
+    private const uint TransferSyntaxTag = 0x00020010, PixelDataTag = 0x7FE00010, FloatPixelDataTag = 0x7FE00008, DoubleFloatPixelDataTag = 0x7FE00009;
+    private const uint ModalityLutSequenceTag = 0x00283000, VoiLutSequenceTag = 0x00283010;
     /// <summary>Deeper nesting than this is a corrupt or hostile file (real files nest a few levels).</summary>
     private const int MaxSequenceDepth = 32;
     /// <summary>The longest value of a wanted attribute we copy; real ones are a few bytes.</summary>
@@ -77,6 +105,8 @@ public static class Dicom
         [0x00280101] = "BitsStored",
         [0x00280102] = "HighBit",
         [0x00280103] = "PixelRepresentation",
+        [0x00280120] = "PixelPaddingValue",
+        [0x00280121] = "PixelPaddingRangeLimit",
         [0x00281050] = "WindowCenter",
         [0x00281051] = "WindowWidth",
         [0x00281052] = "RescaleIntercept",
@@ -93,14 +123,9 @@ public static class Dicom
     /// <summary>VRs encoded in explicit VR with 2 reserved bytes and a 4-byte length (PS3.5 table 7.1-1).</summary>
     private static readonly HashSet<string> LongLengthVrs = ["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"];
 
+    /// <summary>Standard syntaxes without a decoder here (see docs/images.md for why), named in the refusal.</summary>
     private static readonly Dictionary<string, string> UnsupportedSyntaxes = new()
     {
-        ["1.2.840.10008.1.2.2"] = "Explicit VR Big Endian",
-        ["1.2.840.10008.1.2.1.99"] = "Deflated Explicit VR Little Endian",
-        ["1.2.840.10008.1.2.5"] = "RLE Lossless",
-        ["1.2.840.10008.1.2.4.51"] = "JPEG Extended (12-bit)",
-        ["1.2.840.10008.1.2.4.57"] = "JPEG Lossless",
-        ["1.2.840.10008.1.2.4.70"] = "JPEG Lossless (first-order prediction)",
         ["1.2.840.10008.1.2.4.80"] = "JPEG-LS Lossless",
         ["1.2.840.10008.1.2.4.81"] = "JPEG-LS Near-Lossless",
         ["1.2.840.10008.1.2.4.90"] = "JPEG 2000 Lossless",
@@ -115,7 +140,7 @@ public static class Dicom
     private static readonly string[] KnownPhotometric = ["MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "PALETTE COLOR", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT"];
 
     /// <summary>Where the pixel data lies in the file (kept apart from <see cref="DicomDataset"/> so it never prints).</summary>
-    private sealed record PixelData(int Offset, int Length, List<(int Offset, int Length)>? Fragments, uint[]? BasicOffsetTable, int FirstItemStart);
+    private sealed record PixelData(int Offset, int Length, List<(int Offset, int Length)>? Fragments, uint[]? BasicOffsetTable, int FirstItemStart, string Vr = "");
 
     /// <summary>"DICM" at byte 128, or (no preamble) a first element of group 0002 or 0008 that parses as one.</summary>
     public static bool LooksLikeDicom(ReadOnlySpan<byte> data)
@@ -134,39 +159,51 @@ public static class Dicom
     }
 
     /// <summary>Reads the header attributes (no pixel decoding).</summary>
-    public static DicomDataset ReadDataset(ReadOnlySpan<byte> data, string name) => Parse(data, name).Dataset;
+    public static DicomDataset ReadDataset(ReadOnlySpan<byte> data, string name) => Parse(data, name, ImageLimits.Default).Dataset;
 
     public static GrayImage Decode(ReadOnlySpan<byte> data, string name, ImageLimits? limits = null)
     {
         limits ??= ImageLimits.Default;
-        var (ds, pixelData) = Parse(data, name);
+        var (ds, pixelData, inflated) = Parse(data, name, limits);
+        if (inflated != null) data = inflated;                 // deflated syntax: offsets refer to the inflated data set
         limits.CheckDimensions(name, "DICOM header (Columns × Rows)", ds.Columns, ds.Rows);
         float[] pixels;
         int width = ds.Columns, height = ds.Rows, bitDepth = ds.BitsStored;
-        if (ds.Encapsulated)
+        if (ds.TransferSyntaxUid == RleLossless)
         {
-            byte[] jpeg = FirstFrameJpeg(data, pixelData, ds.NumberOfFrames);
-            var samples = Jpeg.DecodeSamples(jpeg, name, limits, "encapsulated JPEG frame");
-            (width, height, bitDepth) = (samples.Width, samples.Height, 8);
+            // RLE decodes to the native layout (little-endian words, planes interleaved), read as uncompressed data.
+            byte[] native = Rle.DecodeFrame(FirstFrameBytes(data, pixelData, ds.NumberOfFrames, isFrameStart: null), ds, name, limits);
+            var nativeData = new PixelData(0, native.Length, null, null, 0);
+            var nativeDs = ds with { PlanarConfiguration = 0, BigEndian = false };
+            pixels = ds.SamplesPerPixel == 1
+                ? RenderMonochrome(ReadStoredValues(native, nativeData, nativeDs), nativeDs, MinStored(ds), MaxStored(ds))
+                : RenderColour(native, nativeData, nativeDs);
+        }
+        else if (ds.Encapsulated)
+        {
+            byte[] jpeg = FirstFrameBytes(data, pixelData, ds.NumberOfFrames, isFrameStart: f => Jpeg.HasSignature(f));
+            var frame = Jpeg.DecodeFrame(jpeg, name, limits, "encapsulated JPEG frame");
+            (width, height, bitDepth) = (frame.Width, frame.Height, frame.Precision);
             if (ds.SamplesPerPixel == 1)
             {
-                // Monochrome: the 8-bit samples are stored values for the modality and VOI transforms. A 3-component
-                // JPEG in a monochrome file (some encoders always write YCbCr) contributes its luma.
-                var stored = new int[samples.Width * samples.Height];
-                if (samples.Channels == 1)
-                    for (int i = 0; i < stored.Length; i++) stored[i] = samples.Data[i];
-                else
-                {
-                    var d = samples.Data;
-                    for (int i = 0; i < stored.Length; i++) stored[i] = (int)MathF.Round(Png.Luma(d[3 * i], d[3 * i + 1], d[3 * i + 2]));
-                }
-                pixels = RenderMonochrome(stored, ds with { BitsStored = 8, PixelRepresentation = 0 }, 0, 255);
+                var stored = StoredValuesOfJpeg(frame, ds);
+                var jpegDs = frame.Lossless ? ds with { BitsStored = Math.Min(ds.BitsStored, frame.Precision) }
+                    : ds with { BitsStored = frame.Precision, PixelRepresentation = 0 };
+                pixels = RenderMonochrome(stored, jpegDs, MinStored(jpegDs), MaxStored(jpegDs));
             }
-            else pixels = Jpeg.ToGray(samples);
+            else pixels = Jpeg.ToGray(frame);
         }
         else
         {
             CheckFrameLength(pixelData, ds, name);
+            if (ds.BigEndian && ds.BitsAllocated == 8 && pixelData.Vr == "OW")
+            {
+                // 8-bit samples in OW words: big endian swaps the bytes of each word (PS3.5 A.3).
+                var swapped = data.Slice(pixelData.Offset, pixelData.Length).ToArray();
+                for (int i = 0; i + 1 < swapped.Length; i += 2) (swapped[i], swapped[i + 1]) = (swapped[i + 1], swapped[i]);
+                data = swapped;
+                pixelData = pixelData with { Offset = 0 };
+            }
             pixels = ds.SamplesPerPixel == 1
                 ? RenderMonochrome(ReadStoredValues(data, pixelData, ds), ds, MinStored(ds), MaxStored(ds))
                 : RenderColour(data, pixelData, ds);
@@ -175,9 +212,53 @@ public static class Dicom
         return new GrayImage(width, height, pixels, source);
     }
 
+    /// <summary>Stored values of frame 1 as a monochrome reader sees them (no modality or VOI transform): for tests
+    /// against reference decoders.</summary>
+    internal static int[] DecodeStoredValues(ReadOnlySpan<byte> data, string name)
+    {
+        var limits = ImageLimits.Default;
+        var (ds, pixelData, inflated) = Parse(data, name, limits);
+        if (inflated != null) data = inflated;
+        if (ds.SamplesPerPixel != 1) throw new XrayVLException($"{name}: not monochrome");
+        if (ds.TransferSyntaxUid == RleLossless)
+        {
+            byte[] native = Rle.DecodeFrame(FirstFrameBytes(data, pixelData, ds.NumberOfFrames, null), ds, name, limits);
+            return ReadStoredValues(native, new PixelData(0, native.Length, null, null, 0), ds with { BigEndian = false });
+        }
+        if (ds.Encapsulated)
+            return StoredValuesOfJpeg(Jpeg.DecodeFrame(FirstFrameBytes(data, pixelData, ds.NumberOfFrames, f => Jpeg.HasSignature(f)), name, limits), ds);
+        CheckFrameLength(pixelData, ds, name);
+        return ReadStoredValues(data, pixelData, ds);
+    }
+
+    /// <summary>Monochrome stored values from a JPEG frame: lossless samples are the stored bit patterns (sign-extended
+    /// when PixelRepresentation says signed); a 3-component JPEG in a monochrome file (some encoders always write YCbCr)
+    /// contributes its luma.</summary>
+    private static int[] StoredValuesOfJpeg(JpegDecoder.Frame frame, DicomDataset ds)
+    {
+        var stored = new int[frame.Width * frame.Height];
+        var d = frame.Data;
+        if (frame.Channels == 1)
+            for (int i = 0; i < stored.Length; i++) stored[i] = d[i];
+        else
+            for (int i = 0; i < stored.Length; i++) stored[i] = (int)MathF.Round(Png.Luma(d[3 * i], d[3 * i + 1], d[3 * i + 2]));
+        if (frame.Lossless)
+        {
+            int bits = Math.Min(ds.BitsStored, frame.Precision), mask = (1 << bits) - 1, sign = 1 << (bits - 1);
+            for (int i = 0; i < stored.Length; i++)
+            {
+                int v = stored[i] & mask;
+                stored[i] = ds.Signed && (v & sign) != 0 ? v - (1 << bits) : v;
+            }
+        }
+        return stored;
+    }
+
     // ---------------------------------------------------------------- parsing
 
-    private static (DicomDataset Dataset, PixelData PixelData) Parse(ReadOnlySpan<byte> data, string name)
+    /// <summary>The data set and where its pixel data lie; for the deflated syntax also the inflated file (meta
+    /// information + inflated data set), which the offsets refer to.</summary>
+    private static (DicomDataset Dataset, PixelData PixelData, byte[]? Inflated) Parse(ReadOnlySpan<byte> data, string name, ImageLimits limits)
     {
         int pos;
         if (data.Length >= 132 && data.Slice(128, 4).SequenceEqual("DICM"u8)) pos = 132;
@@ -203,27 +284,45 @@ public static class Dicom
             transferSyntax = explicitVr ? ExplicitVrLittleEndian : ImplicitVrLittleEndian;
         }
         else explicitVr = transferSyntax != ImplicitVrLittleEndian;
-        bool encapsulated = transferSyntax == JpegBaseline;
-        if (transferSyntax is not (ImplicitVrLittleEndian or ExplicitVrLittleEndian or JpegBaseline))
+        bool big = transferSyntax == ExplicitVrBigEndian;
+        bool encapsulated = EncapsulatedSyntaxes.Contains(transferSyntax);
+        bool native = transferSyntax is ImplicitVrLittleEndian or ExplicitVrLittleEndian or ExplicitVrBigEndian or DeflatedExplicitVrLittleEndian;
+        if (!encapsulated && !native)
             throw new XrayVLException($"{name}: DICOM transfer syntax {DescribeSyntax(transferSyntax)} is not supported " +
-                "(supported: implicit or explicit VR little endian, uncompressed or JPEG baseline)");
+                "(supported: uncompressed little or big endian, deflated, RLE lossless, JPEG baseline, 12-bit extended and lossless; see docs/images.md)");
+        byte[]? inflated = null;
+        if (transferSyntax == DeflatedExplicitVrLittleEndian)
+        {
+            inflated = InflateDataSet(data, pos, name, limits);
+            data = inflated;
+        }
 
         var values = new Dictionary<uint, byte[]>();
+        if (big) values[BigEndianMarker] = [];
+        DicomLut? modalityLut = null, voiLut = null;
         PixelData? pixelData = null;
         while (pos < data.Length)
         {
             int start = pos;
-            var h = ReadHeader(data, ref pos, explicitVr, name);
+            var h = ReadHeader(data, ref pos, explicitVr, name, big);
             if (h.Tag == PixelDataTag)
             {
-                pixelData = ReadPixelData(data, ref pos, h.Length, encapsulated, name, start);
+                pixelData = ReadPixelData(data, ref pos, h.Length, encapsulated, name, start, h.Vr);
                 break;
             }
+            if (h.Tag is FloatPixelDataTag or DoubleFloatPixelDataTag)
+                throw Invalid(name, "floating-point pixel data (a parametric map, not a radiograph) is not supported");
             if (h.Tag >> 16 == 0xFFFE) throw Corrupt(name, start, $"item or delimiter ({Tag(h.Tag)}) outside a sequence");
+            if (h.Tag is ModalityLutSequenceTag or VoiLutSequenceTag)
+            {
+                var lut = ReadLutSequence(data, pos, h.Length, explicitVr && h.Vr != "UN", big, name);
+                if (h.Tag == ModalityLutSequenceTag) modalityLut = lut;
+                else voiLut = lut;
+            }
             if (h.Length == Undefined)
             {
                 // A sequence (or UN holding one; its content is implicit VR per PS3.5 6.2.2) of undefined length.
-                SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", 1, name);
+                SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", 1, name, big);
                 continue;
             }
             CheckFits(data, pos, h.Length, name, start);
@@ -235,19 +334,90 @@ public static class Dicom
             pos += (int)h.Length;
         }
         if (pixelData is null) throw new XrayVLException($"{name}: DICOM file has no pixel data (7FE0,0010){(pos >= data.Length ? "; truncated?" : "")}");
-        return (BuildDataset(values, transferSyntax, explicitVr, encapsulated, name), pixelData);
+        var ds = BuildDataset(values, transferSyntax, explicitVr, encapsulated, name);
+        // The LUT descriptor's first mapped value is signed when the pixels are (PS3.3 C.11.1.1).
+        if (ds.Signed && modalityLut is { First: >= 32768 }) modalityLut = modalityLut with { First = modalityLut.First - 65536 };
+        return (ds with { ModalityLut = modalityLut, VoiLut = voiLut }, pixelData, inflated);
+    }
+
+    /// <summary>The meta information followed by the inflated data set (raw deflate, PS3.5 A.5), at most
+    /// <see cref="ImageLimits.MaxBytes"/>: a small file cannot expand without bound.</summary>
+    private static byte[] InflateDataSet(ReadOnlySpan<byte> data, int pos, string name, ImageLimits limits)
+    {
+        var output = new MemoryStream();
+        output.Write(data[..pos]);
+        try
+        {
+            using var z = new DeflateStream(new MemoryStream(data[pos..].ToArray()), CompressionMode.Decompress);
+            var chunk = new byte[1 << 16];
+            int n;
+            while ((n = z.Read(chunk)) > 0)
+            {
+                if (output.Length + n > limits.MaxBytes)
+                    throw new ImageLimitException($"{name}: deflated DICOM data set expands beyond {limits.MaxBytes / 1048576.0:0.#} MiB, above the image size limit");
+                output.Write(chunk, 0, n);
+            }
+        }
+        catch (InvalidDataException e)
+        {
+            throw new XrayVLException($"{name}: corrupt deflated DICOM data set ({e.Message})", e);
+        }
+        return output.ToArray();
+    }
+
+    /// <summary>The LUT of the first item of a Modality or VOI LUT Sequence: LUT Descriptor (0028,3002) = entries (0 means
+    /// 65536), first mapped value, bits per entry; LUT Data (0028,3006) as 16-bit words (or bytes for 8-bit entries
+    /// stored one per byte).</summary>
+    private static DicomLut? ReadLutSequence(ReadOnlySpan<byte> data, int pos, uint length, bool explicitVr, bool big, string name)
+    {
+        int end = length == Undefined ? data.Length : (int)Math.Min((long)pos + length, data.Length);
+        if (end - pos < 8 || ReadTag(data, pos, big) != ItemTag) return null;
+        uint itemLength = U32(data[(pos + 4)..], big);
+        pos += 8;
+        int itemEnd = itemLength == Undefined ? end : (int)Math.Min((long)pos + itemLength, end);
+        byte[]? descriptor = null, table = null;
+        while (pos < itemEnd)
+        {
+            int start = pos;
+            var h = ReadHeader(data, ref pos, explicitVr, name, big);
+            if (h.Tag == ItemDelimitationTag) break;
+            if (h.Length == Undefined)
+            {
+                SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", 2, name, big);
+                continue;
+            }
+            CheckFits(data, pos, h.Length, name, start);
+            if (h.Tag == 0x00283002) descriptor = data.Slice(pos, (int)h.Length).ToArray();
+            else if (h.Tag == 0x00283006) table = data.Slice(pos, (int)h.Length).ToArray();
+            pos += (int)h.Length;
+        }
+        if (descriptor is not { Length: 6 } || table is null) throw Invalid(name, "a LUT sequence item lacks a 3-value LUT Descriptor or LUT Data");
+        int entries = U16(descriptor, big), first = U16(descriptor.AsSpan(2), big), bits = U16(descriptor.AsSpan(4), big);
+        if (entries == 0) entries = 65536;
+        if (bits is < 1 or > 16) throw Invalid(name, $"LUT Descriptor with {bits} bits per entry");
+        var lut = new int[entries];
+        if (table.Length >= 2 * entries)
+            for (int i = 0; i < entries; i++) lut[i] = U16(table.AsSpan(2 * i), big) & ((1 << bits) - 1);
+        else if (bits <= 8 && table.Length >= entries)
+            for (int i = 0; i < entries; i++) lut[i] = table[i];
+        else throw Invalid(name, $"LUT Data holds {table.Length} bytes for {entries} entries");
+        return new DicomLut(first, bits, lut);
     }
 
     private readonly record struct ElementHeader(uint Tag, string Vr, uint Length);
 
-    private static ElementHeader ReadHeader(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, string name)
+    private static ushort U16(ReadOnlySpan<byte> d, bool big) => big ? BinaryPrimitives.ReadUInt16BigEndian(d) : BinaryPrimitives.ReadUInt16LittleEndian(d);
+    private static uint U32(ReadOnlySpan<byte> d, bool big) => big ? BinaryPrimitives.ReadUInt32BigEndian(d) : BinaryPrimitives.ReadUInt32LittleEndian(d);
+    private static uint ReadTag(ReadOnlySpan<byte> data, int pos, bool big) => (uint)U16(data[pos..], big) << 16 | U16(data[(pos + 2)..], big);
+
+    private static ElementHeader ReadHeader(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, string name, bool big = false)
     {
         if (data.Length - pos < 8) throw Truncated(name, pos, "element header");
-        uint tag = (uint)BinaryPrimitives.ReadUInt16LittleEndian(data[pos..]) << 16 | BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 2)..]);
+        uint tag = ReadTag(data, pos, big);
         if (tag >> 16 == 0xFFFE || !explicitVr)
         {
             // Items and delimiters carry no VR in any transfer syntax; implicit VR: tag + 4-byte length.
-            uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 4)..]);
+            uint length = U32(data[(pos + 4)..], big);
             pos += 8;
             return new ElementHeader(tag, "", length);
         }
@@ -256,29 +426,29 @@ public static class Dicom
         if (LongLengthVrs.Contains(vr))
         {
             if (data.Length - pos < 12) throw Truncated(name, pos, "element header");
-            uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 8)..]);
+            uint length = U32(data[(pos + 8)..], big);
             pos += 12;
             return new ElementHeader(tag, vr, length);
         }
-        uint shortLength = BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 6)..]);
+        uint shortLength = U16(data[(pos + 6)..], big);
         pos += 8;
         return new ElementHeader(tag, vr, shortLength);
     }
 
     /// <summary>Skips the items of a sequence of undefined length, up to and including its sequence delimiter.</summary>
-    private static void SkipSequence(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, int depth, string name)
+    private static void SkipSequence(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, int depth, string name, bool big = false)
     {
         if (depth > MaxSequenceDepth) throw Corrupt(name, pos, $"sequences nested more than {MaxSequenceDepth} deep");
         while (true)
         {
             int start = pos;
             if (data.Length - pos < 8) throw Truncated(name, pos, "sequence");
-            uint tag = (uint)BinaryPrimitives.ReadUInt16LittleEndian(data[pos..]) << 16 | BinaryPrimitives.ReadUInt16LittleEndian(data[(pos + 2)..]);
-            uint length = BinaryPrimitives.ReadUInt32LittleEndian(data[(pos + 4)..]);
+            uint tag = ReadTag(data, pos, big);
+            uint length = U32(data[(pos + 4)..], big);
             pos += 8;
             if (tag == SequenceDelimitationTag) return;
             if (tag != ItemTag) throw Corrupt(name, start, $"expected an item in a sequence, found {Tag(tag)}");
-            if (length == Undefined) SkipItem(data, ref pos, explicitVr, depth, name);
+            if (length == Undefined) SkipItem(data, ref pos, explicitVr, depth, name, big);
             else
             {
                 CheckFits(data, pos, length, name, start);
@@ -288,15 +458,15 @@ public static class Dicom
     }
 
     /// <summary>Skips the elements of an item of undefined length, up to and including its item delimiter.</summary>
-    private static void SkipItem(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, int depth, string name)
+    private static void SkipItem(ReadOnlySpan<byte> data, ref int pos, bool explicitVr, int depth, string name, bool big)
     {
         while (true)
         {
             int start = pos;
-            var h = ReadHeader(data, ref pos, explicitVr, name);
+            var h = ReadHeader(data, ref pos, explicitVr, name, big);
             if (h.Tag == ItemDelimitationTag) return;
             if (h.Tag >> 16 == 0xFFFE) throw Corrupt(name, start, $"unexpected {Tag(h.Tag)} inside an item");
-            if (h.Length == Undefined) SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", depth + 1, name);
+            if (h.Length == Undefined) SkipSequence(data, ref pos, explicitVr && h.Vr != "UN", depth + 1, name, big);
             else
             {
                 CheckFits(data, pos, h.Length, name, start);
@@ -305,16 +475,16 @@ public static class Dicom
         }
     }
 
-    private static PixelData ReadPixelData(ReadOnlySpan<byte> data, ref int pos, uint length, bool encapsulated, string name, int start)
+    private static PixelData ReadPixelData(ReadOnlySpan<byte> data, ref int pos, uint length, bool encapsulated, string name, int start, string vr)
     {
         if (!encapsulated)
         {
             if (length == Undefined) throw Corrupt(name, start, "encapsulated pixel data in an uncompressed transfer syntax");
             if (length > (uint)(data.Length - pos))
                 throw new XrayVLException($"{name}: DICOM file is truncated (pixel data of {length} bytes, {data.Length - pos} present)");
-            return new PixelData(pos, (int)length, null, null, 0);
+            return new PixelData(pos, (int)length, null, null, 0, vr);
         }
-        if (length != Undefined) throw Corrupt(name, start, "JPEG transfer syntax but pixel data is not encapsulated");
+        if (length != Undefined) throw Corrupt(name, start, "compressed transfer syntax but pixel data is not encapsulated");
         // PS3.5 A.4: a Basic Offset Table item (possibly empty), then one item per fragment, then a sequence delimiter.
         uint[]? offsets = null;
         var fragments = new List<(int, int)>();
@@ -345,9 +515,13 @@ public static class Dicom
         return new PixelData(0, 0, fragments, offsets, firstItemStart);
     }
 
-    /// <summary>The JPEG bytes of frame 1: all fragments for one frame, else those before the offset-table entry of frame 2
-    /// (or, with no table, one fragment per frame, or fragments up to the next JPEG start-of-image).</summary>
-    private static byte[] FirstFrameJpeg(ReadOnlySpan<byte> data, PixelData p, int frames)
+    /// <summary>Whether a fragment starts a frame (a JPEG start-of-image), for files without an offset table.</summary>
+    private delegate bool FrameStart(ReadOnlySpan<byte> fragment);
+
+    /// <summary>The compressed bytes of frame 1: all fragments for one frame, else those before the offset-table entry of
+    /// frame 2 (or, with no table, one fragment per frame, or fragments up to the next start of a frame; for RLE, whose
+    /// frames are one fragment each, the first).</summary>
+    private static byte[] FirstFrameBytes(ReadOnlySpan<byte> data, PixelData p, int frames, FrameStart? isFrameStart)
     {
         var fragments = p.Fragments!;
         int count = fragments.Count;
@@ -361,11 +535,11 @@ public static class Dicom
                     if (offset - 8 - p.FirstItemStart < bot[1]) count++;
                 count = Math.Max(count, 1);
             }
-            else if (count == frames) count = 1;
+            else if (count == frames || isFrameStart is null) count = 1;
             else
             {
                 int next = 1;
-                while (next < count && !Jpeg.HasSignature(data.Slice(fragments[next].Offset, fragments[next].Length))) next++;
+                while (next < count && !isFrameStart(data.Slice(fragments[next].Offset, fragments[next].Length))) next++;
                 count = next;
             }
         }
@@ -401,7 +575,8 @@ public static class Dicom
 
         if (rows == 0 || columns == 0) throw Invalid(name, $"image size {columns}×{rows}");
         if (samplesPerPixel is not (1 or 3)) throw Invalid(name, $"SamplesPerPixel {samplesPerPixel} (1 or 3 supported)");
-        if (!encapsulated && bitsAllocated is not (8 or 16)) throw Invalid(name, $"BitsAllocated {bitsAllocated} (8 or 16 supported)");
+        bool rle = transferSyntax == RleLossless;
+        if ((!encapsulated || rle) && bitsAllocated is not (8 or 16)) throw Invalid(name, $"BitsAllocated {bitsAllocated} (8 or 16 supported)");
         if (bitsStored < 1 || bitsStored > bitsAllocated) throw Invalid(name, $"BitsStored {bitsStored} with BitsAllocated {bitsAllocated}");
         if (highBit < bitsStored - 1 || highBit >= bitsAllocated) throw Invalid(name, $"HighBit {highBit} with BitsStored {bitsStored}");
         if (pixelRepresentation is not (0 or 1)) throw Invalid(name, $"PixelRepresentation {pixelRepresentation}");
@@ -412,7 +587,7 @@ public static class Dicom
         string shown = Array.IndexOf(KnownPhotometric, photometric) >= 0 ? photometric : "(unrecognised value)";
         bool supported = samplesPerPixel == 1
             ? photometric is "MONOCHROME1" or "MONOCHROME2"
-            : photometric == "RGB" || (encapsulated && photometric is "YBR_FULL" or "YBR_FULL_422");
+            : photometric == "RGB" || (encapsulated && !rle && photometric is "YBR_FULL" or "YBR_FULL_422");
         if (!supported) throw Invalid(name, $"PhotometricInterpretation {shown} with {samplesPerPixel} sample(s) per pixel is not supported");
         // A window needs a positive width (LINEAR: at least 1); otherwise the percentile window is used.
         bool windowUsable = center is { } c && width is { } w && double.IsFinite(c) && double.IsFinite(w) && (voiFunction == "LINEAR" ? w >= 1 : w > 0);
@@ -439,10 +614,24 @@ public static class Dicom
             VoiLutFunction = voiFunction is "LINEAR" or "LINEAR_EXACT" or "SIGMOID" ? voiFunction : "LINEAR",
             ViewPosition = CodeString(v, 0x00185101),
             Modality = CodeString(v, 0x00080060),
+            BigEndian = v.ContainsKey(BigEndianMarker),
+            Padding = PaddingRange(v, pixelRepresentation == 1, name),
         };
     }
 
+    /// <summary>Pixel Padding Value alone, or the range it spans with Pixel Padding Range Limit, as stored values.</summary>
+    private static (int, int)? PaddingRange(Dictionary<uint, byte[]> v, bool signed, string name)
+    {
+        if (UShort(v, 0x00280120, name) is not { } value) return null;
+        int a = signed ? (short)value : value;
+        int b = UShort(v, 0x00280121, name) is { } limit ? (signed ? (short)limit : limit) : a;
+        return (Math.Min(a, b), Math.Max(a, b));
+    }
+
     // ---------------------------------------------------------------- pixels
+
+    /// <summary>A key no element has (group FFFF is invalid), set in the value map of a big-endian data set.</summary>
+    private const uint BigEndianMarker = 0xFFFFFFFF;
 
     private static int MinStored(DicomDataset ds) => ds.Signed ? -(1 << (ds.BitsStored - 1)) : 0;
     private static int MaxStored(DicomDataset ds) => ds.Signed ? (1 << (ds.BitsStored - 1)) - 1 : (1 << ds.BitsStored) - 1;
@@ -468,7 +657,7 @@ public static class Dicom
         bool signed = ds.Signed, wide = ds.BitsAllocated == 16;
         for (int i = 0; i < n; i++)
         {
-            int word = wide ? BinaryPrimitives.ReadUInt16LittleEndian(pixels[(2 * i)..]) : pixels[i];
+            int word = wide ? U16(pixels[(2 * i)..], ds.BigEndian) : pixels[i];
             int value = (word >> shift) & mask;
             if (signed && (value & signBit) != 0) value -= 1 << ds.BitsStored;
             stored[i] = value;
@@ -477,19 +666,30 @@ public static class Dicom
     }
 
     /// <summary>
-    /// Stored values → [0, 1] through a look-up table over all possible stored values (at most 2^16):
-    /// rescale (modality LUT), VOI window, MONOCHROME1 inversion.
+    /// Stored values → [0, 1] through a look-up table over all possible stored values (at most 2^16): modality transform
+    /// (the Modality LUT Sequence, else rescale slope/intercept), VOI transform (the file's window, else its VOI LUT
+    /// Sequence, else a robust 0.5–99.5 percentile window), MONOCHROME1 inversion. Padding pixels are black and do not
+    /// count for the percentile window.
     /// </summary>
     private static float[] RenderMonochrome(int[] stored, DicomDataset ds, int minStored, int maxStored)
     {
         double slope = ds.RescaleSlope, intercept = ds.RescaleIntercept;
+        var modalityLut = ds.ModalityLut;
+        Func<int, double> modality = modalityLut is null ? s => s * slope + intercept : s => modalityLut.Apply(s);
+        var padding = ds.Padding;
+        bool IsPadding(int s) => padding is { } p && s >= p.Low && s <= p.High;
         Func<double, double> window;
         if (ds.WindowCenter is { } c && ds.WindowWidth is { } w)
             window = x => ApplyWindow(x, c, w, ds.VoiLutFunction);
+        else if (ds.VoiLut is { } voi)
+        {
+            double top = (1 << voi.Bits) - 1;
+            window = x => voi.Apply((int)Math.Round(x)) / top;
+        }
         else
         {
-            var (lowStored, highStored) = PercentileRange(stored, minStored, maxStored, 0.005, 0.995);
-            double a = lowStored * slope + intercept, b = highStored * slope + intercept;
+            var (lowStored, highStored) = PercentileRange(stored, minStored, maxStored, 0.005, 0.995, padding);
+            double a = modality(lowStored), b = modality(highStored);
             double lo = Math.Min(a, b), hi = Math.Max(a, b);
             window = hi > lo ? x => Math.Clamp((x - lo) / (hi - lo), 0, 1) : _ => 0;
         }
@@ -497,8 +697,8 @@ public static class Dicom
         var lut = new float[maxStored - minStored + 1];
         for (int s = minStored; s <= maxStored; s++)
         {
-            double y = window(s * slope + intercept);
-            lut[s - minStored] = (float)(invert ? 1 - y : y);
+            double y = window(modality(s));
+            lut[s - minStored] = IsPadding(s) ? 0f : (float)(invert ? 1 - y : y);
         }
         var pixels = new float[stored.Length];
         for (int i = 0; i < stored.Length; i++) pixels[i] = lut[stored[i] - minStored];
@@ -525,11 +725,15 @@ public static class Dicom
     /// The stored values at ranks ⌊p_lo·(n−1)⌋ and ⌈p_hi·(n−1)⌉ of the sorted pixels (a histogram, not a sort); when
     /// they coincide (a nearly flat image), the full minimum and maximum.
     /// </summary>
-    internal static (int Low, int High) PercentileRange(int[] stored, int minStored, int maxStored, double pLow, double pHigh)
+    internal static (int Low, int High) PercentileRange(int[] stored, int minStored, int maxStored, double pLow, double pHigh,
+        (int Low, int High)? padding = null)
     {
         var histogram = new int[maxStored - minStored + 1];
         foreach (int s in stored) histogram[s - minStored]++;
-        long n = stored.Length;
+        if (padding is { } p)
+            for (int s = Math.Max(p.Low, minStored); s <= Math.Min(p.High, maxStored); s++) histogram[s - minStored] = 0;
+        long n = histogram.Sum(h => (long)h);
+        if (n == 0) return (minStored, maxStored);
         long lowRank = (long)Math.Floor(pLow * (n - 1)), highRank = (long)Math.Ceiling(pHigh * (n - 1));
         int low = ValueAtRank(histogram, lowRank) + minStored, high = ValueAtRank(histogram, highRank) + minStored;
         if (high <= low) (low, high) = (ValueAtRank(histogram, 0) + minStored, ValueAtRank(histogram, n - 1) + minStored);
@@ -562,7 +766,7 @@ public static class Dicom
             for (int c = 0; c < 3; c++)
             {
                 int index = ds.PlanarConfiguration == 1 ? c * n + i : i * 3 + c;
-                int word = wide ? BinaryPrimitives.ReadUInt16LittleEndian(raw[(2 * index)..]) : raw[index];
+                int word = wide ? U16(raw[(2 * index)..], ds.BigEndian) : raw[index];
                 rgb[c] = (word >> shift) & mask;
             }
             pixels[i] = Png.Luma(rgb[0], rgb[1], rgb[2]) * scale;
@@ -576,7 +780,7 @@ public static class Dicom
     {
         if (!v.TryGetValue(tag, out var bytes)) return null;
         if (bytes.Length < 2) throw Invalid(name, $"{Wanted[tag]} {Tag(tag)} has {bytes.Length} bytes, needs 2");
-        return BinaryPrimitives.ReadUInt16LittleEndian(bytes);
+        return U16(bytes, v.ContainsKey(BigEndianMarker));
     }
 
     /// <summary>First value of a DS or IS attribute ("a\b" → a).</summary>

@@ -10,12 +10,16 @@ public static class ImageFile
     public static GrayImage Load(string path, ImageLimits? limits = null)
     {
         limits ??= ImageLimits.Default;
+        if (string.IsNullOrWhiteSpace(path)) throw new XrayVLException($"image path is empty (\"{path}\"): give the path of a PNG, JPEG or DICOM file");
         byte[] bytes;
         try
         {
             var info = new FileInfo(path);
             if (!info.Exists)
                 throw new XrayVLException(Directory.Exists(path) ? $"{path}: is a directory, not an image file" : $"{path}: image file not found");
+            // Pipes, sockets and devices report a size of 0, as empty files do. Opening a pipe would wait for a writer
+            // forever and a device may never end, so anything of size 0 is refused without being opened.
+            if (info.Length == 0) throw new XrayVLException($"{path}: is empty or not a regular file (a pipe or device); give an image file");
             limits.CheckFileSize(path, info.Length);
             bytes = ReadAtMost(path, limits.MaxBytes);
         }
@@ -26,8 +30,7 @@ public static class ImageFile
         return Decode(bytes, path, limits);
     }
 
-    /// <summary>Reads a file, refusing more than <paramref name="maxBytes"/> even where the size is not known in advance
-    /// (a pipe, a device such as /dev/zero).</summary>
+    /// <summary>Reads a file, refusing more than <paramref name="maxBytes"/> even if it grows while being read.</summary>
     private static byte[] ReadAtMost(string path, long maxBytes)
     {
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
@@ -69,7 +72,7 @@ public static class ImageFile
             return Sniff(bytes) switch
             {
                 ImageFormat.Png => Png.Decode(bytes, name, limits),
-                ImageFormat.Jpeg => Jpeg.Decode(array ?? bytes.ToArray(), name, limits),   // StbImageSharp takes arrays
+                ImageFormat.Jpeg => Jpeg.Decode(array ?? bytes.ToArray(), name, limits),   // the JPEG decoder works on arrays
                 ImageFormat.Dicom => Dicom.Decode(bytes, name, limits),
                 _ => throw new XrayVLException($"{name}: not a supported image (PNG, JPEG or DICOM)"),
             };

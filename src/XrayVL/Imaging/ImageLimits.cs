@@ -12,6 +12,10 @@ public sealed record ImageLimits
     public long MaxPixels { get; init; } = 50_000_000;
     /// <summary>16384 px per side: no detector is wider; keeps very thin images from passing the pixel limit.</summary>
     public int MaxSide { get; init; } = 16384;
+    /// <summary>1 GiB: the most a decoder may hold in working buffers for one image (coefficients, sample planes, the
+    /// output), computed from the header before allocating. Pixels alone do not bound this: samples per pixel, bit depth
+    /// and a format's own buffers multiply it.</summary>
+    public long MaxDecodeBytes { get; init; } = 1L << 30;
 
     public static readonly ImageLimits Default = new();
 
@@ -25,6 +29,13 @@ public sealed record ImageLimits
             throw new ImageLimitException(
                 $"{name}: {what} says {width}×{height} pixels ({pixels / 1e6:0.#} megapixels), above the limit of " +
                 $"{MaxPixels / 1e6:0.#} megapixels and {MaxSide} px per side (corrupt file or decompression bomb)");
+    }
+
+    /// <summary>Throws when decoding would need more than <see cref="MaxDecodeBytes"/> of working memory.</summary>
+    public void CheckDecodeBytes(string name, string what, long bytes)
+    {
+        if (bytes > MaxDecodeBytes)
+            throw new ImageLimitException($"{name}: decoding this {what} needs {bytes / 1048576.0:0} MiB, above the limit of {MaxDecodeBytes / 1048576.0:0} MiB");
     }
 
     public void CheckFileSize(string name, long bytes)

@@ -14,8 +14,8 @@ public sealed record PngHeader(int Width, int Height, int BitDepth, int ColorTyp
 /// <summary>
 /// The project's own PNG decoder, for every standard PNG (bit depths 1–16, gray, RGB, palette, with or without alpha,
 /// Adam7 interlaced or not). Written here rather than taken from StbImageSharp because (1) StbImageSharp's public API
-/// only returns 8-bit samples, and 16-bit radiographs must keep full precision; (2) inflating into a buffer of exactly
-/// the size the header promises bounds memory even for a zlib stream that expands without end; (3) one code path for
+/// only returns 8-bit samples, and 16-bit radiographs must keep full precision; (2) inflating row by row, never more than the
+/// header promises, bounds memory even for a zlib stream that expands without end; (3) one code path for
 /// all bit depths. Colour is reduced to gray with Rec. 601 luma weights (0.299 R + 0.587 G + 0.114 B) on the stored
 /// (gamma-encoded) values; alpha is ignored. Chunk CRCs of critical chunks are checked.
 /// </summary>
@@ -101,23 +101,45 @@ public static class Png
         if (!sawEnd) throw new XrayVLException($"{name}: PNG file is truncated (no IEND chunk)");
         if (header.ColorType == 3 && palette is null) throw new XrayVLException($"{name}: corrupt PNG (palette image without PLTE chunk)");
 
-        byte[] raw = Inflate(compressed, RawLength(header), name);
-        float[] pixels = new float[(long)header.Width * header.Height];
-        if (!header.Interlaced)
+        // Decoded row by row: the inflated data never exists whole (a 7000×7000 16-bit RGBA image would need 392 MB of
+        // it); only two rows and the gray output are held.
+        long pixelCount = (long)header.Width * header.Height;
+        limits.CheckDecodeBytes(name, "PNG", 4 * pixelCount + 2L * (RowBytes(header.Width, header) + 1));
+        float[] pixels = new float[pixelCount];
+        float[]? paletteGray = header.ColorType == 3 ? PaletteGray(palette!, header.BitDepth) : null;
+        compressed.Position = 0;
+        using (var z = new ZLibStream(compressed, CompressionMode.Decompress))
         {
-            Unfilter(raw, 0, header.Width, header.Height, header, name);
-            Extract(raw, 0, header, palette, header.Width, header.Height, pixels, 0, 0, 1, 1);
-        }
-        else
-        {
-            int offset = 0;
-            foreach (var (x0, y0, dx, dy) in Adam7)
+            int maxRow = RowBytes(header.Width, header);
+            var current = new byte[maxRow + 1];
+            var previous = new byte[maxRow + 1];
+            long done = 0, expected = RawLength(header);
+            foreach (var (x0, y0, dx, dy) in header.Interlaced ? Adam7 : [(0, 0, 1, 1)])
             {
                 int w = PassSize(header.Width, x0, dx), h = PassSize(header.Height, y0, dy);
                 if (w == 0 || h == 0) continue;
-                Unfilter(raw, offset, w, h, header, name);
-                Extract(raw, offset, header, palette, w, h, pixels, x0, y0, dx, dy);
-                offset += h * (1 + RowBytes(w, header));
+                int rowBytes = RowBytes(w, header);
+                Array.Clear(previous);                              // the row "above" a pass's first row is zeros
+                for (int j = 0; j < h; j++)
+                {
+                    var row = current.AsSpan(0, rowBytes + 1);
+                    int got;
+                    try
+                    {
+                        // Reads exactly what the header promises and no more: a stream that would expand further is never expanded.
+                        got = z.ReadAtLeast(row, row.Length, throwOnEndOfStream: false);
+                    }
+                    catch (InvalidDataException e)
+                    {
+                        throw new XrayVLException($"{name}: PNG image data is corrupt (zlib: {e.Message})", e);
+                    }
+                    if (got < row.Length)
+                        throw new XrayVLException($"{name}: PNG image data is truncated ({done + got} of {expected} bytes after decompression)");
+                    done += row.Length;
+                    UnfilterRow(row[1..], previous.AsSpan(1, rowBytes), row[0], Math.Max(1, header.BitsPerPixel / 8), name, j);
+                    ExtractRow(row[1..], header, paletteGray, w, pixels, (long)(y0 + j * dy) * header.Width + x0, dx);
+                    (current, previous) = (previous, current);
+                }
             }
         }
         var source = new ImageSourceInfo(ImageFormat.Png, header.BitDepth, header.ColorType == 3 ? 3 : header.Channels);
@@ -145,61 +167,31 @@ public static class Png
         return total;
     }
 
-    private static byte[] Inflate(MemoryStream compressed, long expected, string name)
+    /// <summary>Reverses a row's filter (0 none, 1 sub, 2 up, 3 average, 4 Paeth) in place; <paramref name="bpp"/> is the
+    /// distance between a byte and the matching byte of the pixel to its left.</summary>
+    private static void UnfilterRow(Span<byte> cur, ReadOnlySpan<byte> prev, int filter, int bpp, string name, int y)
     {
-        if (expected > Array.MaxLength) throw new XrayVLException($"{name}: PNG image is too large to decode ({expected} bytes)");
-        var raw = new byte[expected];
-        compressed.Position = 0;
-        try
+        int first = Math.Min(bpp, cur.Length);     // bytes with no left neighbour
+        switch (filter)
         {
-            using var z = new ZLibStream(compressed, CompressionMode.Decompress);
-            // Read exactly what the header promises and no more: a stream that would expand further is never expanded.
-            int got = z.ReadAtLeast(raw, raw.Length, throwOnEndOfStream: false);
-            if (got < raw.Length)
-                throw new XrayVLException($"{name}: PNG image data is truncated ({got} of {raw.Length} bytes after decompression)");
-        }
-        catch (InvalidDataException e)
-        {
-            throw new XrayVLException($"{name}: PNG image data is corrupt (zlib: {e.Message})", e);
-        }
-        return raw;
-    }
-
-    /// <summary>Reverses the per-row filters (0 none, 1 sub, 2 up, 3 average, 4 Paeth) in place.</summary>
-    private static void Unfilter(byte[] raw, int offset, int width, int height, PngHeader h, string name)
-    {
-        int rowBytes = RowBytes(width, h);
-        int bpp = Math.Max(1, h.BitsPerPixel / 8);   // bytes between a byte and the matching byte of the pixel to its left
-        int stride = rowBytes + 1;
-        var zeros = new byte[rowBytes];              // the row "above" the first one
-        for (int y = 0; y < height; y++)
-        {
-            int row = offset + y * stride;
-            int filter = raw[row];
-            var cur = raw.AsSpan(row + 1, rowBytes);
-            ReadOnlySpan<byte> prev = y == 0 ? zeros : raw.AsSpan(row + 1 - stride, rowBytes);
-            int first = Math.Min(bpp, rowBytes);     // bytes with no left neighbour
-            switch (filter)
-            {
-                case 0:
-                    break;
-                case 1:
-                    for (int i = bpp; i < cur.Length; i++) cur[i] += cur[i - bpp];
-                    break;
-                case 2:
-                    for (int i = 0; i < cur.Length; i++) cur[i] += prev[i];
-                    break;
-                case 3:
-                    for (int i = 0; i < first; i++) cur[i] += (byte)(prev[i] >> 1);
-                    for (int i = bpp; i < cur.Length; i++) cur[i] += (byte)((cur[i - bpp] + prev[i]) >> 1);
-                    break;
-                case 4:
-                    for (int i = 0; i < first; i++) cur[i] += prev[i];   // Paeth(0, up, 0) = up
-                    for (int i = bpp; i < cur.Length; i++) cur[i] += (byte)Paeth(cur[i - bpp], prev[i], prev[i - bpp]);
-                    break;
-                default:
-                    throw new XrayVLException($"{name}: PNG image data is corrupt (filter type {filter} in row {y})");
-            }
+            case 0:
+                break;
+            case 1:
+                for (int i = bpp; i < cur.Length; i++) cur[i] += cur[i - bpp];
+                break;
+            case 2:
+                for (int i = 0; i < cur.Length; i++) cur[i] += prev[i];
+                break;
+            case 3:
+                for (int i = 0; i < first; i++) cur[i] += (byte)(prev[i] >> 1);
+                for (int i = bpp; i < cur.Length; i++) cur[i] += (byte)((cur[i - bpp] + prev[i]) >> 1);
+                break;
+            case 4:
+                for (int i = 0; i < first; i++) cur[i] += prev[i];   // Paeth(0, up, 0) = up
+                for (int i = bpp; i < cur.Length; i++) cur[i] += (byte)Paeth(cur[i - bpp], prev[i], prev[i - bpp]);
+                break;
+            default:
+                throw new XrayVLException($"{name}: PNG image data is corrupt (filter type {filter} in row {y})");
         }
     }
 
@@ -209,41 +201,38 @@ public static class Png
         return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
     }
 
-    /// <summary>Turns unfiltered rows into gray values, writing pixel (i, j) of the (sub)image to (x0 + i·dx, y0 + j·dy).
-    /// The format is dispatched once per row, not per pixel.</summary>
-    private static void Extract(byte[] raw, int offset, PngHeader h, byte[]? palette, int width, int height,
-        float[] pixels, int x0, int y0, int dx, int dy)
+    /// <summary>Gray of each palette entry; an index past the palette is a broken file and reads as black rather than
+    /// failing the whole image.</summary>
+    private static float[] PaletteGray(byte[] palette, int bitDepth)
     {
-        int rowBytes = RowBytes(width, h);
+        var gray = new float[1 << bitDepth];
+        for (int k = 0; k < gray.Length && 3 * k + 2 < palette.Length; k++)
+            gray[k] = LumaR[palette[3 * k]] + LumaG[palette[3 * k + 1]] + LumaB[palette[3 * k + 2]];
+        return gray;
+    }
+
+    /// <summary>Turns one unfiltered row of <paramref name="width"/> pixels into gray values at pixels[o], pixels[o + dx], …
+    /// The format is dispatched once per row, not per pixel.</summary>
+    private static void ExtractRow(ReadOnlySpan<byte> row, PngHeader h, float[]? paletteGray, int width, float[] pixels, long start, int dx)
+    {
         int channels = h.Channels;
-        float[]? paletteGray = null;
-        if (h.ColorType == 3)
+        var output = pixels.AsSpan();
+        int o = (int)start;
+        if (paletteGray != null)
+            for (int i = 0; i < width; i++, o += dx) output[o] = paletteGray[SubByteSample(row, i, h.BitDepth)];
+        else if (h.BitDepth == 8 && channels >= 3)
+            for (int i = 0, p = 0; i < width; i++, o += dx, p += channels) output[o] = LumaR[row[p]] + LumaG[row[p + 1]] + LumaB[row[p + 2]];
+        else if (h.BitDepth == 8)
+            for (int i = 0, p = 0; i < width; i++, o += dx, p += channels) output[o] = Unit8[row[p]];
+        else if (h.BitDepth == 16 && channels >= 3)
+            for (int i = 0, p = 0; i < width; i++, o += dx, p += 2 * channels)
+                output[o] = Luma(row[p] << 8 | row[p + 1], row[p + 2] << 8 | row[p + 3], row[p + 4] << 8 | row[p + 5]) / 65535f;
+        else if (h.BitDepth == 16)
+            for (int i = 0, p = 0; i < width; i++, o += dx, p += 2 * channels) output[o] = (row[p] << 8 | row[p + 1]) / 65535f;
+        else
         {
-            // An index past the palette is a broken file; it reads as black rather than failing the whole image.
-            paletteGray = new float[1 << h.BitDepth];
-            for (int k = 0; k < paletteGray.Length && 3 * k + 2 < palette!.Length; k++)
-                paletteGray[k] = LumaR[palette[3 * k]] + LumaG[palette[3 * k + 1]] + LumaB[palette[3 * k + 2]];
-        }
-        for (int j = 0; j < height; j++)
-        {
-            ReadOnlySpan<byte> row = raw.AsSpan(offset + j * (rowBytes + 1) + 1, rowBytes);
-            int o = (y0 + j * dy) * h.Width + x0;
-            if (paletteGray != null)
-                for (int i = 0; i < width; i++, o += dx) pixels[o] = paletteGray[SubByteSample(row, i, h.BitDepth)];
-            else if (h.BitDepth == 8 && channels >= 3)
-                for (int i = 0, p = 0; i < width; i++, o += dx, p += channels) pixels[o] = LumaR[row[p]] + LumaG[row[p + 1]] + LumaB[row[p + 2]];
-            else if (h.BitDepth == 8)
-                for (int i = 0, p = 0; i < width; i++, o += dx, p += channels) pixels[o] = Unit8[row[p]];
-            else if (h.BitDepth == 16 && channels >= 3)
-                for (int i = 0, p = 0; i < width; i++, o += dx, p += 2 * channels)
-                    pixels[o] = Luma(row[p] << 8 | row[p + 1], row[p + 2] << 8 | row[p + 3], row[p + 4] << 8 | row[p + 5]) / 65535f;
-            else if (h.BitDepth == 16)
-                for (int i = 0, p = 0; i < width; i++, o += dx, p += 2 * channels) pixels[o] = (row[p] << 8 | row[p + 1]) / 65535f;
-            else
-            {
-                float scale = 1f / ((1 << h.BitDepth) - 1);
-                for (int i = 0; i < width; i++, o += dx) pixels[o] = SubByteSample(row, i, h.BitDepth) * scale;
-            }
+            float scale = 1f / ((1 << h.BitDepth) - 1);
+            for (int i = 0; i < width; i++, o += dx) output[o] = SubByteSample(row, i, h.BitDepth) * scale;
         }
     }
 

@@ -399,11 +399,10 @@ public sealed class Trainer
     private (string Dir, TrainerState State)? FindResumePoint(string checkpoints, string fingerprint)
     {
         var candidates = TrainingCheckpoint.List(checkpoints);
+        // Starting over silently would cost a full run when the folder was simply mistyped.
         if (candidates.Count == 0)
-        {
-            Note($"--resume: no checkpoint in {checkpoints}; starting from the beginning");
-            return null;
-        }
+            throw new XrayVLException($"--resume: {outDir} holds no checkpoint to resume (a new or mistyped --out folder?); " +
+                "leave out --resume to start a new run there");
         XrayVLException? firstProblem = null;
         foreach (var (_, dir) in candidates)
         {

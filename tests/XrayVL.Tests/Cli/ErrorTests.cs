@@ -25,6 +25,20 @@ public class ErrorTests
         AssertOneLineError(CliRunner.Run("report", "/no/such/xray.png", "--model", TinyCheckpoint.Directory), "/no/such/xray.png");
 
     [Fact]
+    public void TrainingRunFolderGivenAsModelPointsToItsModel()
+    {
+        string run = TempDir.Create("xrayvl-run");
+        TinyCheckpoint.Write(Path.Combine(run, "model"));
+        string model = Path.Combine(run, "model");
+        AssertOneLineError(CliRunner.Run("report", SharedData.File("iu-xray", "images", "2_1.png"), "--model", run),
+            $"{run}: a training run folder, not a model folder; its model is {model} (pass --model {model})");
+    }
+
+    [Fact]
+    public void EmptyImagePathIsAOneLineUserError() =>
+        AssertOneLineError(CliRunner.Run("report", "", "--model", TinyCheckpoint.Directory), "error: image path is empty");
+
+    [Fact]
     public void UnsupportedFormatIsRefusedByContentNotExtension()
     {
         string fake = Path.Combine(Path.GetTempPath(), $"notes-{Guid.NewGuid():N}.png");

@@ -43,6 +43,10 @@ public class EvalCommandTests
         Assert.NotEmpty(File.ReadAllLines(Path.Combine(outDir, "predictions.jsonl")));
         JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "metrics.json")));
         Assert.Contains("|", r.Out);                                             // the markdown tables
+        // The closing line names exactly the files written, plots included only when there are some.
+        string wrote = r.Err.Split('\n').Single(l => l.StartsWith("wrote "));
+        Assert.DoesNotContain("plots", wrote);
+        foreach (string f in Directory.GetFiles(outDir)) Assert.Contains(Path.GetFileName(f), wrote);
 
         var bad = CliRunner.Run("eval", "--model", TinyCheckpoint.Directory, "--manifest", manifest, "--tasks", "report,caption");
         Assert.NotEqual(0, bad.ExitCode);

@@ -228,6 +228,17 @@ public class LabelLinesTests
         Assert.Equal("Pneumonia=-1; Pneumothorax=0", output.ToString().Trim());
     }
 
+    /// <summary>`label --lang zh` on English text used to return No Finding=1 silently.</summary>
+    [Fact]
+    public void ALanguageTheTextContradictsIsRefusedNamingTheLine()
+    {
+        var e = Assert.Throws<XrayVLException>(() =>
+            LabelerClass.LabelLines(new StringReader("心脏增大。\n\nThe heart is enlarged.\n"), new StringWriter(), "reports.txt", "zh"));
+        Assert.Equal("reports.txt line 3: the text has no Chinese characters but --lang is zh; use --lang en or auto", e.Message);
+        Assert.StartsWith("reports.txt line 1: the text is Chinese",
+            Assert.Throws<XrayVLException>(() => LabelerClass.LabelLines(new StringReader("心脏增大。"), new StringWriter(), "reports.txt", "en")).Message);
+    }
+
     [Fact]
     public void EmptyInputIsAnErrorNamingTheFile()
     {

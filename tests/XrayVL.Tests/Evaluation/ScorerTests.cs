@@ -71,6 +71,27 @@ public class ScorerTests
         Assert.Equal(["a", "b", "c"], Scorer.SplitReferences(" a ||| b|||c ||| "));
     }
 
+    /// <summary>Chinese reports scored as English used to give CE micro F1 1.000 to contradictory reports: the default
+    /// language comes from the texts' script, and an explicit one they contradict is refused.</summary>
+    [Fact]
+    public void ScoreFilesDetectsTheLanguageAndRefusesAContradictedOne()
+    {
+        using var dir = new TempDir();
+        string pred = dir.Write("pred.txt", "心脏增大，双侧胸腔积液。\n");
+        string reference = dir.Write("ref.txt", "心脏大小正常，未见胸腔积液。\n");
+        var auto = Scorer.ScoreFiles(pred, reference);
+        Assert.Equal("zh", auto.Language);
+        Assert.True(auto.CeMicroF1 < 0.5, $"contradictory reports: CE micro F1 {auto.CeMicroF1}");
+        var e = Assert.Throws<XrayVLException>(() => Scorer.ScoreFiles(pred, reference, "en"));
+        Assert.Equal($"{reference}: the text is Chinese (CJK characters dominate) but --lang is en; use --lang zh or auto", e.Message);
+        string english = dir.Write("en.txt", "The heart is enlarged.\n");
+        Assert.StartsWith($"{english}: the text has no Chinese characters but --lang is zh",
+            Assert.Throws<XrayVLException>(() => Scorer.ScoreFiles(english, english, "zh")).Message);
+        // A prediction file in the other language than its references is refused too.
+        Assert.StartsWith($"{english}: the text has no Chinese characters",
+            Assert.Throws<XrayVLException>(() => Scorer.ScoreFiles(english, reference)).Message);
+    }
+
     [Fact]
     public void ScoreFilesSkipsBlankReferencesAndRefusesMismatchedFiles()
     {

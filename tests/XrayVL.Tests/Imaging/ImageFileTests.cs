@@ -41,9 +41,27 @@ public class ImageFileTests
         var e = Assert.Throws<ImageLimitException>(() => ImageFile.Load(path, new ImageLimits { MaxBytes = 1000 }));
         Assert.StartsWith($"{path}: file is ", e.Message);
         Assert.Contains("limit", e.Message);
-        // A device reports length 0 and never ends: the cap still holds.
+    }
+
+    /// <summary>A pipe would block the reader until something writes to it, a device may never end: both are refused
+    /// at once, as is an empty path (which .NET's file APIs reject with an ArgumentException).</summary>
+    [Fact]
+    public async Task EmptyPathsPipesAndDevicesAreRefusedWithoutBlocking()
+    {
+        Assert.StartsWith("image path is empty", Assert.Throws<XrayVLException>(() => ImageFile.Load("")).Message);
+        Assert.StartsWith("image path is empty", Assert.Throws<XrayVLException>(() => ImageFile.Load("  ")).Message);
         if (File.Exists("/dev/zero"))
-            Assert.Contains("limit", Assert.Throws<ImageLimitException>(() => ImageFile.Load("/dev/zero", new ImageLimits { MaxBytes = 1 << 20 })).Message);
+            Assert.Equal("/dev/zero: is empty or not a regular file (a pipe or device); give an image file",
+                Assert.Throws<XrayVLException>(() => ImageFile.Load("/dev/zero")).Message);
+        using var folder = new TempFolder();
+        string fifo = folder.File("pipe.png");
+        using (var mkfifo = System.Diagnostics.Process.Start("mkfifo", [fifo])) mkfifo.WaitForExit();
+        Assert.True(File.Exists(fifo));
+        var load = Task.Run(() => ImageFile.Load(fifo));
+        Assert.Same(load, await Task.WhenAny(load, Task.Delay(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken)));
+        Assert.StartsWith($"{fifo}: is empty or not a regular file", (await Assert.ThrowsAsync<XrayVLException>(() => load)).Message);
+        string empty = folder.Write("empty.png", []);
+        Assert.StartsWith($"{empty}: is empty", Assert.Throws<XrayVLException>(() => ImageFile.Load(empty)).Message);
     }
 
     [Fact]

@@ -172,6 +172,43 @@ public class PngTests
         Assert.True(allocated < 4_000_000, $"{allocated} bytes allocated");
     }
 
+    /// <summary>A 2048×2048 16-bit RGBA PNG (34 MB of scanlines, a few hundred KB compressed) decodes holding only its
+    /// 17 MB gray output and two rows; the whole-image inflate buffer of before needed 34 MB more.</summary>
+    [Fact]
+    public void MemoryIsBoundedByTheOutputNotTheScanlines()
+    {
+        int width = 2048, height = 2048, rowBytes = width * 8;
+        var compressed = new MemoryStream();
+        using (var z = new ZLibStream(compressed, CompressionLevel.Fastest, leaveOpen: true))
+        {
+            var row = new byte[rowBytes + 1];
+            for (int y = 0; y < height; y++)
+            {
+                // Row 0: pixel 0 white (R, G, B at 0xFFFF), the rest black; later rows: the "up" filter with zero
+                // differences, so every row repeats the first.
+                row[0] = (byte)(y == 0 ? 0 : 2);
+                row.AsSpan(1, 6).Fill((byte)(y == 0 ? 0xFF : 0));
+                z.Write(row);
+            }
+        }
+        var png = new MemoryStream();
+        png.Write(HeaderOnlyPng(width, height, 16, 6).AsSpan(0, 33));
+        PngWriter.WriteChunk(png, "IDAT"u8, compressed.ToArray());
+        PngWriter.WriteChunk(png, "IEND"u8, []);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        var image = ImageFile.Decode(png.ToArray(), "big-rgba.png");
+        long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        Assert.Equal((width, height), (image.Width, image.Height));
+        Assert.Equal(1f, image[0, 0], 1e-6);
+        Assert.Equal(1f, image[0, height - 1], 1e-6);
+        Assert.Equal(0f, image[1, height / 2]);
+        long output = 4L * width * height;
+        Assert.True(allocated < output + (8 << 20), $"{allocated / 1e6:0} MB allocated for a {output / 1e6:0} MB output");
+        // And the working set is checked before allocating.
+        var e = Assert.Throws<ImageLimitException>(() => ImageFile.Decode(png.ToArray(), "big-rgba.png", new ImageLimits { MaxDecodeBytes = output / 2 }));
+        Assert.StartsWith("big-rgba.png: decoding this PNG needs ", e.Message);
+    }
+
     [Fact]
     public void TruncatedAndCorruptPngsFailNamingTheFile()
     {

@@ -251,6 +251,11 @@ public class TrainerTests
         Assert.Contains("no usable checkpoint", e.Message);
         Assert.Contains("truncated", e.Message);
 
+        // --resume into a folder without checkpoints (new or mistyped) is refused rather than starting over.
+        string fresh = F.NewOut();
+        Assert.StartsWith($"--resume: {fresh} holds no checkpoint to resume",
+            Assert.Throws<XrayVLException>(() => Trainer.Run(recipe, new TrainOptions { OutDir = fresh, Resume = true }, null, Token)).Message);
+
         // Another recipe (a different learning rate) cannot resume this run.
         string other = F.NewOut();
         Trainer.Run(recipe, new TrainOptions { OutDir = other }, null, Token);

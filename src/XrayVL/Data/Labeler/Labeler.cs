@@ -53,6 +53,23 @@ public sealed class Labeler : ILabeler
         return cjk > 0 && cjk * 4 >= latin ? "zh" : "en";
     }
 
+    /// <summary>
+    /// The language to use for <paramref name="text"/>: "auto" becomes the detected one; an explicit "en" for text where
+    /// CJK characters dominate, or "zh" for text with Latin letters and no CJK character at all, is refused with a
+    /// message naming <paramref name="source"/> and the option to use. Text with neither (numbers, blank) passes.
+    /// </summary>
+    public static string CheckLanguage(string text, string lang, string source)
+    {
+        string detected = DetectLanguage(text);
+        if (lang == "auto") return detected;
+        bool latin = text.Any(c => c is >= 'a' and <= 'z' or >= 'A' and <= 'Z');
+        if (lang == "en" && detected == "zh")
+            throw new XrayVLException($"{source}: the text is Chinese (CJK characters dominate) but --lang is en; use --lang zh or auto");
+        if (lang == "zh" && !text.Any(IsCjk) && latin)
+            throw new XrayVLException($"{source}: the text has no Chinese characters but --lang is zh; use --lang en or auto");
+        return lang;
+    }
+
     internal static bool IsCjk(char c) => c is >= '\u4e00' and <= '\u9fff' or >= '\u3400' and <= '\u4dbf' or >= '\uf900' and <= '\ufaff';
 
     /// <summary>
@@ -65,10 +82,12 @@ public sealed class Labeler : ILabeler
     {
         labeler ??= Default;
         if (lang is not ("auto" or "en" or "zh")) throw new XrayVLException($"unknown labeler language '{lang}'; expected en, zh or auto");
-        int reports = 0;
+        int reports = 0, lineNumber = 0;
         string? line;
         while ((line = input.ReadLine()) != null)
         {
+            lineNumber++;
+            if (!string.IsNullOrWhiteSpace(line)) CheckLanguage(line, lang, $"{sourceName} line {lineNumber}");
             var labels = string.IsNullOrWhiteSpace(line) ? new ChexpertLabels() : labeler.Label(line, lang);
             if (!string.IsNullOrWhiteSpace(line)) reports++;
             output.WriteLine(json ? ToJsonLine(labels) : labels.ToLine());
