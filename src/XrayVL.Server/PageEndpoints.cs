@@ -116,9 +116,8 @@ internal static class PageEndpoints
     private static async Task UploadImage(HttpContext context, XrayServer server, WebSession session)
     {
         var (bytes, _) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
-        var (modelImage, preview, format, width, height) = await Uploads.DecodeAsync(bytes, server, image =>
-            (Preprocess.ToModelSquare(image, server.Model.Preprocess), PngWriter.EncodeGray(Downscale(image, PreviewSide)),
-             image.Source.Format, image.Width, image.Height), context.RequestAborted);
+        var (modelImage, preview, format, width, height) = await Uploads.DecodeAsync(bytes, server,
+            image => Shrink(image, server.Model.Preprocess), context.RequestAborted);
         await WithSession(session, () =>
         {
             session.Chat.Clear();
@@ -131,6 +130,12 @@ internal static class PageEndpoints
         });
         await Results.Json(ImageJson(session)).ExecuteAsync(context);
     }
+
+    /// <summary>What a conversation keeps of an upload: the model's square, a preview PNG, the format and size.</summary>
+    internal sealed record ShrunkImage(GrayImage ModelImage, byte[] PreviewPng, ImageFormat Format, int Width, int Height);
+
+    internal static ShrunkImage Shrink(GrayImage image, PreprocessConfig preprocess) =>
+        new(Preprocess.ToModelSquare(image, preprocess), PngWriter.EncodeGray(Downscale(image, PreviewSide)), image.Source.Format, image.Width, image.Height);
 
     private static Task Preview(HttpContext context, WebSession session)
     {
