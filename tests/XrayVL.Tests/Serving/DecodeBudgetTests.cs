@@ -107,7 +107,7 @@ public class DecodeBudgetTests
 
     /// <summary>
     /// The stated bound for the big PNG: what the server reserves for it (<see cref="DecodeBudget.EstimateBytes"/>),
-    /// at most 13 bytes per pixel (its 8 bytes of samples, a 4-byte gray float, and the resizes' rows), about 640 MB.
+    /// at most 14 bytes per pixel (its 8 bytes of samples, a 4-byte gray float, and the resizes' rows): about 650 MB.
     /// Native memory of the decode is zlib's inflate state (tens of KB); nothing else is native.
     /// </summary>
     [Fact]
@@ -117,7 +117,7 @@ public class DecodeBudgetTests
         Assert.InRange(png.Length, 100_000, 1_000_000);
         long pixels = 7000L * 7000;
         long reserved = DecodeBudget.EstimateBytes(png);
-        Assert.InRange(reserved, pixels * 12, pixels * 13);
+        Assert.InRange(reserved, pixels * 12, pixels * 14);
 
         var preprocess = ServingModel.Loaded.Preprocess;
         PageEndpoints.ShrunkImage? kept = null;

@@ -240,7 +240,7 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Contains("not valid JSON", await ErrorOf(badJson, HttpStatusCode.BadRequest));
         var notObject = await Http.PostAsync("/v1/chat/completions", LiveServer.Json(new JsonArray()), Ct);
         Assert.Contains("JSON object", await ErrorOf(notObject, HttpStatusCode.BadRequest));
-        var noMessages = await Http.PostAsync("/v1/chat/completions", LiveServer.Json(new JsonObject { ["model"] = "x" }), Ct);
+        var noMessages = await Http.PostAsync("/v1/chat/completions", LiveServer.Json(new JsonObject { ["model"] = "xrayvl" }), Ct);
         Assert.Contains("messages", await ErrorOf(noMessages, HttpStatusCode.BadRequest));
 
         byte[] png = ServingModel.PatternPng(64);
