@@ -147,3 +147,11 @@ public class DecodeBudgetTests
         Assert.True(decodes.MemoryReturns >= 1, "the decodes' memory was not given back");
     }
 }
+
+/// <summary>
+/// Tests whose code forces full garbage collections (the decode budget gives memory back) run alone, after the parallel
+/// tests: a full collection finalizes TorchSharp modules nobody references any more, which disposes their parameters,
+/// and a test elsewhere that still reads a dropped module's tensors (a state dict) would fail for it.
+/// </summary>
+[CollectionDefinition(nameof(ForcedGarbageCollections), DisableParallelization = true)]
+public sealed class ForcedGarbageCollections;
