@@ -19,7 +19,9 @@ public class BrowserTests
     public async Task APersonUploadsAnXrayGetsAStreamedReportAndAsksAFollowUp()
     {
         string chromium = Chromium.Ensure();
-        await using var live = await LiveServer.StartAsync(o => o with { DefaultMaxTokens = 40 });
+        // The slower model (a few ms per token): on a loaded machine the tiny one writes a whole report before the browser
+        // reads once, and the streaming this test watches for would arrive as one piece.
+        await using var live = await LiveServer.StartAsync(o => o with { Model = ServingModel.Slow, DefaultMaxTokens = 40 });
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
         {
