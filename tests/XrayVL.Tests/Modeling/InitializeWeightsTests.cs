@@ -9,11 +9,13 @@ public class InitializeWeightsTests
 {
     private static Dictionary<string, Tensor> Fresh(VisionLanguageConfig config, ulong seed, bool drawInBetween = false)
     {
-        var model = new VisionLanguageModel(config);
+        // Disposed here, its weights copied out: a module left to the collector disposes its parameters when finalized,
+        // so a state dict of a dropped module breaks whenever a collection happens to run (parallel tests make it likely).
+        using var model = new VisionLanguageModel(config);
         if (drawInBetween) randn(1000).Dispose();             // other users of the global generator change nothing
         using var generator = new torch.Generator(seed);
         model.InitializeWeights(generator);
-        return model.state_dict();
+        return model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
     }
 
     [Theory]
