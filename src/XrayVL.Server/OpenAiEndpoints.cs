@@ -10,33 +10,62 @@ namespace XrayVL.Server;
 
 /// <summary>
 /// The OpenAI-compatible surface: <c>POST /v1/chat/completions</c> (text and <c>image_url</c> parts with data: URIs;
-/// <c>stream: true</c> as server-sent events) and <c>GET /v1/models</c>. Requests become Microsoft.Extensions.AI messages
-/// and go through the same <see cref="XrayChatClient"/> a .NET program would use in-process.
+/// <c>stream: true</c> as server-sent events), <c>GET /v1/models</c> and <c>GET /v1/models/{id}</c>. Requests become
+/// Microsoft.Extensions.AI messages and go through the same <see cref="XrayChatClient"/> a .NET program would use in-process.
+/// Every request parameter is honoured, ignored as documented (<see cref="Ignored"/>), or refused with a 400 naming it.
 /// </summary>
 internal static class OpenAiEndpoints
 {
+    /// <summary>The name any client may use for the served model, whatever its folder is called.</summary>
+    public const string ModelAlias = "xrayvl";
+
+    /// <summary>Parameters this server reads.</summary>
+    private static readonly HashSet<string> Honoured = new(StringComparer.Ordinal)
+    {
+        "model", "messages", "stream", "stream_options", "temperature", "top_p", "top_k", "seed", "max_tokens",
+        "max_completion_tokens", "stop", "n", "language",
+    };
+
+    /// <summary>Parameters accepted and ignored: they change no answer of this model (penalties: a repetition penalty
+    /// and a 4-gram ban are always on) or only concern OpenAI's own service.</summary>
+    internal static readonly HashSet<string> Ignored = new(StringComparer.Ordinal)
+    {
+        "frequency_penalty", "presence_penalty", "user", "metadata", "store", "service_tier", "parallel_tool_calls",
+    };
+
     public static void Map(WebApplication app, XrayServer server)
     {
         app.MapGet("/v1/models", (HttpContext context) => Results.Json(new JsonObject
         {
             ["object"] = "list",
-            ["data"] = new JsonArray(new JsonObject
-            {
-                ["id"] = server.ModelId,
-                ["object"] = "model",
-                ["created"] = server.Started.ToUnixTimeSeconds(),
-                ["owned_by"] = "xrayvl",
-            }),
+            ["data"] = new JsonArray(ModelJson(server)),
         }).ExecuteAsync(context));
+        app.MapGet("/v1/models/{id}", (HttpContext context, string id) =>
+            Results.Json(IsServed(id, server) ? ModelJson(server) : throw ModelNotFound(id, server, "id")).ExecuteAsync(context));
         app.MapPost("/v1/chat/completions", (HttpContext context) => ChatCompletions(context, server));
     }
+
+    private static JsonObject ModelJson(XrayServer server) => new()
+    {
+        ["id"] = server.ModelId,
+        ["object"] = "model",
+        ["created"] = server.Started.ToUnixTimeSeconds(),
+        ["owned_by"] = "xrayvl",
+    };
+
+    private static bool IsServed(string name, XrayServer server) => name == server.ModelId || name == ModelAlias;
+
+    /// <summary>OpenAI's answer to a model it does not have: 404 with code model_not_found.</summary>
+    private static ApiException ModelNotFound(string name, XrayServer server, string param) =>
+        new(StatusCodes.Status404NotFound, $"the model {ApiErrors.Quote(name)} does not exist: this server serves \"{server.ModelId}\" (also called \"{ModelAlias}\"); see GET /v1/models",
+            param, code: "model_not_found");
 
     /// <summary>A parsed request: the messages, the decoding options, and how to answer.</summary>
     internal sealed record CompletionRequest(List<ChatMessage> Messages, ChatOptions Options, bool Stream, bool IncludeUsage);
 
     private static async Task ChatCompletions(HttpContext context, XrayServer server)
     {
-        var request = await ReadRequest(context, server.Options);
+        var request = await ReadRequest(context, server);
         var client = server.ChatClient;
         var aborted = context.RequestAborted;
         if (!request.Stream)
@@ -72,8 +101,7 @@ internal static class OpenAiEndpoints
         catch (Exception e) when (!aborted.IsCancellationRequested)
         {
             // Too late for a status code: the error goes out as an event, as OpenAI's streams do.
-            var (status, message, param) = ApiErrors.Describe(e);
-            await ServerSentEvents.WriteAsync(context, ApiErrors.Body(status, message, param));
+            await ServerSentEvents.WriteAsync(context, ApiErrors.Body(ApiErrors.Describe(e)));
             throw;
         }
     }
@@ -129,14 +157,15 @@ internal static class OpenAiEndpoints
     };
 
     /// <summary>Reads and checks the JSON body; every mistake is a 4xx naming the parameter at fault.</summary>
-    internal static async Task<CompletionRequest> ReadRequest(HttpContext context, ServerOptions options)
+    internal static async Task<CompletionRequest> ReadRequest(HttpContext context, XrayServer server)
     {
+        var options = server.Options;
         var http = context.Request;
         long limit = options.MaxUploadBytes * 4 / 3 + (1 << 20);
         if (http.ContentLength is long length && length > limit)
             throw new ApiException(StatusCodes.Status413PayloadTooLarge, $"the request is {length / 1048576.0:0.#} MiB, above the limit of {limit / 1048576.0:0.#} MiB");
         if (http.ContentType is { } type && !type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase) && !type.StartsWith("text/plain", StringComparison.OrdinalIgnoreCase))
-            throw new ApiException(StatusCodes.Status415UnsupportedMediaType, $"send the request as application/json, not {type}");
+            throw new ApiException(StatusCodes.Status415UnsupportedMediaType, $"send the request as application/json, not {ApiErrors.Quote(type)}");
         JsonNode? root;
         try
         {
@@ -147,11 +176,15 @@ internal static class OpenAiEndpoints
             throw new ApiException(StatusCodes.Status400BadRequest, $"the body is not valid JSON: {e.Message}");
         }
         if (root is not JsonObject body) throw new ApiException(StatusCodes.Status400BadRequest, "the body must be a JSON object");
-        return Parse(body, options);
+        return Parse(body, server);
     }
 
-    internal static CompletionRequest Parse(JsonObject body, ServerOptions options)
+    internal static CompletionRequest Parse(JsonObject body, XrayServer server)
     {
+        var options = server.Options;
+        CheckParameters(body);
+        if (body["model"] is { } model && String(model, "model") is var name && !IsServed(name, server))
+            throw ModelNotFound(name, server, "model");
         if (body["messages"] is not JsonArray messages || messages.Count == 0)
             throw Bad("messages must be a non-empty array", "messages");
         if (body["n"] is { } n && Integer(n, "n") != 1) throw Bad("only n = 1 is supported", "n");
@@ -160,7 +193,7 @@ internal static class OpenAiEndpoints
         {
             Temperature = Number(body["temperature"], "temperature", 0, 2),
             TopP = Number(body["top_p"], "top_p", 0, 1),
-            TopK = body["top_k"] is { } k ? Integer(k, "top_k") : null,
+            TopK = body["top_k"] is { } k ? NonNegative(Integer(k, "top_k"), "top_k") : null,
             Seed = body["seed"] is { } seed ? Integer(seed, "seed") : null,
             MaxOutputTokens = body["max_completion_tokens"] is { } mct ? Integer(mct, "max_completion_tokens")
                 : body["max_tokens"] is { } mt ? Integer(mt, "max_tokens") : null,
@@ -172,19 +205,56 @@ internal static class OpenAiEndpoints
         if (body["language"] is { } language)
         {
             string value = String(language, "language");
-            if (value is not ("en" or "zh")) throw Bad($"language must be \"en\" or \"zh\", got \"{value}\"", "language");
+            if (value is not ("en" or "zh")) throw Bad($"language must be \"en\" or \"zh\", got {ApiErrors.Quote(value)}", "language");
             chatOptions.AdditionalProperties = new AdditionalPropertiesDictionary { [XrayChatClient.LanguageProperty] = value };
         }
         bool stream = body["stream"] is { } s && Bool(s, "stream");
         bool includeUsage = body["stream_options"] is JsonObject so && so["include_usage"] is { } iu && Bool(iu, "stream_options.include_usage");
 
         var result = new List<ChatMessage>();
+        int images = 0;
         for (int i = 0; i < messages.Count; i++)
-            result.Add(Message(messages[i], i, options));
+            result.Add(Message(messages[i], i, options, ref images));
+        // Refused here rather than answered: without an image the model would describe one it never saw. A client that
+        // dropped an image part it could not send (a media type it does not know) is told so.
+        if (images == 0) throw Bad(XrayChatClient.NoImageMessage, "messages");
         return new CompletionRequest(result, chatOptions, stream, includeUsage);
     }
 
-    private static ChatMessage Message(JsonNode? node, int index, ServerOptions options)
+    /// <summary>
+    /// Refuses, all named in one message, the parameters that ask for what this model cannot do (tools, structured
+    /// output, log probabilities, other modalities) and any parameter OpenAI does not define either. Each is accepted at
+    /// its "off" value (tools: [], response_format: {"type": "text"}, logprobs: false ...), as clients send those.
+    /// </summary>
+    private static void CheckParameters(JsonObject body)
+    {
+        var refused = new List<string>();
+        foreach (var (name, value) in body)
+        {
+            if (Honoured.Contains(name) || Ignored.Contains(name)) continue;
+            bool off = name switch
+            {
+                "tools" or "functions" => value is null || value is JsonArray { Count: 0 },
+                "tool_choice" or "function_call" => value is null || (value is JsonValue v && v.TryGetValue(out string? c) && c is "none" or "auto"),
+                "response_format" => value is null || (value is JsonObject f && f["type"] is JsonValue t && t.TryGetValue(out string? type) && type == "text"),
+                "logprobs" => value is null || (value is JsonValue l && l.TryGetValue(out bool wanted) && !wanted),
+                "top_logprobs" => value is null || (value is JsonValue n && n.TryGetValue(out double count) && count == 0),
+                "logit_bias" => value is null || value is JsonObject { Count: 0 },
+                "modalities" => value is null || (value is JsonArray m && m.All(x => x is JsonValue s && s.TryGetValue(out string? mode) && mode == "text")),
+                "audio" or "prediction" or "web_search_options" or "reasoning_effort" => value is null,
+                _ => false,
+            };
+            if (!off) refused.Add(name);
+        }
+        if (refused.Count == 0) return;
+        string names = string.Join(", ", refused.Take(8).Select(ApiErrors.Quote)) + (refused.Count > 8 ? $" and {refused.Count - 8} more" : "");
+        throw Bad($"unsupported parameter{(refused.Count > 1 ? "s" : "")} {names}: this server answers in text only, without tools, " +
+            $"structured output or log probabilities (ignored: {string.Join(", ", Ignored.Order(StringComparer.Ordinal))}; see /openapi.json)", refused[0]);
+    }
+
+    private static int NonNegative(int value, string param) => value >= 0 ? value : throw Bad($"{param} must be 0 (off) or positive, got {value}", param);
+
+    private static ChatMessage Message(JsonNode? node, int index, ServerOptions options, ref int images)
     {
         string at = $"messages[{index}]";
         if (node is not JsonObject message) throw Bad($"{at} must be an object", at);
@@ -194,7 +264,7 @@ internal static class OpenAiEndpoints
             "system" or "developer" => ChatRole.System,
             "user" => ChatRole.User,
             "assistant" => ChatRole.Assistant,
-            _ => throw Bad($"{at}.role \"{role}\" is not supported (system, user, assistant)", at + ".role"),
+            _ => throw Bad($"{at}.role {ApiErrors.Quote(role)} is not supported (system, user, assistant)", at + ".role"),
         };
         var contents = new List<AIContent>();
         switch (message["content"])
@@ -206,7 +276,12 @@ internal static class OpenAiEndpoints
                 break;
             case JsonArray parts:
                 for (int p = 0; p < parts.Count; p++)
-                    contents.Add(Part(parts[p], $"{at}.content[{p}]", chatRole, options));
+                {
+                    var part = Part(parts[p], $"{at}.content[{p}]", chatRole, options);
+                    if (part is DataContent && ++images > options.MaxImages)
+                        throw Bad($"{at}.content[{p}]: at most {options.MaxImages} images per request (a study's frontal and lateral views)", $"{at}.content[{p}]");
+                    contents.Add(part);
+                }
                 break;
             default:
                 throw Bad($"{at}.content must be a string or an array of parts", at + ".content");
@@ -234,7 +309,7 @@ internal static class OpenAiEndpoints
                 Uploads.RequireImage(bytes, at);
                 return new DataContent(bytes, mediaType.StartsWith("image/", StringComparison.OrdinalIgnoreCase) || mediaType == "application/dicom" ? mediaType : "application/octet-stream");
             default:
-                throw Bad($"{at}.type \"{type}\" is not supported (text, image_url)", at + ".type");
+                throw Bad($"{at}.type {ApiErrors.Quote(type)} is not supported (text, image_url)", at + ".type");
         }
     }
 

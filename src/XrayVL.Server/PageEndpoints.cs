@@ -44,10 +44,9 @@ internal static class PageEndpoints
         var (bytes, form) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
         string language = Language(form["language"].ToString(), "language");
         int maxTokens = MaxTokens(form["max_tokens"].ToString(), server.Options);
-        var image = Uploads.Decode(bytes, server.Options.ImageLimits);
+        var image = await Uploads.DecodeAsync(bytes, server, full => Preprocess.ToModelSquare(full, server.Model.Preprocess), context.RequestAborted);
 
-        var chat = new ChatSession(server.Model, server.Scheduler, language);
-        chat.AddImage(Preprocess.ToModelSquare(image, server.Model.Preprocess));
+        var chat = ReportChat(server, image, language);
         var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
         string report = await chat.AskAllAsync(Instructions.ReportRequest(language), options, context.RequestAborted);
         var labels = Labeler.Default.Label(report, language);
@@ -64,15 +63,24 @@ internal static class PageEndpoints
         }, ServerSentEvents.JsonOptions).ExecuteAsync(context);
     }
 
+    /// <summary>
+    /// The conversation a report is written in, wherever it is asked for (/api/report, a page's "Write report"): a
+    /// first turn on the image alone. No earlier turn of any chat reaches it, so the same image always gets the same report.
+    /// </summary>
+    private static ChatSession ReportChat(XrayServer server, GrayImage modelImage, string language)
+    {
+        var chat = new ChatSession(server.Model, server.Scheduler, language);
+        chat.AddImage(modelImage);
+        return chat;
+    }
+
     private static async Task CreateSession(HttpContext context, XrayServer server)
     {
-        string language = "en";
-        if (context.Request.ContentLength is > 0)
-        {
-            var body = await ReadJsonObject(context);
-            language = Language(StringField(body, "language"), "language");
-        }
-        var session = server.Sessions.Create(language);
+        // The body is optional ({"language": "zh"}); read whenever one is sent, with a length or chunked.
+        var body = await ReadJsonObject(context, optional: true);
+        string language = Language(body is null ? null : StringField(body, "language"), "language");
+        string client = context.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+        var session = server.Sessions.Create(language, client);
         context.Response.StatusCode = StatusCodes.Status201Created;
         await Results.Json(new JsonObject
         {
@@ -108,21 +116,26 @@ internal static class PageEndpoints
     private static async Task UploadImage(HttpContext context, XrayServer server, WebSession session)
     {
         var (bytes, _) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
-        var image = Uploads.Decode(bytes, server.Options.ImageLimits);
-        var preview = PngWriter.EncodeGray(Downscale(image, PreviewSide));
-        var modelImage = Preprocess.ToModelSquare(image, server.Model.Preprocess);
+        var (modelImage, preview, format, width, height) = await Uploads.DecodeAsync(bytes, server,
+            image => Shrink(image, server.Model.Preprocess), context.RequestAborted);
         await WithSession(session, () =>
         {
             session.Chat.Clear();
             session.Chat.AddImage(modelImage);
             session.ModelImage = modelImage;
             session.PreviewPng = preview;
-            session.Format = image.Source.Format;
-            (session.Width, session.Height) = (image.Width, image.Height);
+            session.Format = format;
+            (session.Width, session.Height) = (width, height);
             return Task.CompletedTask;
         });
         await Results.Json(ImageJson(session)).ExecuteAsync(context);
     }
+
+    /// <summary>What a conversation keeps of an upload: the model's square, a preview PNG, the format and size.</summary>
+    internal sealed record ShrunkImage(GrayImage ModelImage, byte[] PreviewPng, ImageFormat Format, int Width, int Height);
+
+    internal static ShrunkImage Shrink(GrayImage image, PreprocessConfig preprocess) =>
+        new(Preprocess.ToModelSquare(image, preprocess), PngWriter.EncodeGray(Downscale(image, PreviewSide)), image.Source.Format, image.Width, image.Height);
 
     private static Task Preview(HttpContext context, WebSession session)
     {
@@ -144,13 +157,14 @@ internal static class PageEndpoints
     }
 
     /// <summary>
-    /// Asks the conversation a question (or for its report) and streams the answer:
+    /// Asks the conversation a question, or for the report of its image, and streams the answer:
     /// <c>data: {"type":"delta","text":...}</c> events, then one <c>{"type":"done", ...}</c> with the whole answer, its
     /// findings (for a report) and the boxes it wrote; an error after the stream began comes as <c>{"type":"error"}</c>.
+    /// A report is written apart from the chat (<see cref="ReportChat"/>): the turns do not reach it and it adds none.
     /// </summary>
     private static async Task Ask(HttpContext context, XrayServer server, WebSession session)
     {
-        var body = await ReadJsonObject(context);
+        var body = await ReadJsonObject(context, optional: false) ?? new JsonObject();
         bool report = body["report"] is JsonValue r && r.TryGetValue(out bool isReport) && isReport;
         string language = StringField(body, "language") is { } l ? Language(l, "language") : session.Chat.Language;
         string text = report ? Instructions.ReportRequest(language)
@@ -158,51 +172,65 @@ internal static class PageEndpoints
             : throw new ApiException(StatusCodes.Status400BadRequest, "text is missing: ask a question, or send \"report\": true", "text");
         if (text.Length > MaxQuestionLength) throw new ApiException(StatusCodes.Status400BadRequest, $"the question is longer than {MaxQuestionLength} characters", "text");
         int maxTokens = body["max_tokens"] is JsonValue m && m.TryGetValue(out int max) ? MaxTokens(max.ToString(), server.Options) : server.Options.DefaultMaxTokens;
+        var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
 
-        await WithSession(session, async () =>
+        if (report)
         {
-            var started = Stopwatch.GetTimestamp();
-            session.Chat.Language = language;
-            var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
-            var aborted = context.RequestAborted;
-            await using var pieces = session.Chat.AskAsync(text, options, aborted).GetAsyncEnumerator(aborted);
-            bool any = await pieces.MoveNextAsync();                  // errors before the first piece are plain 4xx
-            await ServerSentEvents.StartAsync(context);
-            try
+            var image = session.ModelImage
+                ?? throw new ApiException(StatusCodes.Status400BadRequest, "no image yet: upload an X-ray before asking for its report", "report");
+            await StreamAnswer(context, ReportChat(server, image, language), text, options, report: true);
+        }
+        else
+        {
+            await WithSession(session, () =>
             {
-                while (any)
-                {
-                    await ServerSentEvents.WriteAsync(context, new JsonObject { ["type"] = "delta", ["text"] = pieces.Current });
-                    any = await pieces.MoveNextAsync();
-                }
-                string answer = session.Chat.Messages[^1].Text;
-                var done = new JsonObject
-                {
-                    ["type"] = "done",
-                    ["text"] = answer,
-                    ["report"] = report,
-                    ["language"] = language,
-                    ["finish_reason"] = session.Chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
-                    ["boxes"] = BoxesJson(GridBoxes.Parse(answer)),
-                    ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
-                };
-                if (report)
-                {
-                    var labels = Labeler.Default.Label(answer, language);
-                    done["labels"] = LabelsJson(labels);
-                    done["evidence"] = EvidenceJson(labels);
-                }
-                await ServerSentEvents.WriteAsync(context, done);
-                await ServerSentEvents.WriteDoneAsync(context);
-            }
-            catch (Exception e) when (!aborted.IsCancellationRequested)
-            {
-                var (status, message, _) = ApiErrors.Describe(e);
-                await ServerSentEvents.WriteAsync(context, new JsonObject { ["type"] = "error", ["status"] = status, ["message"] = message });
-                throw;
-            }
-        });
+                session.Chat.Language = language;
+                return StreamAnswer(context, session.Chat, text, options, report: false);
+            });
+        }
         server.Sessions.Touch(session);
+    }
+
+    private static async Task StreamAnswer(HttpContext context, ChatSession chat, string text, GenerationOptions options, bool report)
+    {
+        var started = Stopwatch.GetTimestamp();
+        var aborted = context.RequestAborted;
+        await using var pieces = chat.AskAsync(text, options, aborted).GetAsyncEnumerator(aborted);
+        bool any = await pieces.MoveNextAsync();                  // errors before the first piece are plain 4xx
+        await ServerSentEvents.StartAsync(context);
+        try
+        {
+            while (any)
+            {
+                await ServerSentEvents.WriteAsync(context, new JsonObject { ["type"] = "delta", ["text"] = pieces.Current });
+                any = await pieces.MoveNextAsync();
+            }
+            string answer = chat.Messages[^1].Text;
+            var done = new JsonObject
+            {
+                ["type"] = "done",
+                ["text"] = answer,
+                ["report"] = report,
+                ["language"] = chat.Language,
+                ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
+                ["boxes"] = BoxesJson(GridBoxes.Parse(answer)),
+                ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
+            };
+            if (report)
+            {
+                var labels = Labeler.Default.Label(answer, chat.Language);
+                done["labels"] = LabelsJson(labels);
+                done["evidence"] = EvidenceJson(labels);
+            }
+            await ServerSentEvents.WriteAsync(context, done);
+            await ServerSentEvents.WriteDoneAsync(context);
+        }
+        catch (Exception e) when (!aborted.IsCancellationRequested)
+        {
+            var error = ApiErrors.Describe(e);
+            await ServerSentEvents.WriteAsync(context, new JsonObject { ["type"] = "error", ["status"] = error.Status, ["message"] = error.Message });
+            throw;
+        }
     }
 
     /// <summary>Runs <paramref name="action"/> as the session's only writer; 409 while an answer is being written.</summary>
@@ -220,11 +248,27 @@ internal static class PageEndpoints
         }
     }
 
-    private static async Task<JsonObject> ReadJsonObject(HttpContext context)
+    /// <summary>Largest JSON body of the page's endpoints (a question is at most 4000 characters).</summary>
+    private const int MaxJsonBytes = 1 << 20;
+
+    /// <summary>
+    /// The JSON object of the body, read up to <see cref="MaxJsonBytes"/> whether its length is declared or it comes
+    /// chunked; null for an empty body when <paramref name="optional"/>.
+    /// </summary>
+    private static async Task<JsonObject?> ReadJsonObject(HttpContext context, bool optional)
     {
-        if (context.Request.ContentLength is > 1 << 20) throw new ApiException(StatusCodes.Status413PayloadTooLarge, "the request is larger than 1 MiB");
+        if (context.Request.ContentLength is > MaxJsonBytes) throw new ApiException(StatusCodes.Status413PayloadTooLarge, "the request is larger than 1 MiB");
+        var buffer = new MemoryStream();
+        var chunk = new byte[16 * 1024];
+        int n;
+        while ((n = await context.Request.Body.ReadAsync(chunk, context.RequestAborted)) > 0)
+        {
+            if (buffer.Length + n > MaxJsonBytes) throw new ApiException(StatusCodes.Status413PayloadTooLarge, "the request is larger than 1 MiB");
+            buffer.Write(chunk, 0, n);
+        }
+        if (buffer.Length == 0 && optional) return null;
         JsonNode? node;
-        try { node = await JsonNode.ParseAsync(context.Request.Body, cancellationToken: context.RequestAborted); }
+        try { node = JsonNode.Parse(buffer.GetBuffer().AsSpan(0, (int)buffer.Length)); }
         catch (System.Text.Json.JsonException e) { throw new ApiException(StatusCodes.Status400BadRequest, $"the body is not valid JSON: {e.Message}"); }
         return node as JsonObject ?? throw new ApiException(StatusCodes.Status400BadRequest, "the body must be a JSON object");
     }
@@ -240,7 +284,7 @@ internal static class PageEndpoints
     {
         null or "" => "en",
         "en" or "zh" => value,
-        _ => throw new ApiException(StatusCodes.Status400BadRequest, $"language must be \"en\" or \"zh\", got \"{value}\"", param),
+        _ => throw new ApiException(StatusCodes.Status400BadRequest, $"language must be \"en\" or \"zh\", got {ApiErrors.Quote(value)}", param),
     };
 
     private static int MaxTokens(string? value, ServerOptions options)

@@ -26,19 +26,24 @@ public sealed class XrayServer : IDisposable
         ownsModel = options.Model is null;
         Model = options.Model ?? WeightFormats.LoadForInference(options.ModelDir!, WeightFormats.Parse(options.DType));
         Scheduler = new BatchScheduler(Model.Model, Model.Preprocess, new BatchSchedulerOptions { MaxBatch = options.MaxBatch, MaxQueue = options.MaxQueue });
+        Decodes = new DecodeBudget(options.DecodeBudgetBytes);
         ChatClient = new XrayChatClient(Model, Scheduler, new XrayChatClientOptions
         {
             ImageLimits = options.ImageLimits,
             MaxOutputTokensLimit = options.MaxOutputTokens,
             DefaultMaxOutputTokens = options.DefaultMaxTokens,
+            MaxImages = options.MaxImages,
+            DecodeBudget = Decodes,
         });
-        Sessions = new SessionStore(Model, Scheduler, options.SessionIdleTimeout, options.MaxSessions, options.TimeProvider);
+        Sessions = new SessionStore(Model, Scheduler, options);
         Started = options.TimeProvider.GetUtcNow();
     }
 
     public ServerOptions Options { get; }
     public LoadedModel Model { get; }
     public BatchScheduler Scheduler { get; }
+    /// <summary>Every image decode of every endpoint reserves its memory here.</summary>
+    public DecodeBudget Decodes { get; }
     public XrayChatClient ChatClient { get; }
     public SessionStore Sessions { get; }
     public DateTimeOffset Started { get; }
@@ -76,6 +81,9 @@ public static class ServerApp
             kestrel.AddServerHeader = false;
             // A chat request carries its image as base64 (4/3 of the bytes) plus the text.
             kestrel.Limits.MaxRequestBodySize = options.MaxUploadBytes * 4 / 3 + (1 << 20);
+            // Kestrel answers a request line over its limit with an empty 414 before any middleware runs; with room up
+            // to 1 MiB, this server's own check (MaxTargetLength) answers it with the JSON error instead.
+            kestrel.Limits.MaxRequestLineSize = 1 << 20;
         });
         builder.Logging.ClearProviders();
         if (options.ConfigureLogging is { } configure) configure(builder.Logging);
@@ -91,6 +99,7 @@ public static class ServerApp
 
         var log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("XrayVL.Server");
         app.Use((context, next) => LogAndAnswerErrors(context, next, log));
+        app.Use(RefuseLongTargets);
         app.Use((context, next) => RequireApiKey(context, next, options.ApiKey));
 
         StaticAssets.Map(app);
@@ -102,8 +111,18 @@ public static class ServerApp
         return app;
     }
 
+    /// <summary>Longest path and query accepted (Kestrel's usual request-line limit); no endpoint needs more.</summary>
+    public const int MaxTargetLength = 8192;
+
+    private static Task RefuseLongTargets(HttpContext context, RequestDelegate next)
+    {
+        long length = (context.Request.Path.Value?.Length ?? 0) + (context.Request.QueryString.Value?.Length ?? 0);
+        return length <= MaxTargetLength ? next(context)
+            : ApiErrors.WriteAsync(context, StatusCodes.Status414UriTooLong, $"the URL is {length} characters long, above the limit of {MaxTargetLength}");
+    }
+
     private static Task NotFound(HttpContext context) =>
-        ApiErrors.WriteAsync(context, StatusCodes.Status404NotFound, $"no such endpoint: {context.Request.Method} {context.Request.Path}; see /openapi.json");
+        ApiErrors.WriteAsync(context, StatusCodes.Status404NotFound, $"no such endpoint: {context.Request.Method} {ApiErrors.Quote(context.Request.Path.Value ?? "")}; see /openapi.json");
 
     private static Task Healthz(HttpContext context, XrayServer server)
     {
@@ -137,13 +156,13 @@ public static class ServerApp
         }
         catch (Exception e)
         {
-            var (status, message, param) = ApiErrors.Describe(e);
-            if (status >= 500 && status != StatusCodes.Status503ServiceUnavailable)
+            var error = ApiErrors.Describe(e);
+            if (error.Status >= 500 && error.Status != StatusCodes.Status503ServiceUnavailable)
                 log.LogError("{Method} {Route} failed with {Exception}", context.Request.Method, RouteOf(context), e.GetType().FullName);
             if (!context.Response.HasStarted)
             {
                 context.Response.Clear();
-                await ApiErrors.WriteAsync(context, status, message, param);
+                await ApiErrors.WriteAsync(context, error);
             }
             else outcome = " (failed after the response started)";
         }
@@ -227,6 +246,7 @@ internal static class StaticAssets
         ".json" => "application/json; charset=utf-8",
         ".svg" => "image/svg+xml",
         ".png" => "image/png",
+        ".ico" => "image/x-icon",
         _ => "application/octet-stream",
     };
 }

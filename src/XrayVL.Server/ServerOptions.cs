@@ -30,8 +30,18 @@ public sealed record ServerOptions
     public int MaxQueue { get; init; } = 256;
     /// <summary>A conversation left alone this long is forgotten (sliding: each use restarts the clock).</summary>
     public TimeSpan SessionIdleTimeout { get; init; } = TimeSpan.FromMinutes(30);
-    /// <summary>Open conversations at most (each holds a small image and its turns).</summary>
+    /// <summary>Open conversations at most (each holds a small image and its turns); when full, the least recently used
+    /// conversation that is not writing an answer makes room.</summary>
     public int MaxSessions { get; init; } = 512;
+    /// <summary>Open conversations per client address (the page opens one per tab): a client over it loses its own least
+    /// recently used one, so nobody can fill the table. Behind a reverse proxy every client has the proxy's address: raise it.</summary>
+    public int MaxSessionsPerClient { get; init; } = 16;
+    /// <summary>Under pressure (the table three quarters full) conversations idle this long are forgotten early.</summary>
+    public TimeSpan SessionIdleTimeoutUnderPressure { get; init; } = TimeSpan.FromMinutes(2);
+    /// <summary>Images one chat request may carry: a study's frontal and lateral views, as the model was trained on.</summary>
+    public int MaxImages { get; init; } = 2;
+    /// <summary>Memory that concurrent image decodes may hold together (see <see cref="Serving.DecodeBudget"/>).</summary>
+    public long DecodeBudgetBytes { get; init; } = Serving.DecodeBudget.DefaultCapacityBytes;
     /// <summary>Longest answer a request may ask for.</summary>
     public int MaxOutputTokens { get; init; } = 1024;
     /// <summary>Answer length when a request does not say.</summary>
@@ -50,8 +60,10 @@ public sealed record ServerOptions
         _ = Kernels.WeightFormats.Parse(DType);
         if (Urls.Count == 0) throw new XrayVLException("no address to listen on (--urls)");
         if (MaxUploadBytes < 1024) throw new XrayVLException($"max upload size {MaxUploadBytes} bytes is too small");
-        if (MaxBatch < 1 || MaxQueue < 1 || MaxSessions < 1) throw new XrayVLException("max batch, queue and sessions must be at least 1");
-        if (SessionIdleTimeout <= TimeSpan.Zero) throw new XrayVLException("the session idle timeout must be positive");
+        if (MaxBatch < 1 || MaxQueue < 1 || MaxSessions < 1 || MaxSessionsPerClient < 1 || MaxImages < 1)
+            throw new XrayVLException("max batch, queue, sessions, sessions per client and images must be at least 1");
+        if (DecodeBudgetBytes < 1 << 20) throw new XrayVLException($"the decode budget of {DecodeBudgetBytes} bytes is below 1 MiB");
+        if (SessionIdleTimeout <= TimeSpan.Zero || SessionIdleTimeoutUnderPressure <= TimeSpan.Zero) throw new XrayVLException("the session idle timeout must be positive");
         if (DefaultMaxTokens < 1 || DefaultMaxTokens > MaxOutputTokens) throw new XrayVLException($"default max tokens {DefaultMaxTokens} must be in 1..{MaxOutputTokens}");
         if (ApiKey is { } key && (key.Length < 8 || key.Any(char.IsWhiteSpace)))
             throw new XrayVLException("the API key must be at least 8 characters without spaces");

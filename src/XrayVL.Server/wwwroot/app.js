@@ -56,6 +56,24 @@ function setStatus(message, isError = false) {
   status.classList.toggle("error", isError);
 }
 
+// Errors show in the panel of the action that failed (where the person is looking), and in the footer.
+const ERROR_PANELS = ["image-error", "report-error", "chat-error"];
+
+function showError(panel, message) {
+  setStatus(message, true);
+  const box = $(panel);
+  if (!box) return;
+  box.textContent = message;
+  box.hidden = false;
+}
+
+function clearErrors() {
+  for (const id of ERROR_PANELS) {
+    $(id).textContent = "";
+    $(id).hidden = true;
+  }
+}
+
 function applyLanguage(lang) {
   state.lang = lang;
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
@@ -93,8 +111,17 @@ async function api(path, options = {}, retried = false) {
   const headers = new Headers(options.headers || {});
   if (state.apiKey) headers.set("Authorization", "Bearer " + state.apiKey);
   const response = await fetch(path, { ...options, headers });
-  if (response.status === 401 && !retried && (await askForKey())) return api(path, options, true);
+  if (response.status === 401) {
+    // A refused key is not kept: neither in this tab's storage nor for the next request.
+    forgetKey();
+    if (!retried && (await askForKey())) return api(path, options, true);
+  }
   return response;
+}
+
+function forgetKey() {
+  state.apiKey = "";
+  sessionStorage.removeItem("xrayvl-api-key");
 }
 
 async function errorMessage(response) {
@@ -222,15 +249,16 @@ function addMessage(role, text = "") {
 
 const addNote = (text) => addMessage("note", text);
 
-async function run(task, busyText) {
+async function run(task, busyText, errorPanel) {
   if (state.busy) return;
   state.busy = true;
   updateButtons();
+  clearErrors();
   setStatus(busyText);
   try {
     await task();
   } catch (error) {
-    setStatus(error.message, true);
+    showError(errorPanel, error.message);
   } finally {
     state.busy = false;
     updateButtons();
@@ -263,7 +291,7 @@ async function writeReport() {
     renderFindings(state.lastLabels);
     addNote(t("reportNote"));
     finished(final);
-  }, t("writing"));
+  }, t("writing"), "report-error");
 }
 
 async function askQuestion(question) {
@@ -277,7 +305,7 @@ async function askQuestion(question) {
     answer.classList.remove("streaming");
     answer.textContent = final.text;
     finished(final);
-  }, t("answering"));
+  }, t("answering"), "chat-error");
 }
 
 function renderFindings({ labels, evidence }) {
@@ -330,7 +358,7 @@ async function newConversation() {
     }
     clearConversationView();
     setStatus(t("cleared"));
-  }, "");
+  }, "", "chat-error");
 }
 
 function copyReport() {
@@ -360,13 +388,18 @@ function downloadReport() {
 
 function pickFile(file) {
   if (!file) return;
-  run(() => upload(file), t("uploading"));
+  run(() => upload(file), t("uploading"), "image-error");
 }
 
 window.addEventListener("DOMContentLoaded", () => {
   const drop = $("drop");
   $("choose").addEventListener("click", () => $("file").click());
-  $("file").addEventListener("change", (e) => pickFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    // Emptied at once: choosing the same file again (after a failed upload, say) is a change and uploads it again.
+    e.target.value = "";
+    pickFile(file);
+  });
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
@@ -390,7 +423,7 @@ window.addEventListener("DOMContentLoaded", () => {
   $("preview").addEventListener("load", () => drawBoxes(state.boxes));
   applyLanguage(navigator.language?.startsWith("zh") ? "zh" : "en");
   updateButtons();
-  newSession().catch((error) => setStatus(error.message, true));
+  newSession().catch((error) => showError("image-error", error.message));
 });
 
 // For tests and the curious: draw boxes given on the 0–100 grid.

@@ -22,6 +22,10 @@ public sealed record XrayChatClientOptions
     public int MaxOutputTokensLimit { get; init; } = 1024;
     /// <summary>A report of a few findings fits in 256 tokens of the project's tokenizer.</summary>
     public int DefaultMaxOutputTokens { get; init; } = 256;
+    /// <summary>Images one request may carry: a study's frontal and lateral views, as the model was trained on.</summary>
+    public int MaxImages { get; init; } = 2;
+    /// <summary>Bounds the memory of decoding shared with other front ends (a server's); null: each decode runs at once.</summary>
+    public DecodeBudget? DecodeBudget { get; init; }
 }
 
 /// <summary>
@@ -31,7 +35,9 @@ public sealed record XrayChatClientOptions
 /// <list type="bullet">
 /// <item>Images are <see cref="DataContent"/> in user messages (image/png, image/jpeg, application/dicom, or any
 /// image/* or application/octet-stream: the format is sniffed from the bytes, never taken from the media type).
-/// Links (<see cref="UriContent"/>) are refused: nothing is fetched.</item>
+/// Links (<see cref="UriContent"/>) are refused: nothing is fetched. A conversation without any image is refused: the
+/// model answers about an X-ray, and without one it would describe an image it never saw. At most
+/// <see cref="XrayChatClientOptions.MaxImages"/> images; each is kept only at the model's square size.</item>
 /// <item>System messages and <see cref="ChatOptions.Instructions"/> are ignored: the model was trained with its own
 /// system prompt, which is used in the conversation's language.</item>
 /// <item>The language is <c>AdditionalProperties["language"]</c> ("en" or "zh") when given, else read from the last
@@ -95,7 +101,7 @@ public sealed class XrayChatClient : IChatClient
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AiChatMessage> messages,
         ChatOptions? chatOptions = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var (conversation, images) = ReadConversation(messages, chatOptions);
+        var (conversation, images) = await ReadConversationAsync(messages, chatOptions, cancellationToken);
         var decoding = Decoding(chatOptions);
         var stops = chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         var tokenizer = loaded.Tokenizer;
@@ -207,12 +213,17 @@ public sealed class XrayChatClient : IChatClient
         };
     }
 
-    /// <summary>The conversation (our template's turns, with the system prompt of its language) and its images, in order.</summary>
-    public (Conversation Conversation, List<GrayImage> Images) ReadConversation(IEnumerable<AiChatMessage> messages, ChatOptions? chatOptions)
+    /// <summary>
+    /// The conversation (our template's turns, with the system prompt of its language) and its images in order, each
+    /// decoded within the decode budget and kept at the model's square size only (the full-resolution decode is
+    /// garbage once the square is made; preprocessing the square again changes nothing).
+    /// </summary>
+    public async Task<(Conversation Conversation, List<GrayImage> Images)> ReadConversationAsync(IEnumerable<AiChatMessage> messages,
+        ChatOptions? chatOptions, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(messages);
         var turns = new List<TurnMessage>();
-        var images = new List<GrayImage>();
+        var parts = new List<DataContent>();
         string lastUserText = "";
         foreach (var message in messages)
         {
@@ -226,11 +237,12 @@ public sealed class XrayChatClient : IChatClient
                     switch (content)
                     {
                         case DataContent data:
-                            images.Add(DecodeImage(data, images.Count + 1));
+                            CheckMediaType(data, parts.Count + 1);
+                            parts.Add(data);
                             count++;
                             break;
                         case UriContent uri:
-                            throw new XrayVLException($"image {images.Count + 1}: {uri.Uri.Scheme} links are not fetched; send the image bytes (a data: URI or DataContent)");
+                            throw new XrayVLException($"image {parts.Count + 1}: {uri.Uri.Scheme} links are not fetched; send the image bytes (a data: URI or DataContent)");
                     }
                 }
                 if (string.IsNullOrWhiteSpace(text) && count == 0) throw new XrayVLException("a user message has neither text nor an image");
@@ -241,18 +253,40 @@ public sealed class XrayChatClient : IChatClient
             else throw new XrayVLException($"messages with role '{message.Role.Value}' are not supported (system, user, assistant)");
         }
         if (turns.Count == 0 || turns[^1].Role != TurnRole.User) throw new XrayVLException("the last message must be the user's");
+        if (parts.Count == 0) throw new XrayVLException(NoImageMessage);
+        if (parts.Count > options.MaxImages)
+            throw new XrayVLException($"{parts.Count} images: at most {options.MaxImages} per request (a study's frontal and lateral views)");
         string language = chatOptions?.AdditionalProperties?.TryGetValue(LanguageProperty, out var value) == true && value is not null
             ? Languages.Check(value.ToString() ?? "")
             : Labeler.DetectLanguage(lastUserText);
+        var images = new List<GrayImage>(parts.Count);
+        for (int i = 0; i < parts.Count; i++)
+            images.Add(await DecodeToModelSquareAsync(parts[i], i + 1, cancellationToken));
         return (new Conversation(ChatTemplate.DefaultSystemPrompt(language), turns), images);
     }
 
-    private GrayImage DecodeImage(DataContent data, int number)
+    /// <summary>Why a conversation without an image is refused, and what to send instead.</summary>
+    public const string NoImageMessage =
+        "no image arrived: this model answers about a chest X-ray and will not describe one it was not sent. Add the image " +
+        "to a user message (an image_url part with a data:image/png;base64,... URI; for DICOM use data:image/dicom;base64,... " +
+        "- some OpenAI clients drop parts whose media type is not image/*, such as application/dicom)";
+
+    private static void CheckMediaType(DataContent data, int number)
     {
         string media = data.MediaType.ToLowerInvariant();
         if (!(data.HasTopLevelMediaType("image") || media is "application/dicom" or "application/octet-stream"))
-            throw new XrayVLException($"image {number}: media type {data.MediaType} is not an image (PNG, JPEG or DICOM)");
-        return ImageFile.Decode(data.Data.ToArray(), $"image {number}", options.ImageLimits);
+            throw new XrayVLException($"image {number}: media type {Quote(data.MediaType)} is not an image (PNG, JPEG or DICOM)");
+    }
+
+    private static string Quote(string value) => value.Length <= 64 ? $"\"{value}\"" : $"\"{value[..64]}…\" ({value.Length} characters)";
+
+    private Task<GrayImage> DecodeToModelSquareAsync(DataContent data, int number, CancellationToken cancellationToken)
+    {
+        var bytes = data.Data;
+        GrayImage Work() => Preprocess.ToModelSquare(ImageFile.Decode(bytes.Span, $"image {number}", options.ImageLimits), loaded.Preprocess);
+        return options.DecodeBudget is { } budget
+            ? budget.RunAsync(DecodeBudget.EstimateBytes(bytes.Span), Work, cancellationToken)
+            : Task.FromResult(Work());
     }
 
     public object? GetService(Type serviceType, object? serviceKey = null)

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Microsoft.Playwright;
+using XrayVL.Tests.Support;
 
 namespace XrayVL.Tests.Serving;
 
@@ -18,7 +19,9 @@ public class BrowserTests
     public async Task APersonUploadsAnXrayGetsAStreamedReportAndAsksAFollowUp()
     {
         string chromium = Chromium.Ensure();
-        await using var live = await LiveServer.StartAsync(o => o with { DefaultMaxTokens = 40 });
+        // The slower model (a few ms per token): on a loaded machine the tiny one writes a whole report before the browser
+        // reads once, and the streaming this test watches for would arrive as one piece.
+        await using var live = await LiveServer.StartAsync(o => o with { Model = ServingModel.Slow, DefaultMaxTokens = 40 });
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
         {
@@ -77,10 +80,10 @@ public class BrowserTests
         Assert.Equal("Is there a pleural effusion?", await page.Locator("#messages li.user").Last.InnerTextAsync());
         Assert.False(string.IsNullOrWhiteSpace(await page.Locator("#messages li.assistant").Last.InnerTextAsync()));
 
-        // The server kept both turns of this conversation (report request, report, question, answer).
+        // The server kept the chat's turn (question, answer); the report was written apart from the chat.
         string id = await page.EvaluateAsync<string>("() => window.xrayvl.state.session");
         var turns = System.Text.Json.Nodes.JsonNode.Parse(await live.Client.GetStringAsync($"/api/sessions/{id}", Ct))!["turns"]!.AsArray();
-        Assert.Equal(4, turns.Count);
+        Assert.Equal(2, turns.Count);
 
         // Copy and download the report.
         await page.ClickAsync("#copy");
@@ -118,6 +121,89 @@ public class BrowserTests
         Assert.True(await page.Locator("#viewer").IsVisibleAsync());
         turns = System.Text.Json.Nodes.JsonNode.Parse(await live.Client.GetStringAsync($"/api/sessions/{id}", Ct))!["turns"]!.AsArray();
         Assert.Empty(turns);
+        Assert.Empty(pageErrors);
+    }
+
+    /// <summary>
+    /// What went wrong shows where the person looks: a refused API key is forgotten (not kept in the tab's storage) and
+    /// said in the image panel; a failed upload says why beside the image, and the file input is emptied so the same file
+    /// can be chosen again; the page has its icon.
+    /// </summary>
+    [Fact]
+    public async Task ErrorsShowInTheirPanelAWrongKeyIsForgottenAndTheSameFileCanBeChosenAgain()
+    {
+        string chromium = Chromium.Ensure();
+        const string key = "right-key-for-the-page";
+        await using var live = await LiveServer.StartAsync(o => o with { ApiKey = key, DefaultMaxTokens = 4 });
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new BrowserTypeLaunchOptions
+        {
+            ExecutablePath = chromium,
+            Headless = true,
+            Args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+        });
+        var page = await browser.NewPageAsync(new BrowserNewPageOptions { Locale = "en-US" });
+        var pageErrors = new List<string>();
+        page.PageError += (_, error) => pageErrors.Add(error);
+        var notFound = new List<string>();
+        page.Response += (_, response) => { if (response.Status == 404) notFound.Add(response.Url); };
+        page.SetDefaultTimeout(30_000);
+
+        async Task EnterKey(string value)
+        {
+            await page.Locator("#key-dialog[open]").WaitForAsync();
+            await page.FillAsync("#key-input", value);
+            await page.ClickAsync("#key-form button[value=ok]");
+        }
+
+        // A wrong key: refused, forgotten, and said beside the image.
+        await page.GotoAsync(live.Address.ToString());
+        await EnterKey("a-wrong-key-123");
+        await page.Locator("#image-error").WaitForAsync(new LocatorWaitForOptions { State = WaitForSelectorState.Visible });
+        Assert.Contains("not valid", await page.Locator("#image-error").InnerTextAsync());
+        Assert.Null(await page.EvaluateAsync<string?>("() => sessionStorage.getItem('xrayvl-api-key')"));
+        Assert.Equal("", await page.EvaluateAsync<string>("() => window.xrayvl.state.apiKey"));
+
+        // The right key on the next try; then a file that is no image: the reason shows in the image panel.
+        string notAnImage = Path.Combine(TempDir.Create("xrayvl-browser"), "notes.png");
+        await File.WriteAllTextAsync(notAnImage, "just text, named .png", Ct);
+        await page.Locator("#file").SetInputFilesAsync(notAnImage);
+        await EnterKey(key);
+        await page.WaitForFunctionAsync("() => document.getElementById('image-error').textContent.includes('not a supported image')");
+        Assert.True(await page.Locator("#image-error").IsVisibleAsync());
+        Assert.Equal(key, await page.EvaluateAsync<string>("() => sessionStorage.getItem('xrayvl-api-key')"));
+        // Emptied: choosing the same file again is a change the page sees.
+        Assert.Equal("", await page.EvaluateAsync<string>("() => document.getElementById('file').value"));
+
+        // A good file clears the error.
+        await page.Locator("#file").SetInputFilesAsync(ServingModel.SampleImages[0]);
+        await page.Locator("#viewer").WaitForAsync(new LocatorWaitForOptions { State = WaitForSelectorState.Visible });
+        await page.WaitForFunctionAsync("() => document.getElementById('image-error').hidden");
+
+        // The icon is one the browser can draw (32 px wide), served from the page's own origin (checked before a route
+        // is set below: Chromium does not fetch favicons while Playwright intercepts requests).
+        Assert.Equal(32, await page.EvaluateAsync<int>("""
+            () => new Promise(resolve => {
+              const icon = new Image();
+              icon.onload = () => resolve(icon.naturalWidth);
+              icon.onerror = () => resolve(-1);
+              icon.src = '/favicon.ico';
+            })
+            """));
+
+        // A failed report says why in the report panel, not beside the image (the server's answer replaced by a busy one).
+        await page.RouteAsync("**/api/sessions/*/messages", route => route.FulfillAsync(new RouteFulfillOptions
+        {
+            Status = 503, ContentType = "application/json",
+            Body = """{"error": {"message": "the server is busy: try again shortly", "type": "server_busy", "param": null, "code": "server_busy"}}""",
+        }));
+        await page.ClickAsync("#report-button");
+        await page.WaitForFunctionAsync("() => document.getElementById('report-error').textContent.includes('busy')");
+        Assert.True(await page.Locator("#report-error").IsVisibleAsync());
+        Assert.False(await page.Locator("#image-error").IsVisibleAsync());
+        Assert.Contains("busy", await page.Locator("#status").InnerTextAsync());
+
+        Assert.Empty(notFound);
         Assert.Empty(pageErrors);
     }
 }

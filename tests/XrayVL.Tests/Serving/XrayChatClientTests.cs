@@ -65,12 +65,12 @@ public class XrayChatClientTests
         Assert.Equal(asDicom.Text, asPng.Text);
         Assert.DoesNotContain("DOE", asDicom.Text);
 
-        var text = Assert.Throws<XrayVLException>(() => client.ReadConversation([UserWithImage("x", "not an image"u8.ToArray())], null));
+        var text = await Assert.ThrowsAsync<XrayVLException>(() => client.ReadConversationAsync([UserWithImage("x", "not an image"u8.ToArray())], null, Ct));
         Assert.Contains("image 1: not a supported image", text.Message);
-        var wrongType = Assert.Throws<XrayVLException>(() => client.ReadConversation([UserWithImage("x", dicom, "text/plain")], null));
+        var wrongType = await Assert.ThrowsAsync<XrayVLException>(() => client.ReadConversationAsync([UserWithImage("x", dicom, "text/plain")], null, Ct));
         Assert.Contains("not an image", wrongType.Message);
-        var link = Assert.Throws<XrayVLException>(() => client.ReadConversation(
-            [new AiChatMessage(AiChatRole.User, [new UriContent("https://example.org/x.png", "image/png")])], null));
+        var link = await Assert.ThrowsAsync<XrayVLException>(() => client.ReadConversationAsync(
+            [new AiChatMessage(AiChatRole.User, [new UriContent("https://example.org/x.png", "image/png")])], null, Ct));
         Assert.Contains("not fetched", link.Message);
     }
 
@@ -101,7 +101,7 @@ public class XrayChatClientTests
     }
 
     [Fact]
-    public void OptionsMapToDecodingAndLanguageFollowsTheQuestion()
+    public async Task OptionsMapToDecodingAndLanguageFollowsTheQuestion()
     {
         var loaded = ServingModel.Loaded;
         using var client = XrayChatClient.Create(loaded);
@@ -122,16 +122,21 @@ public class XrayChatClientTests
         Assert.Throws<XrayVLException>(() => client.Decoding(new ChatOptions { Temperature = -1 }));
 
         byte[] png = ServingModel.PatternPng(34);
-        var zh = client.ReadConversation([UserWithImage("这张胸片显示了什么？", png)], null).Conversation;
+        var zh = (await client.ReadConversationAsync([UserWithImage("这张胸片显示了什么？", png)], null, Ct)).Conversation;
         Assert.Equal(ChatTemplate.DefaultSystemPrompt("zh"), zh.SystemPrompt);
-        var forced = client.ReadConversation([UserWithImage("这张胸片显示了什么？", png)],
-            new ChatOptions { AdditionalProperties = new() { [XrayChatClient.LanguageProperty] = "en" } }).Conversation;
+        var forced = (await client.ReadConversationAsync([UserWithImage("这张胸片显示了什么？", png)],
+            new ChatOptions { AdditionalProperties = new() { [XrayChatClient.LanguageProperty] = "en" } }, Ct)).Conversation;
         Assert.Equal(ChatTemplate.DefaultSystemPrompt("en"), forced.SystemPrompt);
-        var (conversation, images) = client.ReadConversation(
-            [new AiChatMessage(AiChatRole.System, "ignored"), UserWithImage("a", png), new AiChatMessage(AiChatRole.Assistant, "b"), new AiChatMessage(AiChatRole.User, "c")], null);
+        var (conversation, images) = await client.ReadConversationAsync(
+            [new AiChatMessage(AiChatRole.System, "ignored"), UserWithImage("a", png), new AiChatMessage(AiChatRole.Assistant, "b"), new AiChatMessage(AiChatRole.User, "c")], null,
+            Ct);
         Assert.Equal([(XrayVL.Text.ChatRole.User, 1), (XrayVL.Text.ChatRole.Assistant, 0), (XrayVL.Text.ChatRole.User, 0)], conversation.Messages.Select(m => (m.Role, m.ImageCount)));
-        Assert.Single(images);
-        Assert.Contains("last message", Assert.Throws<XrayVLException>(() =>
-            client.ReadConversation([UserWithImage("a", png), new AiChatMessage(AiChatRole.Assistant, "b")], null)).Message);
+        // Kept at the model's square size only: the upload's resolution is not held while the answer is written.
+        int side = loaded.Preprocess.ImageSize;
+        Assert.Equal((side, side), (Assert.Single(images).Width, images[0].Height));
+        Assert.Contains("last message", (await Assert.ThrowsAsync<XrayVLException>(() =>
+            client.ReadConversationAsync([UserWithImage("a", png), new AiChatMessage(AiChatRole.Assistant, "b")], null, Ct))).Message);
+        Assert.Contains("no image arrived", (await Assert.ThrowsAsync<XrayVLException>(() =>
+            client.ReadConversationAsync([new AiChatMessage(AiChatRole.User, "Describe this chest X-ray.")], null, Ct))).Message);
     }
 }
