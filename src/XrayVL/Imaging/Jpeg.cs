@@ -11,6 +11,32 @@ public static class Jpeg
 {
     public static bool HasSignature(ReadOnlySpan<byte> data) => data.Length >= 3 && data[0] == 0xFF && data[1] == 0xD8 && data[2] == 0xFF;
 
+    /// <summary>
+    /// Width and height from the first frame header (SOF0–SOF15 but DHT, JPG and DAC), walking the marker segments
+    /// before it; null when the header is missing or cut short. Reads no entropy-coded data.
+    /// </summary>
+    public static (int Width, int Height)? ReadSize(ReadOnlySpan<byte> data)
+    {
+        int at = 2;
+        while (at + 4 <= data.Length)
+        {
+            if (data[at] != 0xFF) return null;
+            byte marker = data[at + 1];
+            if (marker == 0xFF) { at++; continue; }                              // fill bytes
+            if (marker is 0xD8 or 0x01 or (>= 0xD0 and <= 0xD7)) { at += 2; continue; }   // markers without a length
+            int length = (data[at + 2] << 8) | data[at + 3];
+            if (marker is >= 0xC0 and <= 0xCF and not 0xC4 and not 0xC8 and not 0xCC)
+            {
+                if (at + 9 > data.Length) return null;
+                int height = (data[at + 5] << 8) | data[at + 6], width = (data[at + 7] << 8) | data[at + 8];
+                return (width, height);
+            }
+            if (length < 2) return null;
+            at += 2 + length;
+        }
+        return null;
+    }
+
     public static GrayImage Decode(byte[] data, string name, ImageLimits? limits = null)
     {
         var frame = DecodeFrame(data, name, limits);

@@ -1,5 +1,4 @@
 using System.Runtime;
-using StbImageSharp;
 using XrayVL.Imaging;
 
 namespace XrayVL.Serving;
@@ -166,12 +165,9 @@ public sealed class DecodeBudget
                     sampleBytes = (png.BitsPerPixel + 7) / 8;
                     break;
                 case ImageFormat.Jpeg:
-                    using (var stream = new MemoryStream(bytes.ToArray(), writable: false))
-                    {
-                        if (ImageInfo.FromStream(stream) is not { } jpeg) return bytes.Length;
-                        (width, height) = (jpeg.Width, jpeg.Height);
-                        sampleBytes = 8;                            // StbImageSharp's component planes and its RGB output
-                    }
+                    if (Jpeg.ReadSize(bytes) is not { } size) return bytes.Length;
+                    (width, height) = size;
+                    sampleBytes = 12;   // up to 3 components: 16-bit samples, and a progressive file's 16-bit coefficients
                     break;
                 case ImageFormat.Dicom:
                     var dicom = Dicom.ReadDataset(bytes, "image");

@@ -6,6 +6,16 @@ namespace XrayVL.Tests.Imaging;
 
 public class JpegTests
 {
+    [Fact]
+    public void SizeFromTheHeaderEqualsTheDecodedSizeAndACutHeaderGivesNone()
+    {
+        string path = XrayVL.Tests.Support.SharedData.File("kermany-pneumonia", "images", "train_PNEUMONIA_person1571_bacteria_4110.jpg");
+        byte[] bytes = File.ReadAllBytes(path);
+        var image = Jpeg.Decode(bytes, path);
+        Assert.Equal((image.Width, image.Height), Jpeg.ReadSize(bytes));
+        Assert.Null(Jpeg.ReadSize(bytes.AsSpan(0, 4)));
+    }
+
     /// <summary>All 648 COVID JPEGs decode; the frame size matches the SOF header read here by a naive marker walk,
     /// and the longest side is at most 512 px, as PROVENANCE.md says of the conversion.</summary>
     [Fact]
