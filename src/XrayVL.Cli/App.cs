@@ -18,7 +18,10 @@ public sealed record CliIO(TextWriter Out, TextWriter Err, TextReader In)
 
 public static class App
 {
-    public const string Disclaimer = "Research tool, not a medical device: not for clinical diagnosis.";
+    public static readonly string Disclaimer = Constants.Disclaimer("en");
+
+    /// <summary>The disclaimer in the language of the output it accompanies ("en" or "zh").</summary>
+    public static string DisclaimerIn(string language) => Constants.Disclaimer(language);
 
     public static RootCommand BuildRoot(CliIO io)
     {

@@ -42,7 +42,9 @@ internal static class PageEndpoints
     {
         var started = Stopwatch.GetTimestamp();
         var (bytes, form) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
-        string language = Language(form["language"].ToString(), "language");
+        // "language" as the page sends it; "lang" as the CLI spells its flag.
+        string languageField = form.ContainsKey("language") || !form.ContainsKey("lang") ? "language" : "lang";
+        string language = Language(form[languageField].ToString(), languageField);
         int maxTokens = MaxTokens(form["max_tokens"].ToString(), server.Options);
         var image = await Uploads.DecodeAsync(bytes, server, full => Preprocess.ToModelSquare(full, server.Model.Preprocess), context.RequestAborted);
 
@@ -60,6 +62,7 @@ internal static class PageEndpoints
             ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
             ["model"] = server.ModelId,
             ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
+            ["disclaimer"] = Constants.Disclaimer(language),
         }, ServerSentEvents.JsonOptions).ExecuteAsync(context);
     }
 

@@ -37,7 +37,7 @@ public static class ChatCommand
                 NoRepeatNgramSize = 4,
             };
 
-            io.Err.WriteLine($"XrayVL chat — model {loaded.Name}. {App.Disclaimer}");
+            io.Err.WriteLine($"XrayVL chat — model {loaded.Name}. {App.DisclaimerIn(parse.GetValue(lang)!)}");
             io.Err.WriteLine(Help);
             while (true)
             {

@@ -43,7 +43,7 @@ public static class ReportCommand
                     var record = new
                     {
                         image = path, report, labels = labels.ToDictionary(), model = loaded.Name,
-                        seconds = Math.Round(seconds, 3), language, disclaimer = App.Disclaimer,
+                        seconds = Math.Round(seconds, 3), language, disclaimer = App.DisclaimerIn(language),
                     };
                     io.Out.WriteLine(JsonSerializer.Serialize(record, Json.Line));
                 }
@@ -51,7 +51,7 @@ public static class ReportCommand
                 {
                     if (loadedImages.Count > 1) io.Out.WriteLine($"== {path} ==");
                     io.Out.WriteLine(report.Length > 0 ? report : "(the model wrote nothing)");
-                    io.Out.WriteLine($"[{App.Disclaimer}]");
+                    io.Out.WriteLine($"[{App.DisclaimerIn(language)}]");
                     if (loadedImages.Count > 1) io.Out.WriteLine();
                     io.Err.WriteLine($"({loaded.Name}, {seconds:0.00} s)");
                 }

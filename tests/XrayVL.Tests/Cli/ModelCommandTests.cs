@@ -49,6 +49,8 @@ public class ModelCommandTests
         Assert.Contains("not for clinical diagnosis", en.Out);
         var zh = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--max-tokens", "8", "--lang", "zh");
         Assert.True(zh.ExitCode == 0, zh.Err);
+        Assert.Contains("不是医疗器械", zh.Out);                 // the disclaimer speaks the report's language
+        Assert.DoesNotContain("not a medical device", zh.Out);
     }
 
     [Fact]

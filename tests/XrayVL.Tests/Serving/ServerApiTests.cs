@@ -183,6 +183,12 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         var body = await JsonOf(response);
         string report = body["report"]!.GetValue<string>();
+        Assert.Contains("not a medical device", body["disclaimer"]!.GetValue<string>());
+
+        // The CLI's spelling of the language field works too, and the disclaimer follows the language.
+        var zh = await JsonOf(await Http.PostAsync("/api/report", LiveServer.ImageForm(bytes, "no-extension", ("lang", "zh"), ("max_tokens", "4")), Ct));
+        Assert.Equal("zh", zh["language"]!.GetValue<string>());
+        Assert.Contains("不是医疗器械", zh["disclaimer"]!.GetValue<string>());
 
         var loaded = ServingModel.Loaded;
         var chat = new ChatSession(loaded);
