@@ -16,17 +16,8 @@ public sealed class EvaVisionTransformerTests
     private static string Seed(params string[] parts) => Path.Combine([SharedData.Root, "..", "reference", "seeds", .. parts]);
 
     /// <summary>A reference tensor: raw little-endian f32 with its shape from refs/manifest.json.</summary>
-    private static Tensor Reference(string seed, string name)
-    {
-        using var manifest = JsonDocument.Parse(File.ReadAllText(Seed(seed, "refs", "manifest.json")));
-        var entry = manifest.RootElement.GetProperty(name);
-        Assert.Equal("f32", entry.GetProperty("dtype").GetString());
-        long[] shape = entry.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-        byte[] bytes = File.ReadAllBytes(Seed(seed, "refs", name + ".bin"));
-        var values = new float[bytes.Length / 4];
-        Buffer.BlockCopy(bytes, 0, values, 0, bytes.Length);
-        return torch.tensor(values).reshape(shape);
-    }
+    private static Tensor Reference(string seed, string name) =>
+        new ReferenceOutputs(Seed(seed, "refs")).Tensor(name);
 
     private static double RelativeError(Tensor actual, Tensor expected)
     {

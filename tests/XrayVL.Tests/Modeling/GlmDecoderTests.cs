@@ -24,26 +24,8 @@ public sealed class GlmFixture : IDisposable
     }
 
     /// <summary>A reference tensor of refs/<paramref name="caseName"/>: raw little-endian f32 or i64 with shape and dtype from its manifest.json.</summary>
-    public static Tensor Reference(string caseName, string name)
-    {
-        using var manifest = JsonDocument.Parse(File.ReadAllText(Seed("refs", caseName, "manifest.json")));
-        var entry = manifest.RootElement.GetProperty(name);
-        long[] shape = entry.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-        byte[] bytes = File.ReadAllBytes(Seed("refs", caseName, name + ".bin"));
-        switch (entry.GetProperty("dtype").GetString())
-        {
-            case "f32":
-                var floats = new float[bytes.Length / 4];
-                Buffer.BlockCopy(bytes, 0, floats, 0, bytes.Length);
-                return torch.tensor(floats).reshape(shape);
-            case "i64":
-                var longs = new long[bytes.Length / 8];
-                Buffer.BlockCopy(bytes, 0, longs, 0, bytes.Length);
-                return torch.tensor(longs).reshape(shape);
-            default:
-                throw new InvalidDataException($"{caseName}/{name}: unknown dtype");
-        }
-    }
+    public static Tensor Reference(string caseName, string name) =>
+        new ReferenceOutputs(Seed("refs", caseName)).Tensor(name);
 
     public void Dispose() => Decoder.Dispose();
 }

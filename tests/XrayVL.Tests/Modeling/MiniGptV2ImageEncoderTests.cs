@@ -15,17 +15,8 @@ public sealed class MiniGptV2ImageEncoderTests
     private static string Seed(params string[] parts) => Path.Combine([SharedData.Root, "..", "reference", "seeds", "minigpt_med", .. parts]);
 
     /// <summary>A reference tensor: raw little-endian f32 with its shape from refs/manifest.json.</summary>
-    private static Tensor Reference(string name)
-    {
-        using var manifest = JsonDocument.Parse(File.ReadAllText(Seed("refs", "manifest.json")));
-        var entry = manifest.RootElement.GetProperty(name);
-        Assert.Equal("f32", entry.GetProperty("dtype").GetString());
-        long[] shape = entry.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-        byte[] bytes = File.ReadAllBytes(Seed("refs", name + ".bin"));
-        var values = new float[bytes.Length / 4];
-        Buffer.BlockCopy(bytes, 0, values, 0, bytes.Length);
-        return torch.tensor(values).reshape(shape);
-    }
+    private static Tensor Reference(string name) =>
+        new ReferenceOutputs(Seed("refs")).Tensor(name);
 
     private static void AssertClose(Tensor actual, Tensor expected, double tolerance)
     {
