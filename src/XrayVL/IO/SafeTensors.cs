@@ -296,6 +296,24 @@ public static class SafeTensors
         return values;
     }
 
+    /// <summary>
+    /// Reads <paramref name="elementCount"/> elements from <paramref name="source"/> straight into the buffer of the 1-D
+    /// tensor <paramref name="flat"/>, chunk by chunk (each span stays under 2 GB, and no second copy is made); false when
+    /// the stream ends early. Every checkpoint reader fills its tensors this way.
+    /// </summary>
+    internal static bool ReadInto(Tensor flat, Stream source, long elementCount, long elementSize)
+    {
+        long perChunk = ChunkBytes / elementSize;
+        for (long first = 0; first < elementCount; first += perChunk)
+        {
+            long count = Math.Min(perChunk, elementCount - first);
+            using var chunk = flat.narrow(0, first, count);
+            if (source.ReadAtLeast(chunk.bytes, (int)(count * elementSize), throwOnEndOfStream: false) < count * elementSize)
+                return false;
+        }
+        return true;
+    }
+
     private static Tensor ReadTensor(FileStream stream, string path, SafeTensorsHeader header, SafeTensorInfo info,
         Device? device, ScalarType? castTo)
     {
@@ -304,19 +322,8 @@ public static class SafeTensors
         {
             stream.Position = header.DataStart + info.Begin;
             using (var flat = tensor.view(-1))
-            {
-                // Fill the tensor's own buffer chunk by chunk: each span stays under 2 GB.
-                long elementSize = ElementSize(info.ScalarType);
-                long elementsPerChunk = ChunkBytes / elementSize;
-                for (long first = 0; first < info.ElementCount; first += elementsPerChunk)
-                {
-                    long count = Math.Min(elementsPerChunk, info.ElementCount - first);
-                    using var chunk = flat.narrow(0, first, count);
-                    int read = stream.ReadAtLeast(chunk.bytes, (int)(count * elementSize), throwOnEndOfStream: false);
-                    if (read < count * elementSize)
-                        throw new XrayVLException($"{path}: truncated safetensors file: tensor '{info.Name}' ends early");
-                }
-            }
+                if (!ReadInto(flat, stream, info.ElementCount, ElementSize(info.ScalarType)))
+                    throw new XrayVLException($"{path}: truncated safetensors file: tensor '{info.Name}' ends early");
         }
         catch (IOException e)
         {

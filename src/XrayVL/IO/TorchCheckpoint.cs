@@ -27,9 +27,6 @@ public sealed class TorchCheckpoint : IDisposable
 
     public const long LegacyProtocolVersion = 1001;
 
-    /// <summary>Bytes moved per read call; also keeps each span under 2 GB for larger storages.</summary>
-    private const int ChunkBytes = 16 * 1024 * 1024;
-
     private readonly FileStream stream;
     private readonly ZipArchive? zip;
     private readonly string zipPrefix = "";
@@ -247,17 +244,8 @@ public sealed class TorchCheckpoint : IDisposable
 
     private void Fill(Tensor tensor, Stream source, TorchStorageInfo storage)
     {
-        // Chunk by chunk into the tensor's own buffer: each span stays under 2 GB.
-        long elementSize = TorchPickle.ElementSize(storage.DType);
-        long perChunk = ChunkBytes / elementSize;
-        for (long first = 0; first < storage.ElementCount; first += perChunk)
-        {
-            long count = Math.Min(perChunk, storage.ElementCount - first);
-            using var chunk = tensor.narrow(0, first, count);
-            int read = source.ReadAtLeast(chunk.bytes, (int)(count * elementSize), throwOnEndOfStream: false);
-            if (read < count * elementSize)
-                throw new XrayVLException($"{Path}: truncated checkpoint: storage '{storage.Key}' ends early");
-        }
+        if (!SafeTensors.ReadInto(tensor, source, storage.ElementCount, TorchPickle.ElementSize(storage.DType)))
+            throw new XrayVLException($"{Path}: truncated checkpoint: storage '{storage.Key}' ends early");
     }
 
     /// <summary>The tensor <paramref name="info"/> describes as a view of <paramref name="storage"/> (its 1-D storage tensor).</summary>
