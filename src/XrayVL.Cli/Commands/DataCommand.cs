@@ -19,8 +19,8 @@ public static class DataCommand
     {
         var source = new Option<string>("--source", "-s")
         {
-            Description = "iu-csv | openi-xml | xrayglm | r2gen | mimic | covid | jsonl", Required = true,
-        }.AcceptOnlyFromAmong("iu-csv", "openi-xml", "xrayglm", "r2gen", "mimic", "covid", "jsonl");
+            Description = "iu-csv | openi-xml | xrayglm | r2gen | mimic | covid | kermany | nih14 | jsonl", Required = true,
+        }.AcceptOnlyFromAmong([.. XrayVL.Data.Sources.ReportSources.Names]);
         var input = new Option<string>("--input", "-i") { Description = "The source's file or folder (see docs/data.md)", Required = true };
         var images = new Option<string?>("--images") { Description = "Image folder (images not found there are counted and listed)" };
         var splitFile = new Option<string?>("--split-file") { Description = "Official split: R2Gen annotation.json, or MIMIC's split CSV" };

@@ -3,7 +3,7 @@ namespace XrayVL.Data.Sources;
 /// <summary>A reader of one published dataset layout that turns it into manifest studies.</summary>
 public interface IReportSource
 {
-    /// <summary>The name used on the command line: iu-csv, openi-xml, xrayglm, r2gen, mimic, covid, jsonl.</summary>
+    /// <summary>The name used on the command line: iu-csv, openi-xml, xrayglm, r2gen, mimic, covid, kermany, nih14, jsonl.</summary>
     string Name { get; }
 
     SourceResult Read(SourceOptions options);
@@ -96,7 +96,7 @@ internal readonly record struct ResolvedImage(StudyImage Image, bool? Exists);
 /// <summary>Picks a source by name: a switch that throws on an unknown name, so a typo is an error, never a silent default.</summary>
 public static class ReportSources
 {
-    public static readonly IReadOnlyList<string> Names = ["iu-csv", "openi-xml", "xrayglm", "r2gen", "mimic", "covid", "jsonl"];
+    public static readonly IReadOnlyList<string> Names = ["iu-csv", "openi-xml", "xrayglm", "r2gen", "mimic", "covid", "kermany", "nih14", "jsonl"];
 
     public static IReportSource Create(string name) => name switch
     {
@@ -106,6 +106,8 @@ public static class ReportSources
         "r2gen" => new R2GenSource(),
         "mimic" => new MimicSource(),
         "covid" => new CovidSource(),
+        "kermany" => new KermanySource(),
+        "nih14" => new Nih14Source(),
         "jsonl" => new JsonlSource(),
         _ => throw new XrayVLException($"unknown source '{name}'; expected one of: {string.Join(", ", Names)}"),
     };
