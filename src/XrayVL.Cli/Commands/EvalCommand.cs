@@ -1,7 +1,10 @@
 using System.CommandLine;
+using TorchSharp;
 using Spectre.Console;
+using XrayVL.Data;
 using XrayVL.Evaluation;
 using XrayVL.Inference;
+using XrayVL.Modeling;
 
 namespace XrayVL.Cli;
 
@@ -14,7 +17,7 @@ public static class EvalCommand
         var dtype = CommonOptions.DType();
         var manifest = new Option<string>("--manifest") { Description = "manifest.jsonl from `xrayvl data build`", Required = true };
         var split = new Option<string>("--split") { Description = "Split to evaluate", DefaultValueFactory = _ => "test" };
-        var tasks = new Option<string?>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground [default: all four; report with --without-images]" };
+        var tasks = new Option<string?>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground,labels (labels: per-label AUROC from the classifier head) [default: the first four; report with --without-images]" };
         var output = new Option<string>("--out", "-o") { Description = "Output folder: predictions.jsonl, metrics.json, report.md, plots", DefaultValueFactory = _ => "eval-out" };
         var batch = new Option<int>("--batch-size") { Description = "Prompts generated together", DefaultValueFactory = _ => 8 };
         var maxStudies = new Option<int?>("--max-studies") { Description = "Evaluate at most this many studies of the split" };
@@ -43,26 +46,68 @@ public static class EvalCommand
                 Generation = ChatSession.DefaultOptions(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) },
             };
             string outDir = parse.GetValue(output)!;
-            EvalResult result = null!;
-            await io.Ui.Progress()
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
-                .StartAsync(async ctx =>
-                {
-                    var task = ctx.AddTask("generating", maxValue: 1);
-                    var progress = new Progress<(int Done, int Total)>(p =>
-                    {
-                        task.MaxValue = Math.Max(1, p.Total);
-                        task.Value = p.Done;
-                    });
-                    result = await Task.Run(() => new Evaluator(loaded).RunToFolder(parse.GetValue(manifest)!, outDir, options, progress, cancel), cancel);
-                    task.Value = task.MaxValue;
-                });
-            io.Out.WriteLine(File.ReadAllText(Path.Combine(outDir, "report.md")));
-            // Name what was written: plots exist only for tasks that had something to plot.
-            var names = result.Written.Select(Path.GetFileName).ToList();
-            io.Err.WriteLine($"wrote {string.Join(", ", names)} in {outDir} ({result.Items.Count} items)");
+            bool labels = options.Tasks.Contains(EvalTasks.Labels);
+            options = options with { Tasks = [.. options.Tasks.Where(t => t != EvalTasks.Labels)] };
+            if (options.Tasks.Count > 0) await Generate(io, parse, loaded, options, manifest, outDir, cancel);
+            if (labels) await LabelFiguresAsync(io, loaded, parse.GetValue(manifest)!, options, outDir, cancel);
             return 0;
         });
         return command;
+    }
+
+    /// <summary>The generation tasks: answers to every prompt, scored beside the baselines (report.md, predictions, plots).</summary>
+    private static async Task Generate(CliIO io, System.CommandLine.ParseResult parse, XrayVL.IO.LoadedModel loaded, EvalOptions options,
+        Option<string> manifest, string outDir, CancellationToken cancel)
+    {
+        EvalResult result = null!;
+        await io.Ui.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .StartAsync(async ctx =>
+            {
+                var task = ctx.AddTask("generating", maxValue: 1);
+                var progress = new Progress<(int Done, int Total)>(p =>
+                {
+                    task.MaxValue = Math.Max(1, p.Total);
+                    task.Value = p.Done;
+                });
+                result = await Task.Run(() => new Evaluator(loaded).RunToFolder(parse.GetValue(manifest)!, outDir, options, progress, cancel), cancel);
+                task.Value = task.MaxValue;
+            });
+        io.Out.WriteLine(File.ReadAllText(Path.Combine(outDir, "report.md")));
+        // Name what was written: plots exist only for tasks that had something to plot.
+        var names = result.Written.Select(Path.GetFileName).ToList();
+        io.Err.WriteLine($"wrote {string.Join(", ", names)} in {outDir} ({result.Items.Count} items)");
+    }
+
+    /// <summary>`--tasks labels`: the classifier head's per-label figures (labels.md, labels.json).</summary>
+    private static async Task LabelFiguresAsync(CliIO io, XrayVL.IO.LoadedModel loaded, string manifestPath, EvalOptions options, string outDir,
+        CancellationToken cancel)
+    {
+        var encoder = loaded.Model.VisionTower;
+        using var head = FindingClassifier.Load(loaded.Directory, encoder.PooledDim)
+            ?? throw new XrayVLException($"{loaded.Directory}: no {FindingClassifier.FileName}; per-label figures need a model trained with a vision stage");
+        head.to(encoder.parameters().First().device);
+        var studies = Manifest.Read(manifestPath);
+        IReadOnlyList<LabelFigures> figures = [];
+        await io.Ui.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .StartAsync(async ctx =>
+            {
+                var task = ctx.AddTask("scoring images", maxValue: 1);
+                var progress = new Progress<(int Done, int Total)>(p =>
+                {
+                    task.MaxValue = Math.Max(1, p.Total);
+                    task.Value = p.Done;
+                });
+                figures = await Task.Run(() => LabelEvaluation.Run(encoder, head, loaded.Preprocess, studies, Splits.NormalizeName(options.Split)!,
+                    options.BatchSize, options.MaxStudies, progress, cancel), cancel);
+                task.Value = task.MaxValue;
+            });
+        Directory.CreateDirectory(outDir);
+        string markdown = LabelEvaluation.Markdown(figures, options.Split);
+        Json.WriteAllTextAtomic(Path.Combine(outDir, "labels.md"), markdown);
+        Json.WriteAllTextAtomic(Path.Combine(outDir, "labels.json"), System.Text.Json.JsonSerializer.Serialize(figures, Json.Options) + "\n");
+        io.Out.WriteLine(markdown);
+        io.Err.WriteLine($"wrote labels.md, labels.json in {outDir}");
     }
 }

@@ -27,6 +27,8 @@ public static class TrainCommand
                 Device = parse.GetValue(device)!,
                 SharedDataDir = parse.GetValue(shared),
                 MaxStepsPerStage = parse.GetValue(maxSteps),
+                // ${resnet18_onnx} in a recipe: the ImageNet ResNet-18 that restore fetched for this build.
+                PathVariables = new Dictionary<string, string> { ["resnet18_onnx"] = PretrainedFiles.ResNet18Onnx },
             };
             io.Err.WriteLine($"training {recipe.Stages.Count} stage(s) from {parse.GetValue(config)} into {options.OutDir}; Ctrl-C saves a checkpoint and stops");
             var view = new TrainView(io);

@@ -14,13 +14,19 @@ public static class EvalTasks
 
     public static readonly IReadOnlyList<string> All = [Report, Vqa, Classify, Ground];
 
+    /// <summary>Per-label AUROC and accuracy from the model's classifier head (<see cref="LabelEvaluation"/>); asked for by name.</summary>
+    public const string Labels = "labels";
+
+    /// <summary>Every task name `--tasks` accepts: the generation tasks and <see cref="Labels"/>.</summary>
+    public static readonly IReadOnlyList<string> Known = [.. All, Labels];
+
     /// <summary>Parses "report,vqa" (comma or space separated); throws naming an unknown task.</summary>
     public static List<string> Parse(string tasks)
     {
         var list = tasks.Split([',', ' '], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t => t.ToLowerInvariant()).Distinct().ToList();
         foreach (string t in list)
-            if (!All.Contains(t)) throw new XrayVLException($"unknown eval task '{t}'; expected some of: {string.Join(", ", All)}");
-        if (list.Count == 0) throw new XrayVLException("no eval task given; expected some of: " + string.Join(", ", All));
+            if (!Known.Contains(t)) throw new XrayVLException($"unknown eval task '{t}'; expected some of: {string.Join(", ", Known)}");
+        if (list.Count == 0) throw new XrayVLException("no eval task given; expected some of: " + string.Join(", ", Known));
         return list;
     }
 }

@@ -51,7 +51,7 @@ public sealed record EvalOptions
         if (ShortAnswerTokens < 1) throw new XrayVLException($"short answer tokens must be at least 1 (got {ShortAnswerTokens})");
         if (Splits.NormalizeName(Split) is null) throw new XrayVLException($"unknown split '{Split}'");
         foreach (string t in Tasks)
-            if (!EvalTasks.All.Contains(t)) throw new XrayVLException($"unknown eval task '{t}'; expected some of: {string.Join(", ", EvalTasks.All)}");
+            if (!EvalTasks.Known.Contains(t)) throw new XrayVLException($"unknown eval task '{t}'; expected some of: {string.Join(", ", EvalTasks.Known)}");
         if (WithoutImages && Tasks.Any(t => t != EvalTasks.Report))
             throw new XrayVLException($"without images only the report task can be evaluated (asked for: {string.Join(", ", Tasks)}); use --tasks report");
         return this;

@@ -95,6 +95,7 @@ public sealed record TrainRecipe
                 $"tokenizer.vocab_size {Tokenizer.VocabSize} is too small (at least {256 + Text.SpecialTokens.All.Count}: 256 bytes + special tokens)");
             Require(Tokenizer.MinFrequency >= 1, $"tokenizer.min_frequency {Tokenizer.MinFrequency} must be at least 1");
         }
+        Require(Model.VisionInit is null || Model.Config is not null, "model.vision_init needs model.config (an init_from checkpoint has its own vision weights)");
         Require(Model.InitFrom is null || Tokenizer.From is null || SamePath(Tokenizer.From, Model.InitFrom),
             "tokenizer.from cannot differ from model.init_from: a checkpoint's embeddings belong to its own tokenizer");
 
@@ -205,6 +206,12 @@ public sealed record ModelRecipe
     public VisionLanguageConfig? Config { get; init; }
     /// <summary>A checkpoint folder (config.json, model.safetensors, tokenizer) to continue from; its tokenizer is used.</summary>
     public string? InitFrom { get; init; }
+    /// <summary>
+    /// Pretrained vision weights for a config-built model: a vision-tower folder (`xrayvl convert` output) or an ONNX ResNet
+    /// converted on the fly (<c>${resnet18_onnx}</c>: the ImageNet ResNet-18 NuGet restore fetched). Its preprocessing
+    /// (mean, std) replaces the default; its architecture must be the config's vision_config.
+    /// </summary>
+    public string? VisionInit { get; init; }
 }
 
 /// <summary>The tokenizer: a byte-level BPE trained on the recipe's training texts, or an existing tokenizer folder.</summary>
@@ -254,6 +261,9 @@ public sealed record SourceRecipe
     public string? Language { get; init; }
     /// <summary>Keep reports whose images are not on disk: text stages learn from them; image stages leave them out anyway.</summary>
     public bool KeepMissingImages { get; init; } = true;
+    /// <summary>Studies with labels but no report get one written from their labels, in English and Chinese
+    /// (<see cref="TemplatedReports"/>), so report tasks see normal and abnormal images of label-only collections.</summary>
+    public bool TemplatedReports { get; init; }
 }
 
 /// <summary>One component of a stage's data: which source, which tasks, and how often it is repeated in an epoch.</summary>
@@ -293,10 +303,13 @@ public sealed record StageRecipe
     public const string Text = "text";
     public const string Align = "align";
     public const string Instruct = "instruct";
-    public static readonly IReadOnlyList<string> Kinds = [Text, Align, Instruct];
+    /// <summary>The encoder and a multi-label head learn the labels of the stage's images (no language model).</summary>
+    public const string Vision = "vision";
+    public static readonly IReadOnlyList<string> Kinds = [Text, Align, Instruct, Vision];
 
     public string Name { get; init; } = "";
-    /// <summary>"text" (report text, no image), "align" (image + description, usually projector only) or "instruct" (the instruction mixture).</summary>
+    /// <summary>"text" (report text, no image), "align" (image + description, usually projector only), "instruct" (the
+    /// instruction mixture) or "vision" (the encoder as a multi-label classifier of the images' 14 observations).</summary>
     public string Kind { get; init; } = "";
     /// <summary>
     /// Parts that train, joined by '+': vision, projector, lm, lora (LoRA adapters on the language model), full
@@ -365,6 +378,7 @@ public sealed record StageRecipe
         Text => "lm",
         Align => "projector",
         Instruct => "projector+lora",
+        Vision => "vision",
         _ => throw new XrayVLException($"kind '{Kind}' is not supported ({string.Join(", ", Kinds)})"),
     });
 
@@ -407,6 +421,8 @@ public sealed record StageRecipe
         Require(Kind != Text || (parts & (TrainableParts.Vision | TrainableParts.Projector)) == 0,
             "a text stage has no images: only lm or lora can train");
         Require(Lora is null || parts.HasFlag(TrainableParts.Lora), "lora settings are given but trainable has no lora");
+        Require(Kind != Vision || parts == TrainableParts.Vision, "a vision stage trains the encoder and its classifier head: trainable must be vision");
+        Require(Kind != Vision || Data.All(m => m is null || m.Tasks is null), "a vision stage learns the images' labels; tasks do not apply");
         Lora?.Validate("lora");
         Require(Data.Count > 0, "data is empty: name at least one source (or leave it out to use every source)");
         foreach (var mix in Data)

@@ -30,6 +30,8 @@ public sealed record TrainOptions
     public bool UseFeatureCache { get; init; } = true;
     /// <summary>Stop each stage after this many steps (smoke runs and speed measurements); the schedule keeps the recipe's length.</summary>
     public long? MaxStepsPerStage { get; init; }
+    /// <summary>Names a recipe path may use as <c>${name}</c> besides <c>${shared}</c> (the CLI gives resnet18_onnx).</summary>
+    public IReadOnlyDictionary<string, string> PathVariables { get; init; } = new Dictionary<string, string>();
 }
 
 /// <summary>
@@ -44,7 +46,7 @@ public sealed record TrainOptions
 /// `xrayvl report --model OUT/model` loads), metrics.jsonl, samples.jsonl, train.log, loss.png, recipe.json.
 /// Cancellation (Ctrl-C) saves a checkpoint after the current step and then throws <see cref="OperationCanceledException"/>.
 /// </remarks>
-public sealed class Trainer
+public sealed partial class Trainer
 {
     public const string CheckpointsFolder = "checkpoints";
     public const string BestFolder = "best";
@@ -118,6 +120,7 @@ public sealed class Trainer
         // 2. Data: sources → studies → each stage's conversations or texts.
         string? shared = recipe.SharedDirectory(options.SharedDataDir);
         var sources = TrainingData.BuildSources(recipe, shared, Path.Combine(outDir, DataFolder), Note);
+        studiesBySource = sources;
         var items = recipe.Stages.Select(s => TrainingData.Items(s, recipe, sources)).ToList();
 
         // 3. Tokenizer and model: from the checkpoint when resuming, else from init_from, else trained and built here.
@@ -143,7 +146,7 @@ public sealed class Trainer
         // 5. The final model: a plain folder (adapters were merged at the end of their stage).
         string modelDir = Path.Combine(outDir, ModelFolder);
         Checkpoint.Save(modelDir, master.Config, TrainingCheckpoint.ExportWeights(master), tokenizer, preprocess,
-            new Dictionary<string, string> { ["global_step"] = globalStep.ToString(CultureInfo.InvariantCulture) });
+            new Dictionary<string, string> { ["global_step"] = globalStep.ToString(CultureInfo.InvariantCulture) }, SaveClassifier);
         log.DrawLossChart();
         Note($"final model written to {modelDir}");
         string best = Path.Combine(outDir, BestFolder);
@@ -158,6 +161,7 @@ public sealed class Trainer
     {
         var stage = recipe.Stages[stageIndex];
         int seed = recipe.Seed;
+        if (stage.Kind == StageRecipe.Vision) return RunVisionStage(stageIndex, resume, cancellationToken);
 
         // 1. Data: tokenised samples, the length of the stage in steps, the fixed validation subset.
         int maxSeqLen = stage.MaxSeqLen ?? master.Config.TextConfig.MaxPositionEmbeddings;
@@ -366,6 +370,7 @@ public sealed class Trainer
             master.InitializeWeights(generator);
             var vision = config.VisionConfig;
             preprocess = new PreprocessConfig { ImageSize = vision.ImageSize, Channels = vision.NumChannels };
+            if (recipe.Model.VisionInit is { } visionInit) InitVisionTower(visionInit, shared);
         }
         tokenizer.Save(tokenizerDir);
         master.to(device);

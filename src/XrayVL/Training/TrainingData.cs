@@ -59,6 +59,12 @@ public static class TrainingData
             var build = DatasetBuilder.Build(source.Source, options, Path.Combine(dataFolder, name),
                 new BuildOptions { Seed = recipe.Data.SplitSeed, Fractions = (f[0], f[1], f[2]) });
             var studies = Manifest.Read(build.ManifestPath);
+            if (source.TemplatedReports)
+            {
+                int before = studies.Count;
+                studies = TemplatedReports.Complete(studies);
+                note?.Invoke($"source {name}: reports written from labels for {(studies.Count - before):N0} studies (each also in Chinese)");
+            }
             int withImages = studies.Count(HasImagesOnDisk);
             note?.Invoke($"source {name} ({source.Source}): {studies.Count} studies, {withImages} with images on disk; " +
                          $"split {string.Join(", ", studies.GroupBy(s => s.Split ?? "none").OrderBy(g => g.Key).Select(g => $"{g.Key} {g.Count()}"))}");
@@ -70,6 +76,7 @@ public static class TrainingData
     /// <summary>The stage's conversations or texts for training (its mixture's splits, repeated) and validation (val split).</summary>
     public static StageItems Items(StageRecipe stage, TrainRecipe recipe, IReadOnlyDictionary<string, List<Study>> sources)
     {
+        if (stage.Kind == StageRecipe.Vision) return new StageItems([], [], []);   // labelled images, not conversations (Trainer.Vision.cs)
         var train = new List<StageItem>();
         var val = new List<StageItem>();
         var notes = new List<string>();

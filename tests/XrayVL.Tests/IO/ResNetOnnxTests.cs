@@ -80,6 +80,22 @@ public class ResNetOnnxTests
     }
 
     [Fact]
+    public void StagesCanBeCutToTheirFirstBlocks()
+    {
+        using var converted = ResNetOnnx.Convert(Graph.Value, 1, Means, keepLayers: [2, 2, 2, 1]);
+        Assert.Equal([2, 2, 2, 1], converted.Config.Layers);
+        Assert.DoesNotContain(converted.Weights.Keys, k => k.StartsWith("layer4.1.") || k.StartsWith("layer4.2."));
+        using var encoder = new ResNetEncoder(converted.Config);
+        var state = new Dictionary<string, Tensor>(converted.Weights);
+        foreach (var key in encoder.state_dict().Keys.Where(k => k.EndsWith(".num_batches_tracked")))
+            state[key] = zeros(1, dtype: ScalarType.Int64).squeeze();
+        SafeTensors.LoadInto(encoder, state);                           // every key of the shorter encoder, nothing else
+        Assert.InRange(converted.Weights.Values.Sum(t => t.numel()), 6_400_000, 6_600_000);
+        var e = Assert.Throws<XrayVLException>(() => ResNetOnnx.Convert(Graph.Value, 1, Means, keepLayers: [2, 2, 2, 4]));
+        Assert.Contains("cannot be cut", e.Message);
+    }
+
+    [Fact]
     public void PooledFeaturesMatchOnnxRuntimeOnRgbInput()
     {
         var graph = Graph.Value;

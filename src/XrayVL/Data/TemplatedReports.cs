@@ -1,0 +1,82 @@
+namespace XrayVL.Data;
+
+/// <summary>
+/// Reports written from labels, for image collections that have labels but no report (Kermany, NIH ChestX-ray14, the
+/// COVID collection): without them the report task would only ever see the few reported studies, and a model learns to
+/// write the same report whatever the image. A normal study (No Finding positive) gets a normal report ending
+/// "No acute cardiopulmonary abnormality."; an abnormal one gets one sentence per positive observation, then a sentence
+/// for each of pleural effusion and pneumothorax that is labelled absent. Each sentence names one observation in words the
+/// project's labeler reads back as that observation, so labels → report → labeler gives the labels again. Every study gets
+/// an English and a Chinese version (the Chinese one as a second study, id + "-zh", same patient, images and split).
+/// </summary>
+public static class TemplatedReports
+{
+    public const string NormalImpression = "No acute cardiopulmonary abnormality.";
+    public const string NormalImpressionZh = "心肺未见明显急性异常。";
+
+    private const string NormalFindings = "The lungs are clear. The heart size is normal. There is no pleural effusion or pneumothorax.";
+    private const string NormalFindingsZh = "双肺清晰。心脏大小正常。未见胸腔积液或气胸。";
+
+    /// <summary>One sentence per observation (English, Chinese), in CheXpert's order; No Finding has none.</summary>
+    private static readonly IReadOnlyDictionary<Observation, (string En, string Zh)> Positive = new Dictionary<Observation, (string, string)>
+    {
+        [Observation.EnlargedCardiomediastinum] = ("The cardiomediastinal silhouette is widened.", "纵隔增宽。"),
+        [Observation.Cardiomegaly] = ("The heart is enlarged.", "心影增大。"),
+        [Observation.LungLesion] = ("There is a pulmonary nodule or mass.", "可见肺部结节或肿块。"),
+        [Observation.LungOpacity] = ("There is an airspace opacity in the lungs.", "肺内可见斑片影。"),
+        [Observation.Edema] = ("There is pulmonary edema.", "可见肺水肿。"),
+        [Observation.Consolidation] = ("There is focal consolidation.", "可见局灶性实变。"),
+        [Observation.Pneumonia] = ("The findings are consistent with pneumonia.", "可见肺炎。"),
+        [Observation.Atelectasis] = ("There is atelectasis.", "可见肺不张。"),
+        [Observation.Pneumothorax] = ("There is a pneumothorax.", "可见气胸。"),
+        [Observation.PleuralEffusion] = ("There is a pleural effusion.", "可见胸腔积液。"),
+        [Observation.PleuralOther] = ("There is pleural thickening.", "可见胸膜增厚。"),
+        [Observation.Fracture] = ("There is a fracture.", "可见骨折。"),
+        [Observation.SupportDevices] = ("Support devices are present.", "可见置管及支持装置。"),
+    };
+
+    private static readonly IReadOnlyList<(Observation O, string En, string Zh)> Absent =
+    [
+        (Observation.PleuralEffusion, "There is no pleural effusion.", "未见胸腔积液。"),
+        (Observation.Pneumothorax, "There is no pneumothorax.", "未见气胸。"),
+    ];
+
+    /// <summary>
+    /// The studies with a templated report added where a study has none and its labels say something (No Finding positive,
+    /// or any observation positive): the English study in place, its Chinese twin after it. Other studies pass unchanged.
+    /// </summary>
+    public static List<Study> Complete(IEnumerable<Study> studies)
+    {
+        var result = new List<Study>();
+        foreach (var s in studies)
+        {
+            if (s.ReportText.Length > 0 || s.Labels is null || Write(s.Labels, "en") is not { } en)
+            {
+                result.Add(s);
+                continue;
+            }
+            var zh = Write(s.Labels, "zh")!.Value;
+            result.Add(s with { Findings = en.Findings, Impression = en.Impression, Language = "en" });
+            result.Add(s with { StudyId = s.StudyId + "-zh", Findings = zh.Findings, Impression = zh.Impression, Language = "zh" });
+        }
+        return result;
+    }
+
+    /// <summary>The report for a label set in "en" or "zh", or null when the labels name neither a normal study nor a finding.</summary>
+    public static (string Findings, string Impression)? Write(IReadOnlyDictionary<string, int?> labels, string language)
+    {
+        bool zh = language switch
+        {
+            "en" => false,
+            "zh" => true,
+            _ => throw new XrayVLException($"language '{language}' is not supported (en, zh)"),
+        };
+        int? Value(Observation o) => labels.TryGetValue(o.Name(), out var v) ? v : null;
+        var positives = Observations.All.Where(o => o != Observation.NoFinding && Value(o) == 1).ToList();
+        if (positives.Count == 0)
+            return Value(Observation.NoFinding) == 1 ? (zh ? NormalFindingsZh : NormalFindings, zh ? NormalImpressionZh : NormalImpression) : null;
+        var sentences = positives.Select(o => zh ? Positive[o].Zh : Positive[o].En)
+            .Concat(Absent.Where(a => Value(a.O) == 0).Select(a => zh ? a.Zh : a.En));
+        return (string.Join(zh ? "" : " ", sentences), "");
+    }
+}

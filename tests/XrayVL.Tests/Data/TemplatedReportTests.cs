@@ -1,0 +1,71 @@
+using XrayVL.Data;
+using XrayVL.Data.Labeler;
+
+namespace XrayVL.Tests.Data;
+
+/// <summary>Reports written from labels read back, through the project's labeler, as the same labels (en and zh).</summary>
+public class TemplatedReportTests
+{
+    private static Dictionary<string, int?> Labels(params (Observation O, int V)[] values)
+    {
+        var d = Observations.Names.ToDictionary(n => n, _ => (int?)null);
+        foreach (var (o, v) in values) d[o.Name()] = v;
+        return d;
+    }
+
+    public static TheoryData<string> Languages => new() { "en", "zh" };
+
+    [Theory]
+    [MemberData(nameof(Languages))]
+    public void EveryObservationReadsBackAsItself(string language)
+    {
+        foreach (var o in Observations.All.Where(o => o != Observation.NoFinding))
+        {
+            var labels = Labels((o, 1), (Observation.NoFinding, 0), (Observation.PleuralEffusion, o == Observation.PleuralEffusion ? 1 : 0),
+                (Observation.Pneumothorax, o == Observation.Pneumothorax ? 1 : 0));
+            var (findings, impression) = TemplatedReports.Write(labels, language)!.Value;
+            var read = Labeler.Default.Label(findings + " " + impression, language);
+            Assert.True(read[o] == LabelValue.Positive, $"{language} '{findings}': {o} read as {read[o]}");
+            foreach (var absent in new[] { Observation.PleuralEffusion, Observation.Pneumothorax }.Where(a => a != o))
+                Assert.True(read[absent] == LabelValue.Negative, $"{language} '{findings}': {absent} read as {read[absent]}");
+            var others = Observations.All.Where(x => x != o && x != Observation.NoFinding && read[x] == LabelValue.Positive).ToList();
+            Assert.True(others.Count == 0, $"{language} '{findings}': also positive {string.Join(", ", others)}");
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Languages))]
+    public void NormalStudiesGetTheNormalReport(string language)
+    {
+        var (findings, impression) = TemplatedReports.Write(Labels((Observation.NoFinding, 1), (Observation.Pneumonia, 0)), language)!.Value;
+        Assert.Equal(language == "en" ? TemplatedReports.NormalImpression : TemplatedReports.NormalImpressionZh, impression);
+        var read = Labeler.Default.Label(findings + " " + impression, language);
+        Assert.DoesNotContain(Observations.All, o => o != Observation.NoFinding && read[o] == LabelValue.Positive);
+        Assert.True(language == "zh" || findings.Split(' ').Length + impression.Split(' ').Length >= 15);
+    }
+
+    [Fact]
+    public void CompleteAddsAChineseTwinAndLeavesReportsAndUnlabelledStudiesAlone()
+    {
+        Study S(string id, Dictionary<string, int?>? labels, string impression = "") => new()
+        {
+            StudyId = id, PatientId = "p" + id, Labels = labels, Impression = impression, Split = Splits.Train,
+            Images = [new StudyImage("/x/" + id + ".png")],
+        };
+        var studies = TemplatedReports.Complete([
+            S("a", Labels((Observation.Pneumonia, 1))),
+            S("b", Labels((Observation.NoFinding, 1))),
+            S("c", Labels((Observation.Cardiomegaly, 1)), "Written report."),
+            S("d", null),
+            S("e", Labels((Observation.Pneumonia, 0))),               // says nothing positive and is not normal: no report
+        ]);
+        Assert.Equal(["a", "a-zh", "b", "b-zh", "c", "d", "e"], studies.Select(s => s.StudyId));
+        var twin = studies[1];
+        Assert.Equal("zh", twin.Language);
+        Assert.Equal("pa", twin.PatientId);
+        Assert.Equal(Splits.Train, twin.Split);
+        Assert.Contains("肺炎", twin.ReportText);
+        Assert.Equal("Written report.", studies[4].Impression);
+        Assert.Equal("", studies[6].ReportText);
+    }
+}
