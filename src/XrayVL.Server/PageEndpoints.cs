@@ -59,7 +59,7 @@ internal static class PageEndpoints
             ["labels"] = LabelsJson(labels),
             ["evidence"] = EvidenceJson(labels),
             ["boxes"] = BoxesJson(GridBoxes.Parse(report)),
-            ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
+            ["finish_reason"] = chat.LastFinishReason == FinishReason.Length ? "length" : "stop",
             ["model"] = server.ModelId,
             ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
             ["disclaimer"] = Constants.Disclaimer(language),
@@ -215,7 +215,7 @@ internal static class PageEndpoints
                 ["text"] = answer,
                 ["report"] = report,
                 ["language"] = chat.Language,
-                ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
+                ["finish_reason"] = chat.LastFinishReason == FinishReason.Length ? "length" : "stop",
                 ["boxes"] = BoxesJson(GridBoxes.Parse(answer)),
                 ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
             };

@@ -11,6 +11,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using XrayVL.IO;
 using XrayVL.Kernels;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Server;

@@ -208,7 +208,7 @@ public static class Bench
         Tensor prompt;
         using (no_grad()) prompt = model.Embed(ids.narrow(1, 0, ids.shape[1] - tokens));
         var options = new GenerationOptions { MaxNewTokens = tokens };
-        using var stream = new XrayVL.Inference.Generator(model).Generate(prompt, options).GetEnumerator();
+        using var stream = new XrayVL.Inference.TokenGenerator(model).Generate(prompt, options).GetEnumerator();
         if (!stream.MoveNext()) throw new InvalidOperationException("no token generated");   // prefill + first token
         var watch = Stopwatch.StartNew();
         int decoded = 0;

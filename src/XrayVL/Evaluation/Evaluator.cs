@@ -79,7 +79,7 @@ public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metri
 public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
 {
     private readonly ILabeler labeler = new CachingLabeler(labeler ?? Labeler.Default);
-    private readonly Inference.Generator generator = new(loaded.Model.LanguageModel);
+    private readonly Inference.TokenGenerator generator = new(loaded.Model.LanguageModel);
 
     /// <summary>Reads the manifest, evaluates, writes predictions.jsonl, metrics.json, report.md and plots into <paramref name="outDir"/>.</summary>
     public EvalResult RunToFolder(string manifestPath, string outDir, EvalOptions? options = null, IProgress<(int Done, int Total)>? progress = null,

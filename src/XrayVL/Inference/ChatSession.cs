@@ -4,7 +4,6 @@ using TorchSharp;
 using XrayVL.Imaging;
 using XrayVL.IO;
 using XrayVL.Modeling;
-using XrayVL.Serving;
 using XrayVL.Text;
 using static TorchSharp.torch;
 
@@ -18,7 +17,7 @@ namespace XrayVL.Inference;
 public sealed class ChatSession
 {
     private readonly LoadedModel loaded;
-    private readonly Generator generator;
+    private readonly TokenGenerator generator;
     private readonly BatchScheduler? scheduler;
     private readonly List<ChatMessage> messages = [];
     private readonly List<GrayImage> images = [];          // every image of the conversation, in order of appearance
@@ -27,7 +26,7 @@ public sealed class ChatSession
     public ChatSession(LoadedModel loaded, string language = "en")
     {
         this.loaded = loaded;
-        generator = new Generator(loaded.Model.LanguageModel);
+        generator = new TokenGenerator(loaded.Model.LanguageModel);
         Language = Languages.Check(language);
     }
 

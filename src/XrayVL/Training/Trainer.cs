@@ -456,7 +456,7 @@ public sealed class Trainer
     private List<GeneratedSample> Generate(VisionLanguageModel model, IReadOnlyList<PromptSample> prompts, StageRecipe stage, ImageInputs images)
     {
         model.eval();
-        var generator = new Inference.Generator(model.LanguageModel);
+        var generator = new Inference.TokenGenerator(model.LanguageModel);
         var options = new GenerationOptions
         {
             MaxNewTokens = stage.SampleMaxNewTokens, RepetitionPenalty = 1.1, NoRepeatNgramSize = 4,

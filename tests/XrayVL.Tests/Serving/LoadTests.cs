@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.AI;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Tests.Serving;

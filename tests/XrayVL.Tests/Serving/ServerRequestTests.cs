@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.AI;
 using XrayVL.Imaging;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Tests.Serving;

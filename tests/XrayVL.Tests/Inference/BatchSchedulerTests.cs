@@ -1,9 +1,10 @@
 using XrayVL.Imaging;
 using XrayVL.Inference;
 using XrayVL.Serving;
+using XrayVL.Tests.Serving;
 using XrayVL.Text;
 
-namespace XrayVL.Tests.Serving;
+namespace XrayVL.Tests.Inference;
 
 public class BatchSchedulerTests
 {
@@ -33,7 +34,7 @@ public class BatchSchedulerTests
         var options = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = 10 };
         var questions = Enumerable.Range(0, 7).Select(i => (Question: $"Describe view {i}.", Image: ServingModel.Pattern(100 + i))).ToList();
 
-        // Alone: the Generator path of ChatSession (no scheduler), one conversation at a time.
+        // Alone: the TokenGenerator path of ChatSession (no scheduler), one conversation at a time.
         var alone = new List<string>();
         foreach (var (question, image) in questions)
         {

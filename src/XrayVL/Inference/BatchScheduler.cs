@@ -1,10 +1,9 @@
 using TorchSharp;
 using XrayVL.Imaging;
-using XrayVL.Inference;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
 
-namespace XrayVL.Serving;
+namespace XrayVL.Inference;
 
 /// <summary>How the <see cref="BatchScheduler"/> shares the model.</summary>
 public sealed record BatchSchedulerOptions
