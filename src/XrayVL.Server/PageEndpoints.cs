@@ -50,7 +50,7 @@ internal static class PageEndpoints
 
         var chat = ReportChat(server, image, language);
         var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
-        string report = await chat.AskAllAsync(Instructions.ReportRequest(language), options, context.RequestAborted);
+        string report = await chat.AskAllAsync(InstructionPhrases.ReportRequest(language), options, context.RequestAborted);
         var labels = Labeler.Default.Label(report, language);
         await Results.Json(new JsonObject
         {
@@ -170,7 +170,7 @@ internal static class PageEndpoints
         var body = await ReadJsonObject(context, optional: false) ?? new JsonObject();
         bool report = body["report"] is JsonValue r && r.TryGetValue(out bool isReport) && isReport;
         string language = StringField(body, "language") is { } l ? Language(l, "language") : session.Chat.Language;
-        string text = report ? Instructions.ReportRequest(language)
+        string text = report ? InstructionPhrases.ReportRequest(language)
             : body["text"] is JsonValue t && t.TryGetValue(out string? question) && !string.IsNullOrWhiteSpace(question) ? question.Trim()
             : throw new ApiException(StatusCodes.Status400BadRequest, "text is missing: ask a question, or send \"report\": true", "text");
         if (text.Length > MaxQuestionLength) throw new ApiException(StatusCodes.Status400BadRequest, $"the question is longer than {MaxQuestionLength} characters", "text");

@@ -35,7 +35,7 @@ public static class ReportCommand
                 var clock = Stopwatch.StartNew();
                 var session = new ChatSession(loaded, language);
                 session.AddImage(image);
-                string report = await session.AskAllAsync(Instructions.ReportRequest(language), options, cancel);
+                string report = await session.AskAllAsync(InstructionPhrases.ReportRequest(language), options, cancel);
                 double seconds = clock.Elapsed.TotalSeconds;
                 var labels = Labeler.Default.Label(report, language);
                 if (asJson)

@@ -110,7 +110,7 @@ public static class Bench
             {
                 var session = new ChatSession(loaded, "en");
                 session.AddImage(ImageFile.Load(sampleImage));
-                string report = session.AskAllAsync(Instructions.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
+                string report = session.AskAllAsync(InstructionPhrases.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
                 reportTokens = loaded.Tokenizer.Encode(report).Length;
             })) / 1000;
             figures.Add(new("report end to end (fp32)", reportSeconds, "s/report", $"greedy, {reportTokens} tokens written, at most {options.ReportTokens}"));

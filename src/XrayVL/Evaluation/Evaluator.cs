@@ -68,7 +68,7 @@ public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metri
 
 /// <summary>
 /// `xrayvl eval`: asks a loaded model about every study of a manifest split — report generation with the front ends'
-/// request (<see cref="Instructions.ReportRequest"/>), closed questions, the finding list and boxes as the training
+/// request (<see cref="InstructionPhrases.ReportRequest"/>), closed questions, the finding list and boxes as the training
 /// instructions phrase them (<see cref="Instructions.Build"/>) — generating in batches, then scores the answers beside
 /// the baselines (<see cref="Baselines"/>: most common, consensus and random training report, and the training report
 /// of the nearest training study in the model's vision-feature space: <see cref="VisionLanguageModel.EncodeVision"/>
@@ -213,7 +213,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
     /// <summary>
     /// Prompt index → baseline name → answer, for the closed, finding-list and grounding prompts, none looking at an
     /// image: the training split's majority answer to the same question; its majority findings written as the training
-    /// answers write a finding list (<see cref="Instructions.FindingListAnswer"/>); and the mean training box of the
+    /// answers write a finding list (<see cref="AnswerFormats.FindingList"/>); and the mean training box of the
     /// asked-for label as box text. Each is scored exactly as the model's answers are.
     /// </summary>
     private Dictionary<int, Dictionary<string, string>> ShortAnswerBaselines(IReadOnlyList<Study> studies, List<Prompt> prompts, EvalOptions options, List<string> notes)
@@ -244,7 +244,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             {
                 var majority = Baselines.MajorityFindings(labels);
                 foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Classify))
-                    result[i] = new() { [Baselines.MajorityFindingsName] = Instructions.FindingListAnswer(majority, p.Language) };
+                    result[i] = new() { [Baselines.MajorityFindingsName] = AnswerFormats.FindingList(majority, p.Language) };
             }
         }
         if (prompts.Any(p => p.Task == EvalTasks.Ground))
@@ -254,9 +254,9 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Ground))
             {
                 // The prompt asked for the study box whose text is the reference.
-                var asked = (p.Study.Boxes ?? []).FirstOrDefault(b => Instructions.BoxText(b) == p.Reference);
+                var asked = (p.Study.Boxes ?? []).FirstOrDefault(b => AnswerFormats.Box(b) == p.Reference);
                 if (asked is not null && meanBoxes.TryGetValue(asked.Label, out var mean))
-                    result[i] = new() { [Baselines.MeanBoxName] = Instructions.BoxText(mean) };
+                    result[i] = new() { [Baselines.MeanBoxName] = AnswerFormats.Box(mean) };
                 else missing++;
             }
             if (missing > 0) notes.Add($"{missing} grounding questions ask for a label with no training box: the mean-box baseline was left out of the grounding figures");
@@ -277,7 +277,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
         {
             string lang = PromptLanguage(study, options);
             if (tasks.Contains(EvalTasks.Report) && study.Language == lang && study.ReportText.Length > 0)
-                prompts.Add(new Prompt($"{study.StudyId}-report-{lang}-0", EvalTasks.Report, study, lang, Instructions.ReportRequest(lang), study.ReportText, null));
+                prompts.Add(new Prompt($"{study.StudyId}-report-{lang}-0", EvalTasks.Report, study, lang, InstructionPhrases.ReportRequest(lang), study.ReportText, null));
 
             var instructionTasks = new List<string>();
             if (tasks.Contains(EvalTasks.Vqa)) instructionTasks.Add(Instructions.Vqa);

@@ -62,7 +62,7 @@ public class ModelCommandTests
         var loaded = XrayVL.IO.Checkpoint.Load(TinyCheckpoint.Directory);
         var session = new XrayVL.Inference.ChatSession(loaded, "en");
         session.AddImage(XrayVL.Imaging.ImageFile.Load(Sample()));
-        string direct = await session.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
+        string direct = await session.AskAllAsync(XrayVL.Data.InstructionPhrases.ReportRequest("en"),
             XrayVL.Inference.ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
         Assert.Equal(direct, cliReport);
     }

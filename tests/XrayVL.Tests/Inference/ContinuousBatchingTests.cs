@@ -130,7 +130,7 @@ public class ContinuousBatchingTests
     [Fact]
     public void GridBoxesReadWhatInstructionsWrite()
     {
-        var written = Instructions.BoxText(new StudyBox(0, "right lung", 12.4, 20.6, 48, 88.5));
+        var written = AnswerFormats.Box(new StudyBox(0, "right lung", 12.4, 20.6, 48, 88.5));
         Assert.Equal([new GridBox(12, 21, 48, 89)], GridBoxes.Parse($"The right lung is at {written}."));
         Assert.Equal([new GridBox(10, 20, 30, 40), new GridBox(5, 5, 95, 60)], GridBoxes.Parse("{<30><40><10><20>} and {< 5 ><5><95><60>}"));
         Assert.Empty(GridBoxes.Parse("{<10><20><10><40>} {<1><2><3><400>} {<1><2><3>} <10><20><30><40>"));   // no area, off grid, 3 numbers, no braces

@@ -193,7 +193,7 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         var loaded = ServingModel.Loaded;
         var chat = new ChatSession(loaded);
         chat.AddImage(ImageFile.Load(path));
-        string expected = await chat.AskAllAsync(Instructions.ReportRequest("en"), chat.DefaultOptions() with { MaxNewTokens = 10 }, Ct);
+        string expected = await chat.AskAllAsync(InstructionPhrases.ReportRequest("en"), chat.DefaultOptions() with { MaxNewTokens = 10 }, Ct);
         Assert.Equal(expected, report);
 
         var labels = body["labels"]!.AsObject();
@@ -356,6 +356,6 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Contains(lines, l => l.Contains("POST /api/sessions/{id}/messages 200"));
         Assert.DoesNotContain(lines, l => l.Contains(id));
         if (answer.Length >= 6) Assert.DoesNotContain(lines, l => l.Contains(answer));
-        Assert.DoesNotContain(lines, l => l.Contains(Instructions.ReportRequest("zh")));
+        Assert.DoesNotContain(lines, l => l.Contains(InstructionPhrases.ReportRequest("zh")));
     }
 }

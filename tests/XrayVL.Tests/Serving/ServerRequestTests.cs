@@ -120,7 +120,7 @@ public class ServerRequestTests(DefaultServer fixture) : IClassFixture<DefaultSe
         // The report added no turn: the chat is the three questions and their answers.
         var turns = (await JsonOf(await Http.GetAsync($"/api/sessions/{id}", Ct)))["turns"]!.AsArray();
         Assert.Equal(6, turns.Count);
-        Assert.DoesNotContain(turns, t => t!["text"]!.GetValue<string>() == XrayVL.Data.Instructions.ReportRequest("en"));
+        Assert.DoesNotContain(turns, t => t!["text"]!.GetValue<string>() == XrayVL.Data.InstructionPhrases.ReportRequest("en"));
 
         // A report before any image is a 400 naming the problem, as a question is.
         string fresh = (await JsonOf(await Http.PostAsync("/api/sessions", null, Ct)))["id"]!.GetValue<string>();

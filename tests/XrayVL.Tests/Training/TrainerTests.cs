@@ -71,7 +71,7 @@ public class TrainerTests
         Assert.Equal(ScalarType.Float32, loaded.Model.LanguageModel.DType);
         var chat = new XrayVL.Inference.ChatSession(loaded);
         chat.AddImage(ImageFile.Load(F.Images[0]));
-        string answer = await chat.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
+        string answer = await chat.AskAllAsync(XrayVL.Data.InstructionPhrases.ReportRequest("en"),
             new XrayVL.Inference.GenerationOptions { MaxNewTokens = 8 }, Token);
         Assert.False(string.IsNullOrWhiteSpace(answer));
         Assert.NotNull(result.BestDirectory);
