@@ -104,11 +104,11 @@ public static class Bench
 
             // 5. Seconds per report, end to end: image file → decoded, encoded, prompted, generated, detokenised text.
             log?.Invoke("report end to end");
-            var reportOptions = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
+            var reportOptions = InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
             int reportTokens = 0;
             double reportSeconds = Median(options.Repeats, () => Time(() =>
             {
-                var session = new ChatSession(loaded, "en");
+                var session = new ChatSession(new InferencePipeline(loaded), "en");
                 session.AddImage(ImageFile.Load(sampleImage));
                 string report = session.AskAllAsync(InstructionPhrases.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
                 reportTokens = loaded.Tokenizer.Encode(report).Length;

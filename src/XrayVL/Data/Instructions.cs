@@ -9,7 +9,7 @@ public sealed record InstructionOptions
 {
     /// <summary>Same seed, same studies → the same conversations (each study draws from its own seeded generator).</summary>
     public int Seed { get; init; }
-    /// <summary>Conversation languages. Report generation is built only in the report's own language.</summary>
+    /// <summary>TrainingConversation languages. Report generation is built only in the report's own language.</summary>
     public IReadOnlyList<string> Languages { get; init; } = ["en", "zh"];
     /// <summary>Tasks to build, from <see cref="Instructions.Tasks"/>.</summary>
     public IReadOnlyList<string> Tasks { get; init; } = Instructions.Tasks;
@@ -60,7 +60,7 @@ public static class Instructions
 
     public static readonly IReadOnlyList<string> Tasks = [Report, Vqa, Findings, Grounding, MultiTurn];
 
-    public static List<Conversation> Build(IEnumerable<Study> studies, InstructionOptions options, ILabeler? labeler = null)
+    public static List<TrainingConversation> Build(IEnumerable<Study> studies, InstructionOptions options, ILabeler? labeler = null)
     {
         labeler ??= Labeler.Labeler.Default;
         foreach (string t in options.Tasks)
@@ -71,7 +71,7 @@ public static class Instructions
         {
             if (l is not ("en" or "zh")) throw new XrayVLException($"unknown instruction language '{l}'; expected en or zh");
         }
-        var list = new List<Conversation>();
+        var list = new List<TrainingConversation>();
         foreach (var study in studies) list.AddRange(ForStudy(study, options, labeler));
         return list;
     }
@@ -87,7 +87,7 @@ public static class Instructions
         return Summarize(conversations);
     }
 
-    public static InstructionSummary Summarize(IEnumerable<Conversation> conversations)
+    public static InstructionSummary Summarize(IEnumerable<TrainingConversation> conversations)
     {
         var byTask = new SortedDictionary<string, int>(StringComparer.Ordinal);
         var byLanguage = new SortedDictionary<string, int>(StringComparer.Ordinal);
@@ -106,12 +106,12 @@ public static class Instructions
         return new InstructionSummary(count, turns, studies.Count, byTask, byLanguage, both);
     }
 
-    private static IEnumerable<Conversation> ForStudy(Study study, InstructionOptions options, ILabeler labeler)
+    private static IEnumerable<TrainingConversation> ForStudy(Study study, InstructionOptions options, ILabeler labeler)
     {
         var images = study.Images.Select(i => i.Path).ToList();
         if (study.Conversations is { Count: > 0 } own)
         {
-            yield return new Conversation
+            yield return new TrainingConversation
             {
                 Id = study.StudyId,
                 Task = study.Meta?.GetValueOrDefault("task") ?? "custom",
@@ -172,12 +172,12 @@ public static class Instructions
         public string Pick(IReadOnlyList<string> pool) => pool[Rng.Next(pool.Count)];
 
         /// <summary>A conversation whose first user turn carries the study's images.</summary>
-        public Conversation Make(string task, int index, ConversationTurn[] turns)
+        public TrainingConversation Make(string task, int index, ConversationTurn[] turns)
         {
             var withImages = turns.ToArray();
             withImages[0] = withImages[0] with { Images = Images.Count };
             for (int i = 1; i < withImages.Length; i++) withImages[i] = withImages[i] with { Images = 0 };
-            return new Conversation
+            return new TrainingConversation
             {
                 Id = $"{Study.StudyId}-{task}-{Lang}-{index}",
                 Task = task,

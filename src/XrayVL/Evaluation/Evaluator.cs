@@ -7,7 +7,6 @@ using XrayVL.IO;
 using XrayVL.Modeling;
 using XrayVL.Text;
 using static TorchSharp.torch;
-using ChatConversation = XrayVL.Text.Conversation;
 
 namespace XrayVL.Evaluation;
 
@@ -79,7 +78,7 @@ public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metri
 public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
 {
     private readonly ILabeler labeler = new CachingLabeler(labeler ?? Labeler.Default);
-    private readonly Inference.TokenGenerator generator = new(loaded.Model.LanguageModel);
+    private readonly InferencePipeline pipeline = new(loaded);
 
     /// <summary>Reads the manifest, evaluates, writes predictions.jsonl, metrics.json, report.md and plots into <paramref name="outDir"/>.</summary>
     public EvalResult RunToFolder(string manifestPath, string outDir, EvalOptions? options = null, IProgress<(int Done, int Total)>? progress = null,
@@ -310,46 +309,16 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
 
     private GenerationOptions GenerationFor(string task, EvalOptions options)
     {
-        var baseOptions = options.Generation ?? new GenerationOptions { RepetitionPenalty = 1.1, NoRepeatNgramSize = 4 };
-        if (task != EvalTasks.Report) baseOptions = baseOptions with { MaxNewTokens = Math.Min(baseOptions.MaxNewTokens, options.ShortAnswerTokens) };
-        var stops = new HashSet<int>(baseOptions.StopTokenIds) { loaded.Tokenizer.ImEndId, loaded.Tokenizer.EosId };
-        return baseOptions with { StopTokenIds = stops };
+        var decoding = pipeline.Decoding(options.Generation);
+        return task == EvalTasks.Report ? decoding : decoding with { MaxNewTokens = Math.Min(decoding.MaxNewTokens, options.ShortAnswerTokens) };
     }
 
-    /// <summary>Answers of one batch: prompts rendered as ChatSession renders a first turn, images spliced in.</summary>
-    private List<string> GenerateBatch(IReadOnlyList<Prompt> batch, GenerationOptions generation, CancellationToken cancellationToken)
-    {
-        var tokenizer = loaded.Tokenizer;
-        var model = loaded.Model;
-        var prefixes = new List<Tensor>();
-        var promptIds = new List<IReadOnlyList<int>?>();
-        try
-        {
-            using (var _ = torch.no_grad())
-            {
-                foreach (var prompt in batch)
-                {
-                    using var scope = NewDisposeScope();
-                    var conversation = new ChatConversation(ChatTemplate.DefaultSystemPrompt(prompt.Language),
-                        [new ChatMessage(ChatRole.User, prompt.Question, prompt.Study.Images.Count)]);
-                    var rendered = ChatTemplate.Render(conversation, tokenizer, addGenerationPrompt: true);
-                    var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(rendered.Ids, rendered.Labels, tokenizer.ImageId, model.TokensPerImage);
-                    var device = model.LanguageModel.Device;
-                    Tensor? imageEmbeds = prompt.Study.Images.Count == 0 ? null                      // (N, Nv, D)
-                        : model.EncodeImages(Pixels(prompt.Study).to(model.LanguageModel.DType, device));  // from (N, C, S, S)
-                    var idTensor = torch.tensor(ids, ScalarType.Int64, device).unsqueeze(0);      // (1, T)
-                    prefixes.Add(model.Embed(idTensor, imageEmbeds).MoveToOuterDisposeScope());    // (1, T, D)
-                    promptIds.Add(ids);
-                }
-            }
-            return generator.GenerateBatch(prefixes, generation, promptIds, cancellationToken)
-                .Select(tokens => tokenizer.Decode(tokens, skipSpecial: true).Trim()).ToList();
-        }
-        finally
-        {
-            foreach (var p in prefixes) p.Dispose();
-        }
-    }
+    /// <summary>Answers of one batch: each prompt a first turn about its study's images, as the front ends ask it.</summary>
+    private List<string> GenerateBatch(IReadOnlyList<Prompt> batch, GenerationOptions generation, CancellationToken cancellationToken) =>
+        pipeline.GenerateBatch(batch.Select(prompt => (
+                InferencePipeline.FirstTurn(prompt.Question, prompt.Study.Images.Count, prompt.Language),
+                (IReadOnlyList<GrayImage>)prompt.Study.Images.Select(i => ImageFile.Load(i.Path)).ToList())).ToList(),
+            generation, cancellationToken);
 
     /// <summary>(N, C, S, S) preprocessed images of a study, on the CPU.</summary>
     private Tensor Pixels(Study study) =>

@@ -8,7 +8,15 @@ namespace XrayVL.Inference;
 /// <param name="Row">The id <see cref="DecodeSession.Add"/> returned.</param>
 /// <param name="Token">The chosen token, or −1 when the row chose a stop token (which is not returned).</param>
 /// <param name="Ended">The row is finished (a stop token, or its token limit reached) and has left the session.</param>
-internal readonly record struct RowToken(int Row, int Token, bool Ended);
+internal readonly record struct RowToken(int Row, int Token, bool Ended)
+{
+    /// <summary>
+    /// Why the row ended, the one rule every generation path reports: a stop token is <see cref="FinishReason.Stop"/>;
+    /// a row ended by a token limit (max tokens, or the room left in the model's context) is <see cref="FinishReason.Length"/>.
+    /// Null while the row runs.
+    /// </summary>
+    public FinishReason? Finish => !Ended ? null : Token < 0 ? FinishReason.Stop : FinishReason.Length;
+}
 
 /// <summary>
 /// Greedy / sampling decoding of a changing set of rows (continuous batching): rows may be added and removed between

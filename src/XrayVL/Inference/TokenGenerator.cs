@@ -102,17 +102,21 @@ public sealed class TokenGenerator(LanguageModel model)
     /// hypothesis when it ranks among the first NumBeams. Deterministic. Returns the best hypothesis without its stop token.
     /// </summary>
     public int[] BeamSearch(Tensor prefixEmbeds, GenerationOptions options, IReadOnlyList<int>? promptTokenIds = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default) => BeamSearchWithReason(prefixEmbeds, options, promptTokenIds, cancellationToken).Tokens;
+
+    /// <summary><see cref="BeamSearch"/>, with why the best hypothesis ended: its stop token, or the token limit.</summary>
+    internal (int[] Tokens, FinishReason Reason) BeamSearchWithReason(Tensor prefixEmbeds, GenerationOptions options,
+        IReadOnlyList<int>? promptTokenIds, CancellationToken cancellationToken)
     {
         options.Validate();
         int beams = options.NumBeams, vocab = Model.Config.VocabSize;
         int promptLength = DecodeSession.CheckPrefix(Model, prefixEmbeds, 0);
         int maxNew = DecodeSession.NewTokenLimit(Model, promptLength, options);
 
-        var finished = new List<(int[] Tokens, double Score)>();       // normalised scores, best NumBeams kept
-        void AddFinished(int[] tokens, double sumLogProb, int length)
+        var finished = new List<(int[] Tokens, double Score, FinishReason Reason)>();   // normalised scores, best NumBeams kept
+        void AddFinished(int[] tokens, double sumLogProb, int length, FinishReason reason)
         {
-            finished.Add((tokens, sumLogProb / Math.Pow(length, options.LengthPenalty)));
+            finished.Add((tokens, sumLogProb / Math.Pow(length, options.LengthPenalty), reason));
             finished.Sort((a, b) => b.Score.CompareTo(a.Score));
             if (finished.Count > beams) finished.RemoveAt(finished.Count - 1);
         }
@@ -155,7 +159,7 @@ public sealed class TokenGenerator(LanguageModel model)
                     int beam = (int)(candidateIndices[rank] / vocab), token = (int)(candidateIndices[rank] % vocab);
                     if (options.StopTokenIds.Contains(token))
                     {
-                        if (rank < beams) AddFinished(beamTokens[beam].ToArray(), score, beamTokens[beam].Count + 1);
+                        if (rank < beams) AddFinished(beamTokens[beam].ToArray(), score, beamTokens[beam].Count + 1, FinishReason.Stop);
                         continue;
                     }
                     next.Add((beam, token, score));
@@ -178,7 +182,7 @@ public sealed class TokenGenerator(LanguageModel model)
                 if (generated == maxNew)
                 {
                     for (int b = 0; b < beams; b++)
-                        if (!double.IsNegativeInfinity(beamScores[b])) AddFinished(beamTokens[b].ToArray(), beamScores[b], generated);
+                        if (!double.IsNegativeInfinity(beamScores[b])) AddFinished(beamTokens[b].ToArray(), beamScores[b], generated, FinishReason.Length);
                     break;
                 }
 
@@ -194,6 +198,6 @@ public sealed class TokenGenerator(LanguageModel model)
         {
             logits.Dispose();
         }
-        return finished.Count == 0 ? [] : finished[0].Tokens;
+        return finished.Count == 0 ? ([], FinishReason.Length) : (finished[0].Tokens, finished[0].Reason);
     }
 }

@@ -67,7 +67,7 @@ public class ServerRequestTests(DefaultServer fixture) : IClassFixture<DefaultSe
         // In-process too: the IChatClient refuses rather than describing an image it never saw.
         using var client = XrayChatClient.Create(ServingModel.Loaded);
         var refused = await Assert.ThrowsAsync<XrayVLException>(() => client.GetResponseAsync(
-            [new Microsoft.Extensions.AI.ChatMessage(ChatRole.User, "Describe this chest X-ray.")], cancellationToken: Ct));
+            [new ChatMessage(ChatRole.User, "Describe this chest X-ray.")], cancellationToken: Ct));
         Assert.Contains("no image arrived", refused.Message);
     }
 
