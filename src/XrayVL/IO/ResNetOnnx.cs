@@ -189,12 +189,12 @@ public static class ResNetOnnx
         // torchvision's BatchNorm2d also saves num_batches_tracked; the ONNX has none (0, as a fresh module).
         foreach (var key in encoder.state_dict().Keys.Where(k => k.EndsWith(".num_batches_tracked")))
             state[key] = zeros(1, dtype: ScalarType.Int64).squeeze();
-        SafeTensors.LoadInto(encoder, state, strict: true); // same keys and shapes as the module, or a clear error
+        ModuleWeights.LoadInto(encoder, state, strict: true); // same keys and shapes as the module, or a clear error
         string full = Path.GetFullPath(dir);
         Directory.CreateDirectory(full);
         ConfigFile.Write(Path.Combine(full, Checkpoint.ConfigFileName), converted.Config);
         ConfigFile.Write(Path.Combine(full, Checkpoint.PreprocessorFileName), converted.Preprocess);
-        SafeTensors.SaveModule(Path.Combine(full, Checkpoint.WeightsFileName), encoder, metadata: metadata);
+        ModuleWeights.SaveModule(Path.Combine(full, Checkpoint.WeightsFileName), encoder, metadata: metadata);
     }
 
     private static OnnxNode Consumer(OnnxGraph graph, string value, string op) =>

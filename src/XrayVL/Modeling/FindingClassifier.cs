@@ -36,7 +36,7 @@ public sealed class FindingClassifier : nn.Module<Tensor, Tensor>
     }
 
     public void Save(string dir) =>
-        SafeTensors.SaveModule(Path.Combine(dir, FileName), this, metadata: new Dictionary<string, string>
+        ModuleWeights.SaveModule(Path.Combine(dir, FileName), this, metadata: new Dictionary<string, string>
         {
             ["format"] = "pt", ["labels"] = string.Join("|", Observations.Names),
         });
@@ -48,7 +48,7 @@ public sealed class FindingClassifier : nn.Module<Tensor, Tensor>
         if (!File.Exists(path)) return null;
         var head = new FindingClassifier(pooledDim);
         var tensors = SafeTensors.Load(path);
-        try { SafeTensors.LoadInto(head, tensors); }
+        try { ModuleWeights.LoadInto(head, tensors); }
         catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}", e); }
         finally { foreach (var t in tensors.Values) t.Dispose(); }
         head.eval();

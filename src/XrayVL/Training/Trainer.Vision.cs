@@ -270,7 +270,7 @@ public sealed partial class Trainer
             var state = new Dictionary<string, Tensor>(converted.Weights);
             foreach (var key in master.VisionTower.state_dict().Keys.Where(k => k.EndsWith(".num_batches_tracked")))
                 state[key] = zeros(1, dtype: ScalarType.Int64).squeeze();
-            SafeTensors.LoadInto(master.VisionTower, state);
+            ModuleWeights.LoadInto(master.VisionTower, state);
             preprocess = converted.Preprocess;
         }
         else

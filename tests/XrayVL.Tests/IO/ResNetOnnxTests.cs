@@ -47,7 +47,7 @@ public class ResNetOnnxTests
         var state = new Dictionary<string, Tensor>(converted.Weights);
         foreach (var key in encoder.state_dict().Keys.Where(k => k.EndsWith(".num_batches_tracked")))
             state[key] = zeros(1, dtype: ScalarType.Int64).squeeze();
-        SafeTensors.LoadInto(encoder, state);
+        ModuleWeights.LoadInto(encoder, state);
         encoder.eval();
         using var _ = no_grad();
         return encoder.Pooled(pixels).data<float>().ToArray();
@@ -89,7 +89,7 @@ public class ResNetOnnxTests
         var state = new Dictionary<string, Tensor>(converted.Weights);
         foreach (var key in encoder.state_dict().Keys.Where(k => k.EndsWith(".num_batches_tracked")))
             state[key] = zeros(1, dtype: ScalarType.Int64).squeeze();
-        SafeTensors.LoadInto(encoder, state);                           // every key of the shorter encoder, nothing else
+        ModuleWeights.LoadInto(encoder, state);                           // every key of the shorter encoder, nothing else
         Assert.InRange(converted.Weights.Values.Sum(t => t.numel()), 6_400_000, 6_600_000);
         var e = Assert.Throws<XrayVLException>(() => ResNetOnnx.Convert(Graph.Value, 1, Means, keepLayers: [2, 2, 2, 4]));
         Assert.Contains("cannot be cut", e.Message);
