@@ -60,7 +60,7 @@ public static class LabelEvaluation
         var t = new List<bool>();
         for (int i = 0; i < studies.Count; i++)
         {
-            if (studies[i].Labels![name] is not (0 or 1) ) continue;
+            if (studies[i].Labels![name] is not (0 or 1)) continue;
             s.Add(scores[i, o]);
             t.Add(studies[i].Labels![name] == 1);
         }
