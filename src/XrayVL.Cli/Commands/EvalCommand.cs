@@ -105,8 +105,8 @@ public static class EvalCommand
             });
         Directory.CreateDirectory(outDir);
         string markdown = LabelEvaluation.Markdown(figures, options.Split);
-        Json.WriteAllTextAtomic(Path.Combine(outDir, "labels.md"), markdown);
-        Json.WriteAllTextAtomic(Path.Combine(outDir, "labels.json"), System.Text.Json.JsonSerializer.Serialize(figures, Json.Options) + "\n");
+        XrayVL.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "labels.md"), markdown);
+        XrayVL.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "labels.json"), System.Text.Json.JsonSerializer.Serialize(figures, Json.Options) + "\n");
         io.Out.WriteLine(markdown);
         io.Err.WriteLine($"wrote labels.md, labels.json in {outDir}");
     }

@@ -108,7 +108,7 @@ public sealed partial class Trainer
             throw new XrayVLException($"{outDir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --out folder");
         Directory.CreateDirectory(outDir);
         log = new TrainingLog(outDir, resume?.State.GlobalStep ?? 0);
-        Json.WriteAllTextAtomic(Path.Combine(outDir, "recipe.json"), JsonSerializer.Serialize(recipe, Json.Options) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(outDir, "recipe.json"), JsonSerializer.Serialize(recipe, Json.Options) + "\n");
         if (resume is { } r)
         {
             globalStep = r.State.GlobalStep;
