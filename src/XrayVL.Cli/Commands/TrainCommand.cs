@@ -39,8 +39,14 @@ public static class TrainCommand
             TrainResult result = await view.RunAsync(progress => Trainer.Run(recipe, options, progress, cancel), cancel);
             io.Out.WriteLine($"model: {result.ModelDirectory}" + (result.BestDirectory is null ? "" : $"   best by validation loss: {result.BestDirectory}"));
             foreach (var s in result.Stages)
-                io.Out.WriteLine($"  {s.Name}: {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss} ({s.StepsPerSecond:0.00} steps/s, {s.TokensPerSecond:0} tokens/s), " +
+            {
+                // A vision stage counts images, not tokens.
+                string rate = recipe.Stages.FirstOrDefault(x => x.Name == s.Name)?.Kind == StageRecipe.Vision
+                    ? $"{s.TokensPerSecond:0.0} images/s"
+                    : $"{s.TokensPerSecond:0} tokens/s";
+                io.Out.WriteLine($"  {s.Name}: {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss} ({s.StepsPerSecond:0.00} steps/s, {rate}), " +
                                  $"last loss {s.LastLoss:0.000}, best val {s.BestValLoss:0.000}");
+            }
             return 0;
         });
         return command;
