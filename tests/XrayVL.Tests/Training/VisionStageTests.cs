@@ -13,7 +13,9 @@ using static TorchSharp.torch;
 
 namespace XrayVL.Tests.Training;
 
-/// <summary>The vision stage (encoder + 14-label head on the fixture's labelled images) and the pretrained-encoder start.</summary>
+/// <summary>The vision stage (encoder + 14-label head on the fixture's labelled images) and the pretrained-encoder start.
+/// In the trainer runs' collection, so that these runs do not compete with the other trainer runs for the two cores.</summary>
+[Collection(nameof(TrainerRuns))]
 public class VisionStageTests
 {
     static VisionStageTests() => TestRuntime.Initialize();
