@@ -64,8 +64,8 @@ public sealed record DicomLut(int First, int Bits, int[] Data)
 /// The project's own DICOM reader (PS3.5 / PS3.10): a Part-10 file (128-byte preamble, "DICM", group-0002 meta in
 /// explicit VR little endian) or a bare data set; transfer syntaxes implicit VR little endian (1.2.840.10008.1.2),
 /// explicit VR little endian (1.2.840.10008.1.2.1), deflated explicit VR little endian, explicit VR big endian, RLE
-/// lossless, and the JPEG processes of <see cref="JpegDecoder"/> (baseline, 12-bit extended, lossless); JPEG 2000 and
-/// JPEG-LS are refused with their names. Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
+/// lossless, the JPEG processes of <see cref="JpegDecoder"/> (baseline, 12-bit extended, lossless), JPEG-LS
+/// (<see cref="CharLs"/>) and JPEG 2000 (<see cref="OpenJpeg"/>); others are refused with their names. Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
 /// read, so patient-identifying values are never decoded, kept, printed or put in an exception message.
 /// Rendering: stored value → mask to BitsStored (→ sign) → rescale slope/intercept → VOI window (the file's, else a
 /// robust 0.5–99.5 percentile window) → [0, 1] → inverted for MONOCHROME1. The first frame is used.
