@@ -125,13 +125,13 @@ public static class Bench
 
             // 5. Seconds per report, end to end: image file → decoded, encoded, prompted, generated, detokenised text.
             log?.Invoke("report end to end");
-            var reportOptions = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
+            var reportOptions = InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
             int reportTokens = 0;
             var reportMs = Measure(options.Repeats, () => Time(() =>
             {
-                var session = new ChatSession(loaded, "en");
+                var session = new ChatSession(new InferencePipeline(loaded), "en");
                 session.AddImage(ImageFile.Load(sampleImage));
-                string report = session.AskAllAsync(Instructions.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
+                string report = session.AskAllAsync(InstructionPhrases.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
                 reportTokens = loaded.Tokenizer.Encode(report).Length;
             }));
             var reportSeconds = new Spread(reportMs.Min / 1000, reportMs.Median / 1000, reportMs.Max / 1000);
@@ -243,7 +243,7 @@ public static class Bench
         Tensor prompt;
         using (no_grad()) prompt = model.Embed(ids.narrow(1, 0, ids.shape[1] - tokens));
         var options = new GenerationOptions { MaxNewTokens = tokens };
-        using var stream = new XrayVL.Inference.Generator(model).Generate(prompt, options).GetEnumerator();
+        using var stream = new XrayVL.Inference.TokenGenerator(model).Generate(prompt, options).GetEnumerator();
         if (!stream.MoveNext()) throw new InvalidOperationException("no token generated");   // prefill + first token
         var watch = Stopwatch.StartNew();
         int decoded = 0;

@@ -63,7 +63,7 @@ public static partial class Dicom
         {
             var (stored, rendered) = StoredValuesOf(frame, ds);
             return ds.Palette is null
-                ? RenderMonochrome(stored, rendered, MinStored(rendered), MaxStored(rendered))
+                ? DicomRendering.Monochrome(stored, rendered, DicomRendering.MinStored(rendered), DicomRendering.MaxStored(rendered))
                 : RenderPalette(stored, ds.Palette);
         }
         int n = frame.Width * frame.Height, k = frame.Components;
@@ -196,7 +196,7 @@ public static partial class Dicom
         var real = new double[values.Length];
         for (int i = 0; i < values.Length; i++) real[i] = values[i] * slope + intercept;
         Func<double, double> window;
-        if (ds.WindowCenter is { } c && ds.WindowWidth is { } w) window = x => ApplyWindow(x, c, w, ds.VoiLutFunction);
+        if (ds.WindowCenter is { } c && ds.WindowWidth is { } w) window = x => DicomRendering.ApplyWindow(x, c, w, ds.VoiLutFunction);
         else
         {
             var finite = real.Where(double.IsFinite).ToArray();
