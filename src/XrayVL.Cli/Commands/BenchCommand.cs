@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using Spectre.Console;
 using XrayVL.Benchmarks;
+using XrayVL.IO;
 using XrayVL.Kernels;
 
 namespace XrayVL.Cli;
@@ -42,7 +43,7 @@ public static class BenchCommand
                     PromptTokens = parse.GetValue(promptTokens), DecodeTokens = parse.GetValue(decodeTokens),
                 }, Log);
                 string table = shapeReport.ToMarkdown();
-                if (parse.GetValue(output) is { } tablePath) Json.WriteAllTextAtomic(tablePath, table);
+                if (parse.GetValue(output) is { } tablePath) AtomicFile.WriteAllText(tablePath, table);
                 io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(shapeReport, Json.Options) : table);
                 return 0;
             }
@@ -57,7 +58,7 @@ public static class BenchCommand
             var report = Bench.Run(loaded, sample, new Bench.Options { Threads = parse.GetValue(threads), Repeats = parse.GetValue(repeats) }, Log);
             string markdown = report.ToMarkdown();
             if (report.Warning is { } warning) io.Ui.MarkupLine($"[yellow]{Markup.Escape(warning)}[/]");
-            if (parse.GetValue(output) is { } path) Json.WriteAllTextAtomic(path, markdown);
+            if (parse.GetValue(output) is { } path) AtomicFile.WriteAllText(path, markdown);
             io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(report, Json.Options) : markdown);
             return 0;
         });
