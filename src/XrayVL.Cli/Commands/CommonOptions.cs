@@ -60,7 +60,7 @@ public static class CommonOptions
             T value;
             try { value = result.GetValueOrDefault<T>(); }
             catch (InvalidOperationException) { return; }   // not a number at all: the parser reports that itself
-            if (value.CompareTo(minimum) < 0) result.AddError($"{option.Name} must be at least {minimum}, got {value}");
+            if (value.CompareTo(minimum) < 0) result.AddError($"{option.Name} must be at least {minimum} (got {value})");
         });
         return option;
     }

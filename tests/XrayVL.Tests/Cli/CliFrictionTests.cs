@@ -35,11 +35,11 @@ public class CliFrictionTests
 
         var zero = CliRunner.Run("report", image, "--beams", "0");
         Assert.Equal(1, zero.ExitCode);
-        Assert.Contains("--beams must be at least 1, got 0", zero.Err);
+        Assert.Contains("--beams must be at least 1 (got 0)", zero.Err);
         Assert.DoesNotContain("num_beams", zero.Err);
 
         var temperature = CliRunner.Run("chat", image, "--temperature", "-0.5");
-        Assert.Contains("--temperature must be at least 0, got -0.5", temperature.Err);
+        Assert.Contains("--temperature must be at least 0 (got -0.5)", temperature.Err);
         var tokens = CliRunner.Run("report", image, "--max-tokens", "many");
         Assert.Contains("--max-tokens takes a whole number, not 'many'", tokens.Err);
         Assert.DoesNotContain("System.", tokens.Err);
