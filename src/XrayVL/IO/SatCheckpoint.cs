@@ -139,7 +139,7 @@ public sealed partial class SatCheckpoint
         {
             weights = ToGlmDecoder(module, config, out mergedLora);
             var decoder = new GlmDecoder(config);
-            SafeTensors.LoadInto(decoder, weights);
+            ModuleWeights.LoadInto(decoder, weights);
             decoder.eval();
             return decoder;
         }
