@@ -366,6 +366,8 @@ public static partial class SeedImport
     {
         using var tower = VisionEncoder.Create(config, torch.META);
         using var projector = Projector.Create(config.ProjectorType, tower.OutputDim, config.TextConfig.HiddenSize, torch.META);
+        try { projector.OutputTokens(tower.NumTokens); }   // MiniGPT-v2's groups of 4 must divide the patch tokens
+        catch (XrayVLException e) { throw new XrayVLException($"image size {config.VisionConfig.ImageSize}: {e.Message}"); }
         return [.. tower.state_dict().Select(kv => ("vision_tower." + kv.Key, kv.Value.shape)),
                 .. projector.state_dict().Select(kv => ("multi_modal_projector." + kv.Key, kv.Value.shape))];
     }

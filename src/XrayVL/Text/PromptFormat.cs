@@ -114,8 +114,8 @@ public sealed record PromptFormat
                 throw new XrayVLException($"the message contains '{ImageSlot}', which the {Name} prompt format keeps for images");
             string role = message.Role switch
             {
-                ChatRole.User => UserRole,
-                ChatRole.Assistant => message.ImageCount == 0 ? AssistantRole
+                TurnRole.User => UserRole,
+                TurnRole.Assistant => message.ImageCount == 0 ? AssistantRole
                     : throw new XrayVLException("only user messages carry images"),
                 _ => throw new XrayVLException($"the {Name} prompt format has no {message.Role} turns (its system text is fixed)"),
             };

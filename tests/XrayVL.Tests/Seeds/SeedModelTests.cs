@@ -140,7 +140,7 @@ public sealed class SeedModelTests(SeedFixture seeds) : IClassFixture<SeedFixtur
 
         // The generator XrayVL's front ends use (KV cache, greedy) gives the same tokens.
         var options = new GenerationOptions { MaxNewTokens = 16 };
-        Assert.Equal(expected, new XrayVL.Inference.Generator(lm).Generate(embeds, options, cancellationToken: TestContext.Current.CancellationToken).ToArray());
+        Assert.Equal(expected, new XrayVL.Inference.TokenGenerator(lm).Generate(embeds, options, cancellationToken: TestContext.Current.CancellationToken).ToArray());
     }
 
     [Fact]
@@ -178,7 +178,7 @@ public sealed class SeedModelTests(SeedFixture seeds) : IClassFixture<SeedFixtur
 
         // Batched greedy generation (left padding, KV cache) gives each row's unpadded greedy tokens, as the seed's.
         int[][] expected = [.. batch.GetProperty("row_greedy16_unpadded").EnumerateArray().Select(r => r.EnumerateArray().Select(e => e.GetInt32()).ToArray())];
-        var generated = new XrayVL.Inference.Generator(loaded.Model.LanguageModel).GenerateBatch([.. rows.Select(r => r.unsqueeze(0))], new GenerationOptions { MaxNewTokens = 16 }, cancellationToken: TestContext.Current.CancellationToken);
+        var generated = new XrayVL.Inference.TokenGenerator(loaded.Model.LanguageModel).GenerateBatch([.. rows.Select(r => r.unsqueeze(0))], new GenerationOptions { MaxNewTokens = 16 }, cancellationToken: TestContext.Current.CancellationToken);
         Assert.Equal(expected, generated);
     }
 }
