@@ -253,9 +253,7 @@ public static class Checkpoint
             if (File.Exists(Path.Combine(dir, single))) return [Path.Combine(dir, single)];
             string indexPath = Path.Combine(dir, index);
             if (!File.Exists(indexPath)) continue;
-            JsonNode? map;
-            try { map = JsonNode.Parse(File.ReadAllText(indexPath))?["weight_map"]; }
-            catch (JsonException e) { throw new XrayVLException($"{indexPath}: not valid JSON ({e.Message})"); }
+            var map = Json.ReadObject(indexPath, "shard index")["weight_map"];
             if (map is not JsonObject weightMap) throw new XrayVLException($"{indexPath}: no weight_map");
             var shards = weightMap.Select(kv => Path.Combine(dir, kv.Value!.GetValue<string>())).Distinct().ToList();
             foreach (string shard in shards.Where(s => !File.Exists(s)))

@@ -393,34 +393,23 @@ public static class SafeTensors
         }
         var entries = layout.OrderByDescending(e => ElementSize(e.Type)).ThenBy(e => e.Name, StringComparer.Ordinal).ToList();
         byte[] header = BuildHeader(entries, metadata);
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string temporary = $"{full}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
-        try
+        AtomicFile.Write(path, stream =>
         {
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
+            var lengthBytes = new byte[8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
+            stream.Write(lengthBytes);
+            stream.Write(header);
+            foreach (var (name, type, shape) in entries)
             {
-                Span<byte> lengthBytes = stackalloc byte[8];
-                System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
-                stream.Write(lengthBytes);
-                stream.Write(header);
-                foreach (var (name, type, shape) in entries)
-                {
-                    using var tensor = produce(name);
-                    if (tensor.dtype != type || !tensor.shape.SequenceEqual(shape))
-                        throw new XrayVLException($"{path}: tensor '{name}' came as {tensor.dtype} ({string.Join(", ", tensor.shape)}), " +
-                                                  $"not the announced {type} ({string.Join(", ", shape)})");
-                    WriteTensorBytes(stream, tensor);
-                    written?.Invoke(name);
-                }
+                using var tensor = produce(name);
+                // The producer announced this layout itself: a different tensor is XrayVL's own mistake.
+                if (tensor.dtype != type || !tensor.shape.SequenceEqual(shape))
+                    throw new XrayVLBugException($"{path}: tensor '{name}' came as {tensor.dtype} ({string.Join(", ", tensor.shape)}), " +
+                                                 $"not the announced {type} ({string.Join(", ", shape)})");
+                WriteTensorBytes(stream, tensor);
+                written?.Invoke(name);
             }
-            File.Move(temporary, full, overwrite: true);
-        }
-        catch
-        {
-            File.Delete(temporary);
-            throw;
-        }
+        });
     }
 
     private static byte[] BuildHeader(List<(string Name, ScalarType Type, long[] Shape)> entries,

@@ -95,6 +95,7 @@ public static partial class SeedImport
             model = Child(root, "model") as YamlMappingNode ?? throw new XrayVLException($"{yamlPath}: no `model:` section");
         }
         catch (YamlException e) { throw new XrayVLException($"{yamlPath}: not valid YAML ({e.Message})"); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new XrayVLException($"{yamlPath}: cannot be read ({e.Message})", e); }
 
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (keyNode, valueNode) in model.Children)
@@ -337,7 +338,7 @@ public static partial class SeedImport
                 try { Directory.Delete(tmp, recursive: true); } catch (IOException) { /* best effort */ }
                 throw;
             }
-            Checkpoint.ReplaceDirectory(tmp, full);
+            AtomicFile.ReplaceDirectory(tmp, full);
             long bytes = layout.Sum(e => e.Shape.Aggregate(1L, (n, d) => n * d) * SafeTensors.ElementSize(e.Type));
             return new ImportResult(full, config, layout.Count, bytes, ignored);
         }
@@ -358,7 +359,7 @@ public static partial class SeedImport
     {
         _ when key.StartsWith("vision_tower.", StringComparison.Ordinal) => key["vision_tower.".Length..],
         _ when key.StartsWith("multi_modal_projector.linear_1.", StringComparison.Ordinal) => "llama_proj." + key["multi_modal_projector.linear_1.".Length..],
-        _ => throw new XrayVLException($"no seed key for '{key}'"),
+        _ => throw new XrayVLBugException($"no seed key for '{key}'"),
     };
 
     /// <summary>Keys and shapes of the vision tower and projector the config describes (built on the meta device: no memory).</summary>

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using XrayVL.IO;
 
 namespace XrayVL.Text;
 
@@ -170,20 +171,15 @@ public sealed record PromptFormat
     }
 
     public void Save(string directory) =>
-        Json.WriteAllTextAtomic(Path.Combine(directory, FileName), JsonSerializer.Serialize(this, Json.Options) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(directory, FileName), JsonSerializer.Serialize(this, Json.Options) + "\n");
 
     /// <summary>prompt_format.json of a folder, or null when it has none.</summary>
     public static PromptFormat? ReadIfPresent(string directory)
     {
         string path = Path.Combine(directory, FileName);
         if (!File.Exists(path)) return null;
-        try
-        {
-            var format = JsonSerializer.Deserialize<PromptFormat>(File.ReadAllText(path), Json.Options)
-                         ?? throw new XrayVLException($"{path}: empty prompt format");
-            return format.Validate();
-        }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not a valid prompt format ({e.Message})"); }
-        catch (XrayVLException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal)) { throw new XrayVLException($"{path}: {e.Message}"); }
+        var format = Json.Read<PromptFormat>(path, "prompt format");
+        try { return format.Validate(); }
+        catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
     }
 }
