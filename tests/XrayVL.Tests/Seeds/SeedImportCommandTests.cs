@@ -91,4 +91,21 @@ public sealed class SeedImportCommandTests
         Assert.Throws<XrayVLException>(() => SeedImport.Spec("llava"));
         Assert.False(Directory.Exists(temp.File("m")));
     }
+
+    [Fact]
+    public void ATruncatedShardStopsTheImportAndLeavesNoFolder()
+    {
+        using var temp = new TempDir("xrayvl-import");
+        string source = SeedFixture.Seed("minigpt_med", "llama-2-7b-chat-hf"), llama = temp.File("llama");
+        Directory.CreateDirectory(llama);
+        foreach (string file in Directory.GetFiles(source)) File.Copy(file, Path.Combine(llama, Path.GetFileName(file)));
+        string shard = Path.Combine(llama, "pytorch_model-00002-of-00002.bin");
+        byte[] whole = File.ReadAllBytes(shard);
+        File.WriteAllBytes(shard, whole[..(whole.Length - 200)]);
+        var r = CliRunner.Run("import", "minigpt-med", "--eva", SeedFixture.Seed("minigpt_med", "eva_vit_g.pth"), "--llama", llama,
+            "--ckpt", SeedFixture.Seed("minigpt_med", "checkpoint_stage3.pth"), "--image-size", "112", "--eva-heads", "4", "--out", temp.File("m"));
+        AssertOneLineError(r, "pytorch_model-00002-of-00002.bin");
+        Assert.False(Directory.Exists(temp.File("m")));
+        Assert.Empty(Directory.GetDirectories(temp.Path, "m.*"));            // no temporary folder left behind
+    }
 }
