@@ -101,8 +101,10 @@ public sealed class XrayChatClient : IChatClient
     {
         var (conversation, images) = await ReadConversationAsync(messages, chatOptions, cancellationToken);
         var decoding = Decoding(chatOptions);
-        var stops = chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         var tokenizer = loaded.Tokenizer;
+        // The caller's stop sequences, and a seed prompt format's own (XrayGPT's "###" may come as "##" + "#").
+        var stops = (chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)) ?? [])
+            .Concat(tokenizer.PromptFormat?.StopStrings ?? []).Distinct().ToArray();
 
         string responseId = "chatcmpl-" + Guid.NewGuid().ToString("N");
         var created = DateTimeOffset.UtcNow;
