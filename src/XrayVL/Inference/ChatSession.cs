@@ -126,30 +126,3 @@ public sealed class ChatSession
         return sb.ToString().Trim();
     }
 }
-
-/// <summary>Where stop strings occur in a growing answer.</summary>
-internal static class StopStrings
-{
-    /// <summary>The index of the earliest stop string in <paramref name="text"/>, or null.</summary>
-    public static int? First(StringBuilder text, string[] stops)
-    {
-        string s = text.ToString();
-        int? first = null;
-        foreach (string stop in stops)
-        {
-            int at = s.IndexOf(stop, StringComparison.Ordinal);
-            if (at >= 0 && (first is null || at < first)) first = at;
-        }
-        return first;
-    }
-
-    /// <summary>Length of the longest end of <paramref name="text"/> that is the start of a stop string.</summary>
-    public static int PartialAtEnd(StringBuilder text, string[] stops)
-    {
-        int longest = 0;
-        foreach (string stop in stops)
-            for (int k = Math.Min(stop.Length - 1, text.Length); k > longest; k--)
-                if (text.ToString(text.Length - k, k) == stop[..k]) { longest = k; break; }
-        return longest;
-    }
-}
