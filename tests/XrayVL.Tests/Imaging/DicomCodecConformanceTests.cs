@@ -34,6 +34,20 @@ public class DicomCodecConformanceTests
         return Convert.ToHexStringLower(SHA256.HashData(bytes));
     }
 
+    /// <summary>
+    /// JPEG 2000 and JPEG-LS frames are decoded by system libraries (libopenjp2-7, libcharls2; `.ci/run` installs them
+    /// where it can). On a machine without one, the tests of its files are skipped with that reason, and
+    /// <see cref="MissingSystemLibraryIsRefusedByName"/> holds the refusal such a machine gives instead.
+    /// </summary>
+    private static void SkipUnlessCodecInstalled(byte[] data, string file)
+    {
+        string syntax = Dicom.ReadDataset(data, file).TransferSyntaxUid;
+        if (syntax is Dicom.Jpeg2000Lossless or Dicom.Jpeg2000 && !OpenJpeg.IsAvailable)
+            Assert.Skip("libopenjp2.so.7 is not installed on this machine (apt-get install libopenjp2-7)");
+        if (syntax is Dicom.JpegLsLossless or Dicom.JpegLsNearLossless && !CharLs.IsAvailable)
+            Assert.Skip("libcharls.so.2 is not installed on this machine (apt-get install libcharls2)");
+    }
+
     [Theory]
     // JPEG 2000 lossless and lossy (OpenJPEG)
     [InlineData("pydicom__MR_small_jp2klossless.dcm", "b8d9a6cee6ff2ea9edbe8b476e54b80cfab8c6a15aff4d431b6c38840a20f7df")]   // = the uncompressed MR_small
@@ -57,6 +71,7 @@ public class DicomCodecConformanceTests
     public void StoredValuesMatchPydicomWithGdcm(string file, string sha256)
     {
         byte[] data = File.ReadAllBytes(Suite(file));
+        SkipUnlessCodecInstalled(data, file);
         Assert.Equal(sha256, Hash(Dicom.DecodeStoredValues(data, file)));
         var image = ImageFile.Decode(data, file);
         Assert.All(image.Pixels, v => Assert.InRange(v, 0f, 1f));
@@ -105,7 +120,9 @@ public class DicomCodecConformanceTests
     [InlineData("fo-dicom__TestPattern_Palette_16.dcm", 0.468177295, 1.0, 0.631372549, double.NaN)]
     public void ColourAndPaletteFilesBecomeTheirLuma(string file, double mean, double first, double middle, double last)
     {
-        var image = ImageFile.Decode(File.ReadAllBytes(Suite(file)), file);
+        byte[] data = File.ReadAllBytes(Suite(file));
+        SkipUnlessCodecInstalled(data, file);
+        var image = ImageFile.Decode(data, file);
         Assert.Equal(mean, image.Pixels.Average(v => (double)v), 1e-4);
         Assert.Equal(first, image[0, 0], 1e-4);
         Assert.Equal(middle, image[image.Width / 2, image.Height / 2], 1e-4);
@@ -133,6 +150,7 @@ public class DicomCodecConformanceTests
     public void CorruptJpeg2000HeaderIsRefused()
     {
         byte[] data = File.ReadAllBytes(Suite("pydicom__JPEG2000-embedded-sequence-delimiter.dcm"));
+        SkipUnlessCodecInstalled(data, "x.dcm");
         var e = Assert.Throws<XrayVLException>(() => ImageFile.Decode(data, "x.dcm"));
         Assert.StartsWith("x.dcm: corrupt or unsupported encapsulated JPEG 2000 frame (header", e.Message);
     }
@@ -147,6 +165,7 @@ public class DicomCodecConformanceTests
     public void TruncatedCodestreamsAreRefused(string file, string codec)
     {
         byte[] data = File.ReadAllBytes(Suite(file));
+        SkipUnlessCodecInstalled(data, file);
         byte[] cut = DicomTestFiles.TruncateFirstFragment(data, keep: 0.6);
         var e = Assert.ThrowsAny<XrayVLException>(() => ImageFile.Decode(cut, "cut.dcm"));
         Assert.StartsWith("cut.dcm: ", e.Message);
@@ -170,6 +189,8 @@ public class DicomCodecConformanceTests
     [Fact]
     public void ManifestDecodeCount()
     {
+        if (!OpenJpeg.IsAvailable || !CharLs.IsAvailable)
+            Assert.Skip("the count needs both codec libraries (apt-get install libopenjp2-7 libcharls2)");
         string root = Path.Combine(SharedData.Root, "..", "reference", "image-suites");
         using var manifest = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "manifest.json")));
         var decoded = new List<string>();
