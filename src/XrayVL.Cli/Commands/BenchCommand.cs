@@ -26,7 +26,7 @@ public static class BenchCommand
         }.AcceptOnlyFromAmong([.. ShapeBenchmark.Shapes.Keys]);
         var dtypes = new Option<string>("--dtype")
         {
-            Description = "With --shape: comma-separated dtypes to measure, each with its own peak RSS (fp32, bf16, int8)",
+            Description = "With --shape: comma-separated dtypes to measure, each with its own peak RSS (fp32, bf16, int8, int4)",
             DefaultValueFactory = _ => "fp32,bf16,int8",
         };
         var promptTokens = new Option<int>("--prompt-tokens") { Description = "With --shape: prompt length for prefill", DefaultValueFactory = _ => 128 };
