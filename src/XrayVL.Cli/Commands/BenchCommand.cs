@@ -22,8 +22,8 @@ public static class BenchCommand
         };
         var shape = new Option<string?>("--shape")
         {
-            Description = $"Benchmark a published decoder shape with random weights (no model folder): {string.Join(", ", ShapeBenchmark.Shapes.Keys)}",
-        }.AcceptOnlyFromAmong([.. ShapeBenchmark.Shapes.Keys]);
+            Description = $"Benchmark a published decoder shape with random weights (no model folder): {string.Join(", ", ShapeBenchmark.ShapeNames)}",
+        }.AcceptOnlyFromAmong([.. ShapeBenchmark.ShapeNames]);
         var dtypes = new Option<string>("--dtype")
         {
             Description = "With --shape: comma-separated dtypes to measure, each with its own peak RSS (fp32, bf16, int8, int4)",

@@ -88,7 +88,8 @@ public static class GlmRotary
         using var scope = NewDisposeScope();
         long half = x.shape[^1] / 2;
         var rotated = torch.cat([x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], dim: -1);
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        // cos/sin are float32: a bf16 x is rotated in float32 and returned in its own dtype (a no-op for float32).
+        return (x * cos + rotated * sin).to(x.dtype).MoveToOuterDisposeScope();
     }
 }
 
