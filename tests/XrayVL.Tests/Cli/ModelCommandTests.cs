@@ -60,11 +60,25 @@ public class ModelCommandTests
         var r = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "16");
         string cliReport = JsonDocument.Parse(r.Out).RootElement.GetProperty("report").GetString()!;
         var loaded = XrayVL.IO.Checkpoint.Load(TinyCheckpoint.Directory);
-        var session = new XrayVL.Inference.ChatSession(loaded, "en");
+        var session = new XrayVL.Inference.ChatSession(new XrayVL.Inference.InferencePipeline(loaded), "en");
         session.AddImage(XrayVL.Imaging.ImageFile.Load(Sample()));
-        string direct = await session.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
-            XrayVL.Inference.ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
+        string direct = await session.AskAllAsync(XrayVL.Data.InstructionPhrases.ReportRequest("en"),
+            XrayVL.Inference.InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
         Assert.Equal(direct, cliReport);
+    }
+
+    [Fact]
+    public void ReportJsonCarriesWhatTheReportApiReturns()
+    {
+        // One report service behind both: the CLI's record is /api/report's object plus the image path.
+        var r = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "12");
+        Assert.True(r.ExitCode == 0, r.Err);
+        var record = JsonDocument.Parse(r.Out).RootElement;
+        var keys = record.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(["boxes", "disclaimer", "evidence", "finish_reason", "image", "labels", "language", "model", "report", "seconds"], keys);
+        Assert.Equal(14, record.GetProperty("labels").EnumerateObject().Count());
+        Assert.Equal(JsonValueKind.Array, record.GetProperty("boxes").ValueKind);
+        Assert.Contains(record.GetProperty("finish_reason").GetString(), new[] { "stop", "length" });
     }
 
     [Fact]
