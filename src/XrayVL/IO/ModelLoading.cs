@@ -1,4 +1,3 @@
-using System.Text.Json;
 using System.Text.Json.Nodes;
 using TorchSharp;
 using XrayVL.Kernels;
@@ -132,10 +131,7 @@ public static class ModelLoading
 
     private static List<string> Shards(string dir, string index, out IReadOnlyDictionary<string, string>? weightMap)
     {
-        JsonNode? map;
-        try { map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"]; }
-        catch (JsonException e) { throw new XrayVLException($"{index}: not valid JSON ({e.Message})"); }
-        if (map is not JsonObject entries) throw new XrayVLException($"{index}: no weight_map");
+        if (Json.ReadObject(index, "shard index")["weight_map"] is not JsonObject entries) throw new XrayVLException($"{index}: no weight_map");
         var byName = new Dictionary<string, string>();
         foreach (var (name, value) in entries)
         {
@@ -292,7 +288,7 @@ public static class ModelLoading
         foreach (var (key, info) in plan)
         {
             if (!targets.TryGetValue(key, out var target)) continue;
-            string shape = SafeTensors.FormatShape(info.Shape), targetShape = SafeTensors.FormatShape(target.shape);
+            string shape = ModuleWeights.FormatShape(info.Shape), targetShape = ModuleWeights.FormatShape(target.shape);
             const string OwnFormat = " (a quantized checkpoint loads only with its own --dtype)";
             if (quantized.TryGetValue(key, out var linear) && IsFloat(info.DType))
             {
@@ -310,7 +306,7 @@ public static class ModelLoading
         var unexpected = plan.Keys.Where(k => !targets.ContainsKey(k)).Order(StringComparer.Ordinal).ToList();
         var report = new LoadReport([], missing, unexpected, mismatched);
         if (!report.IsComplete)
-            throw new XrayVLException($"{dir}: checkpoint does not fit {module.GetType().Name}: " + SafeTensors.Describe(report));
+            throw new XrayVLException($"{dir}: checkpoint does not fit {module.GetType().Name}: " + ModuleWeights.Describe(report));
     }
 
     private static bool IsFloat(ScalarType type) =>

@@ -80,7 +80,7 @@ public class ModelLoadingTests
         source.to(ScalarType.BFloat16);
         using var dir = new TempDir("xrayvl-stream");
         ConfigFile.Write(Path.Combine(dir.Path, Checkpoint.ConfigFileName), config);
-        SafeTensors.SaveModule(Path.Combine(dir.Path, Checkpoint.WeightsFileName), source);
+        ModuleWeights.SaveModule(Path.Combine(dir.Path, Checkpoint.WeightsFileName), source);
 
         using var bf16 = ModelLoading.Build(WeightFormat.Bf16, languageModelOnly: false, () => new LanguageModel(config));
         var report = ModelLoading.LoadInto(dir.Path, bf16, _ => key => key);
@@ -92,7 +92,7 @@ public class ModelLoadingTests
         using var int8 = ModelLoading.LoadLanguageModel(dir.Path, WeightFormat.Int8);
         string quantizedDir = TempDir.Create("xrayvl-stream-q8");
         ConfigFile.Write(Path.Combine(quantizedDir, Checkpoint.ConfigFileName), config);
-        SafeTensors.SaveModule(Path.Combine(quantizedDir, Checkpoint.WeightsFileName), int8);
+        ModuleWeights.SaveModule(Path.Combine(quantizedDir, Checkpoint.WeightsFileName), int8);
         using var again = ModelLoading.LoadLanguageModel(quantizedDir, WeightFormat.Int8);
         foreach (var (key, t) in int8.state_dict()) Assert.True(Same(t, again.state_dict()[key]), key);
         foreach (var format in new[] { WeightFormat.Bf16, WeightFormat.Int4 })
@@ -186,7 +186,7 @@ public class ModelLoadingMemoryTests(ITestOutputHelper output)
         using (var source = new LanguageModel(config))
         {
             ConfigFile.Write(Path.Combine(dir, Checkpoint.ConfigFileName), config);
-            SafeTensors.SaveModule(Path.Combine(dir, Checkpoint.WeightsFileName), source);
+            ModuleWeights.SaveModule(Path.Combine(dir, Checkpoint.WeightsFileName), source);
             fp32Bytes = source.parameters().Sum(p => p.numel() * 4);
             largest = source.parameters().Max(p => p.numel() * 4);
         }
