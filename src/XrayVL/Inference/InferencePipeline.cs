@@ -50,7 +50,8 @@ public sealed class InferencePipeline
 
     /// <summary>
     /// The decoding every front end uses unless told otherwise: <paramref name="options"/> (or greedy with the default
-    /// repetition penalty and n-gram ban), with the chat template's stop tokens added.
+    /// repetition penalty and n-gram ban), with the chat template's stop tokens added (and a seed prompt format's own,
+    /// e.g. XrayGPT's "###").
     /// </summary>
     public GenerationOptions Decoding(GenerationOptions? options = null) => Decoding(Tokenizer, options);
 
@@ -58,7 +59,8 @@ public sealed class InferencePipeline
     public static GenerationOptions Decoding(XrayTokenizer tokenizer, GenerationOptions? options = null) =>
         (options ?? new GenerationOptions { RepetitionPenalty = DefaultRepetitionPenalty, NoRepeatNgramSize = DefaultNoRepeatNgramSize }) with
         {
-            StopTokenIds = new HashSet<int>((options?.StopTokenIds ?? new HashSet<int>()).Concat([tokenizer.ImEndId, tokenizer.EosId])),
+            StopTokenIds = new HashSet<int>((options?.StopTokenIds ?? new HashSet<int>()).Concat([tokenizer.ImEndId, tokenizer.EosId])
+                .Concat(tokenizer.PromptFormat?.StopTokenIds ?? [])),
         };
 
     // ---------------------------------------------------------------- 1. render
@@ -87,7 +89,7 @@ public sealed class InferencePipeline
         int placeholders = promptIds.Count(id => id == imageToken);
         if (placeholders != imageCount)
             throw new XrayVLException($"the prompt has {placeholders} image placeholders but {imageCount} images were given");
-        var (expanded, _) = VisionLanguageModel.ExpandImagePlaceholders(promptIds, promptIds, imageToken, model.TokensPerImage);
+        var expanded = ExpandImages(promptIds, imageToken, model.TokensPerImage);
         int vocab = model.Config.TextConfig.VocabSize;
         foreach (int id in expanded)
             if (id < 0 || id >= vocab) throw new XrayVLException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
@@ -97,6 +99,10 @@ public sealed class InferencePipeline
             throw new XrayVLException($"the conversation is {expanded.Length} positions long, which leaves no room under the model's context of {context}; start a new conversation");
         return expanded;
     }
+
+    /// <summary>The expansion alone, unchecked: for the training samples, which know the model's shape but not the model.</summary>
+    public static int[] ExpandImages(IReadOnlyList<int> promptIds, int imageTokenId, int tokensPerImage) =>
+        VisionLanguageModel.ExpandImagePlaceholders(promptIds, promptIds, imageTokenId, tokensPerImage).Ids;
 
     // ---------------------------------------------------------------- 3. embed
 
@@ -222,6 +228,13 @@ public sealed class InferencePipeline
 
     // ---------------------------------------------------------------- 5. detokenize
 
-    /// <summary>A whole answer's text: special tokens dropped, surrounding whitespace trimmed.</summary>
-    public string Text(IEnumerable<int> tokens) => Tokenizer.Decode(tokens, skipSpecial: true).Trim();
+    /// <summary>
+    /// A whole answer's text: special tokens dropped, surrounding whitespace trimmed; with a seed prompt format, cut at
+    /// its first stop string as the seed cuts its output.
+    /// </summary>
+    public string Text(IEnumerable<int> tokens)
+    {
+        string text = Tokenizer.Decode(tokens, skipSpecial: true);
+        return Tokenizer.PromptFormat?.CutAnswer(text) ?? text.Trim();
+    }
 }

@@ -28,7 +28,9 @@ public sealed record EvaVisionConfig
 
     [JsonIgnore] public int GridSize => ImageSize / PatchSize;
     [JsonIgnore] public int NumTokens => GridSize * GridSize + 1;
-    [JsonIgnore] public int IntermediateSize => (int)(HiddenSize * MlpRatio);
+    /// <summary>The MLP width when given outright (a composed config's intermediate_size); null: from <see cref="MlpRatio"/>.</summary>
+    public int? MlpHiddenSize { get; init; }
+    [JsonIgnore] public int IntermediateSize => MlpHiddenSize ?? (int)(HiddenSize * MlpRatio);
 
     public EvaVisionConfig Validate()
     {
