@@ -226,6 +226,13 @@ public static class ModelLoading
 
         foreach (string file in files)
         {
+            try { ReadFile(file); }
+            catch (IOException e) { throw new XrayVLException($"{file}: cannot read the checkpoint ({e.Message})", e); }
+        }
+        return new StreamedLoadReport(count, quantizedCount, inPlace, total, peak);
+
+        void ReadFile(string file)
+        {
             // Stored name → module key, for the tensors this file is the source of.
             var keys = plan.Where(p => p.Value.File == file).ToDictionary(p => p.Value.Key, p => p.Key);
             if (isTorch)
@@ -239,7 +246,7 @@ public static class ModelLoading
                     count++;
                     progress?.Invoke(done += plan[key].StorageBytes, total);
                 }
-                continue;
+                return;
             }
             var header = SafeTensors.ReadHeader(file);
             using var stream = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1 << 16);
@@ -268,7 +275,6 @@ public static class ModelLoading
                 progress?.Invoke(done += entry.ByteLength, total);
             }
         }
-        return new StreamedLoadReport(count, quantizedCount, inPlace, total, peak);
     }
 
     /// <summary>Refuses a folder that does not fit the module, before any tensor data is read.</summary>
