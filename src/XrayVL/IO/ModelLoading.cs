@@ -88,7 +88,8 @@ public static class ModelLoading
 
     /// <summary>
     /// Runs <paramref name="create"/> with the default dtype set to the format's compute dtype and (int8/int4) linear layers
-    /// quantized on creation; the result is in eval mode with no gradients.
+    /// quantized on creation; the result is in eval mode with no gradients. torch's default dtype is process-wide: tensors
+    /// other threads create meanwhile take it too, so models are built before serving starts, never beside other work.
     /// </summary>
     public static T Build<T>(WeightFormat format, bool languageModelOnly, Func<T> create) where T : nn.Module
     {

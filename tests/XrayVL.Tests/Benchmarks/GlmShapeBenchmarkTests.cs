@@ -3,11 +3,13 @@ using XrayVL.Benchmarks;
 using XrayVL.IO;
 using XrayVL.Kernels;
 using XrayVL.Modeling;
+using XrayVL.Tests.Modeling;
 using static TorchSharp.torch;
 
 namespace XrayVL.Tests.Benchmarks;
 
 /// <summary>The GLM block as `bench --shape chatglm-6b` runs it, at a tiny size, in every weight format.</summary>
+[Collection(nameof(ProcessWideTorchState))]   // loading in bf16/int8/int4 sets torch's process-wide default dtype while the model is built
 public class GlmShapeBenchmarkTests
 {
     [Fact]

@@ -6,6 +6,7 @@ using XrayVL.IO;
 using XrayVL.Kernels;
 using XrayVL.Modeling;
 using XrayVL.Tests.Support;
+using XrayVL.Tests.Modeling;
 using static TorchSharp.torch;
 
 namespace XrayVL.Tests.IO;
@@ -14,6 +15,7 @@ namespace XrayVL.Tests.IO;
 /// Loading checkpoint folders straight into the inference format (<see cref="ModelLoading"/>): the result equals the
 /// whole-file fp32 load converted afterwards, for safetensors and PyTorch files, single and sharded, and for every format.
 /// </summary>
+[Collection(nameof(ProcessWideTorchState))]   // loading in bf16/int8/int4 sets torch's process-wide default dtype while the model is built
 public class ModelLoadingTests
 {
     private static string Reference(params string[] parts) => Path.Combine([ReferenceOutputs.Root, .. parts]);

@@ -4,6 +4,7 @@ using TorchSharp;
 using XrayVL.IO;
 using XrayVL.Kernels;
 using XrayVL.Modeling;
+using XrayVL.Tests.Modeling;
 using static TorchSharp.torch;
 
 namespace XrayVL.Tests.Kernels;
@@ -14,6 +15,7 @@ namespace XrayVL.Tests.Kernels;
 /// token-by-token decoding with the KV cache (the decode kernels), fed HF's own greedy tokens so every step is compared
 /// with HF's score for that step; the greedy choice must agree at every step.
 /// </summary>
+[Collection(nameof(ProcessWideTorchState))]   // loading in bf16/int8/int4 sets torch's process-wide default dtype while the model is built
 public class QuantizedAccuracyTests(ITestOutputHelper output)
 {
     private static readonly Lazy<string?> Root = new(() =>
