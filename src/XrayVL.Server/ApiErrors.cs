@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Http;
 using XrayVL.Imaging;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Server;

@@ -4,6 +4,7 @@ using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.AI;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Server;

@@ -48,33 +48,10 @@ internal static class PageEndpoints
         int maxTokens = MaxTokens(form["max_tokens"].ToString(), server.Options);
         var image = await Uploads.DecodeAsync(bytes, server, full => Preprocess.ToModelSquare(full, server.Model.Preprocess), context.RequestAborted);
 
-        var chat = ReportChat(server, image, language);
-        var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
-        string report = await chat.AskAllAsync(Instructions.ReportRequest(language), options, context.RequestAborted);
-        var labels = Labeler.Default.Label(report, language);
-        await Results.Json(new JsonObject
-        {
-            ["report"] = report,
-            ["language"] = language,
-            ["labels"] = LabelsJson(labels),
-            ["evidence"] = EvidenceJson(labels),
-            ["boxes"] = BoxesJson(GridBoxes.Parse(report)),
-            ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
-            ["model"] = server.ModelId,
-            ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
-            ["disclaimer"] = Constants.Disclaimer(language),
-        }, ServerSentEvents.JsonOptions).ExecuteAsync(context);
-    }
-
-    /// <summary>
-    /// The conversation a report is written in, wherever it is asked for (/api/report, a page's "Write report"): a
-    /// first turn on the image alone. No earlier turn of any chat reaches it, so the same image always gets the same report.
-    /// </summary>
-    private static ChatSession ReportChat(XrayServer server, GrayImage modelImage, string language)
-    {
-        var chat = new ChatSession(server.Model, server.Scheduler, language);
-        chat.AddImage(modelImage);
-        return chat;
+        var written = await server.Reports.WriteAsync(image, language, server.Pipeline.Decoding() with { MaxNewTokens = maxTokens }, context.RequestAborted);
+        var json = written.ToJson();
+        json["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3);      // upload and decode included
+        await Results.Json(json, ServerSentEvents.JsonOptions).ExecuteAsync(context);
     }
 
     private static async Task CreateSession(HttpContext context, XrayServer server)
@@ -102,7 +79,7 @@ internal static class PageEndpoints
         // A copy first: an answer being written may add its turns meanwhile.
         ["turns"] = new JsonArray([.. session.Chat.Messages.ToArray().Select(m => (JsonNode)new JsonObject
         {
-            ["role"] = m.Role == ChatRole.User ? "user" : "assistant",
+            ["role"] = m.Role == TurnRole.User ? "user" : "assistant",
             ["text"] = m.Text,
         })]),
     }, ServerSentEvents.JsonOptions).ExecuteAsync(context);
@@ -163,25 +140,25 @@ internal static class PageEndpoints
     /// Asks the conversation a question, or for the report of its image, and streams the answer:
     /// <c>data: {"type":"delta","text":...}</c> events, then one <c>{"type":"done", ...}</c> with the whole answer, its
     /// findings (for a report) and the boxes it wrote; an error after the stream began comes as <c>{"type":"error"}</c>.
-    /// A report is written apart from the chat (<see cref="ReportChat"/>): the turns do not reach it and it adds none.
+    /// A report is written apart from the chat (<see cref="ReportWriter.Conversation"/>): the turns do not reach it and it adds none.
     /// </summary>
     private static async Task Ask(HttpContext context, XrayServer server, WebSession session)
     {
         var body = await ReadJsonObject(context, optional: false) ?? new JsonObject();
         bool report = body["report"] is JsonValue r && r.TryGetValue(out bool isReport) && isReport;
         string language = StringField(body, "language") is { } l ? Language(l, "language") : session.Chat.Language;
-        string text = report ? Instructions.ReportRequest(language)
+        string text = report ? ReportWriter.Request(language)
             : body["text"] is JsonValue t && t.TryGetValue(out string? question) && !string.IsNullOrWhiteSpace(question) ? question.Trim()
             : throw new ApiException(StatusCodes.Status400BadRequest, "text is missing: ask a question, or send \"report\": true", "text");
         if (text.Length > MaxQuestionLength) throw new ApiException(StatusCodes.Status400BadRequest, $"the question is longer than {MaxQuestionLength} characters", "text");
         int maxTokens = body["max_tokens"] is JsonValue m && m.TryGetValue(out int max) ? MaxTokens(max.ToString(), server.Options) : server.Options.DefaultMaxTokens;
-        var options = ChatSession.DefaultOptions(server.Model.Tokenizer) with { MaxNewTokens = maxTokens };
+        var options = server.Pipeline.Decoding() with { MaxNewTokens = maxTokens };
 
         if (report)
         {
             var image = session.ModelImage
                 ?? throw new ApiException(StatusCodes.Status400BadRequest, "no image yet: upload an X-ray before asking for its report", "report");
-            await StreamAnswer(context, ReportChat(server, image, language), text, options, report: true);
+            await StreamAnswer(context, server.Reports.Conversation(image, language), text, options, report: true);
         }
         else
         {
@@ -215,15 +192,15 @@ internal static class PageEndpoints
                 ["text"] = answer,
                 ["report"] = report,
                 ["language"] = chat.Language,
-                ["finish_reason"] = chat.LastFinishReason == Serving.FinishReason.Length ? "length" : "stop",
-                ["boxes"] = BoxesJson(GridBoxes.Parse(answer)),
+                ["finish_reason"] = chat.LastFinishReason == FinishReason.Length ? "length" : "stop",
+                ["boxes"] = ReportFindings.BoxesJson(GridBoxes.Parse(answer)),
                 ["seconds"] = Math.Round(Stopwatch.GetElapsedTime(started).TotalSeconds, 3),
             };
             if (report)
             {
-                var labels = Labeler.Default.Label(answer, chat.Language);
-                done["labels"] = LabelsJson(labels);
-                done["evidence"] = EvidenceJson(labels);
+                var findings = ReportFindings.Read(answer, chat.Language);
+                done["labels"] = findings.LabelsJson();
+                done["evidence"] = findings.EvidenceJson();
             }
             await ServerSentEvents.WriteAsync(context, done);
             await ServerSentEvents.WriteDoneAsync(context);
@@ -297,26 +274,6 @@ internal static class PageEndpoints
             throw new ApiException(StatusCodes.Status400BadRequest, $"max_tokens must be an integer between 1 and {options.MaxOutputTokens}", "max_tokens");
         return max;
     }
-
-    /// <summary>All 14 CheXpert names → 1 (present), 0 (absent), −1 (uncertain) or null (not mentioned).</summary>
-    internal static JsonObject LabelsJson(ChexpertLabels labels)
-    {
-        var json = new JsonObject();
-        foreach (var (name, value) in labels.ToDictionary()) json[name] = value;
-        return json;
-    }
-
-    /// <summary>For each mentioned finding, the sentence of the report that decided it.</summary>
-    internal static JsonObject EvidenceJson(ChexpertLabels labels)
-    {
-        var json = new JsonObject();
-        foreach (var o in Observations.All)
-            if (labels[o] != LabelValue.NotMentioned && labels.Evidence(o) is { } sentence) json[o.Name()] = sentence;
-        return json;
-    }
-
-    internal static JsonArray BoxesJson(IReadOnlyList<GridBox> boxes) =>
-        new([.. boxes.Select(b => (JsonNode)new JsonArray(b.X1, b.Y1, b.X2, b.Y2))]);
 
     private static GrayImage Downscale(GrayImage image, int side)
     {

@@ -11,6 +11,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using XrayVL.IO;
 using XrayVL.Kernels;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Server;
@@ -26,6 +27,8 @@ public sealed class XrayServer : IDisposable
         ownsModel = options.Model is null;
         Model = options.Model ?? WeightFormats.LoadForInference(options.ModelDir!, WeightFormats.Parse(options.DType));
         Scheduler = new BatchScheduler(Model.Model, Model.Preprocess, new BatchSchedulerOptions { MaxBatch = options.MaxBatch, MaxQueue = options.MaxQueue });
+        Pipeline = new InferencePipeline(Model, Scheduler);
+        Reports = new ReportWriter(Pipeline, Model.Name);
         Decodes = new DecodeBudget(options.DecodeBudgetBytes);
         ChatClient = new XrayChatClient(Model, Scheduler, new XrayChatClientOptions
         {
@@ -35,13 +38,17 @@ public sealed class XrayServer : IDisposable
             MaxImages = options.MaxImages,
             DecodeBudget = Decodes,
         });
-        Sessions = new SessionStore(Model, Scheduler, options);
+        Sessions = new SessionStore(Pipeline, options);
         Started = options.TimeProvider.GetUtcNow();
     }
 
     public ServerOptions Options { get; }
     public LoadedModel Model { get; }
     public BatchScheduler Scheduler { get; }
+    /// <summary>Every endpoint's way from a conversation to text: through <see cref="Scheduler"/>, shared by all clients.</summary>
+    public InferencePipeline Pipeline { get; }
+    /// <summary>Reports for /api/report and the page, written apart from any chat.</summary>
+    public ReportWriter Reports { get; }
     /// <summary>Every image decode of every endpoint reserves its memory here.</summary>
     public DecodeBudget Decodes { get; }
     public XrayChatClient ChatClient { get; }

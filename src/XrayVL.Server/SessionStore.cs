@@ -42,15 +42,13 @@ public sealed class SessionStore : IDisposable
 
     private readonly Dictionary<string, WebSession> sessions = new(StringComparer.Ordinal);
     private readonly object gate = new();
-    private readonly LoadedModel model;
-    private readonly BatchScheduler scheduler;
+    private readonly InferencePipeline pipeline;
     private readonly TimeProvider clock;
     private readonly ITimer sweeper;
 
-    public SessionStore(LoadedModel model, BatchScheduler scheduler, ServerOptions options)
+    public SessionStore(InferencePipeline pipeline, ServerOptions options)
     {
-        this.model = model;
-        this.scheduler = scheduler;
+        this.pipeline = pipeline;
         clock = options.TimeProvider;
         IdleTimeout = options.SessionIdleTimeout;
         PressureIdleTimeout = options.SessionIdleTimeoutUnderPressure < IdleTimeout ? options.SessionIdleTimeoutUnderPressure : IdleTimeout;
@@ -77,7 +75,7 @@ public sealed class SessionStore : IDisposable
     public WebSession Create(string language, string client)
     {
         string id = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(16));
-        var session = new WebSession(id, client, new ChatSession(model, scheduler, language), clock.GetUtcNow());
+        var session = new WebSession(id, client, new ChatSession(pipeline, language), clock.GetUtcNow());
         lock (gate)
         {
             SweepLocked(clock.GetUtcNow());

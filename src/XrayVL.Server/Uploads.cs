@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
 using XrayVL.Imaging;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Server;

@@ -24,17 +24,16 @@ public static class ChatCommand
             string? first = parse.GetValue(image);
             var firstImage = first is null ? null : ImageFile.Load(first);
             var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
-            var session = new ChatSession(loaded, parse.GetValue(lang)!);
+            var pipeline = new InferencePipeline(loaded);
+            var session = new ChatSession(pipeline, parse.GetValue(lang)!);
             if (firstImage != null) session.AddImage(firstImage);
             double temp = parse.GetValue(temperature);
-            var options = new GenerationOptions
+            var options = pipeline.Decoding() with
             {
                 MaxNewTokens = parse.GetValue(maxTokens),
                 DoSample = temp > 0,
                 Temperature = temp > 0 ? temp : 1.0,
                 Seed = parse.GetValue(seed),
-                RepetitionPenalty = 1.1,
-                NoRepeatNgramSize = 4,
             };
 
             io.Err.WriteLine($"XrayVL chat — model {loaded.Name}. {App.DisclaimerIn(parse.GetValue(lang)!)}");

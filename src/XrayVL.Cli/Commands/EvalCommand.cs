@@ -40,7 +40,7 @@ public static class EvalCommand
             // The decoding every front end uses, with this command's width and length: eval scores what `report` writes.
             options = options with
             {
-                Generation = ChatSession.DefaultOptions(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) },
+                Generation = InferencePipeline.Decoding(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) },
             };
             string outDir = parse.GetValue(output)!;
             EvalResult result = null!;

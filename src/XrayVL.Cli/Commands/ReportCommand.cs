@@ -1,8 +1,5 @@
 using System.CommandLine;
-using System.Diagnostics;
-using System.Text.Json;
-using XrayVL.Data;
-using XrayVL.Data.Labeler;
+using System.Text.Json.Nodes;
 using XrayVL.Imaging;
 using XrayVL.Inference;
 
@@ -17,7 +14,7 @@ public static class ReportCommand
         var model = CommonOptions.Model();
         var dtype = CommonOptions.DType();
         var lang = CommonOptions.Language();
-        var json = CommonOptions.Json("Print one JSON object per image: image, report, labels, model, seconds");
+        var json = CommonOptions.Json("Print one JSON object per image: image, report, language, labels, evidence, boxes, finish_reason, model, seconds, disclaimer");
         var beams = new Option<int>("--beams") { Description = "Beam search width (1 = greedy; R2Gen uses 3)", DefaultValueFactory = _ => 1 };
         var maxTokens = CommonOptions.MaxTokens();
         var command = new Command("report", "Write a report for each chest X-ray") { images, model, dtype, lang, json, beams, maxTokens };
@@ -28,24 +25,19 @@ public static class ReportCommand
             // Read every image first: a bad file fails in a second, before the model loads.
             var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
             var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
+            var pipeline = new InferencePipeline(loaded);
+            var reports = new ReportWriter(pipeline, loaded.Name);
             // The decoding every front end uses (repetition penalty, n-gram ban, chat stop tokens), with this command's width and length.
-            var options = ChatSession.DefaultOptions(loaded.Tokenizer) with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
+            var options = pipeline.Decoding() with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
             foreach (var (path, image) in loadedImages)
             {
-                var clock = Stopwatch.StartNew();
-                var session = new ChatSession(loaded, language);
-                session.AddImage(image);
-                string report = await session.AskAllAsync(Instructions.ReportRequest(language), options, cancel);
-                double seconds = clock.Elapsed.TotalSeconds;
-                var labels = Labeler.Default.Label(report, language);
+                var written = await reports.WriteAsync(image, language, options, cancel);
+                string report = written.Report;
                 if (asJson)
                 {
-                    var record = new
-                    {
-                        image = path, report, labels = labels.ToDictionary(), model = loaded.Name,
-                        seconds = Math.Round(seconds, 3), language, disclaimer = App.DisclaimerIn(language),
-                    };
-                    io.Out.WriteLine(JsonSerializer.Serialize(record, Json.Line));
+                    var record = new JsonObject { ["image"] = path };
+                    foreach (var (key, value) in written.ToJson()) record[key] = value?.DeepClone();
+                    io.Out.WriteLine(record.ToJsonString(Json.Line));
                 }
                 else
                 {
@@ -53,7 +45,7 @@ public static class ReportCommand
                     io.Out.WriteLine(report.Length > 0 ? report : "(the model wrote nothing)");
                     io.Out.WriteLine($"[{App.DisclaimerIn(language)}]");
                     if (loadedImages.Count > 1) io.Out.WriteLine();
-                    io.Err.WriteLine($"({loaded.Name}, {seconds:0.00} s)");
+                    io.Err.WriteLine($"({loaded.Name}, {written.Seconds:0.00} s)");
                 }
             }
             return 0;

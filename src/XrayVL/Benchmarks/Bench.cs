@@ -104,13 +104,13 @@ public static class Bench
 
             // 5. Seconds per report, end to end: image file → decoded, encoded, prompted, generated, detokenised text.
             log?.Invoke("report end to end");
-            var reportOptions = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
+            var reportOptions = InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
             int reportTokens = 0;
             double reportSeconds = Median(options.Repeats, () => Time(() =>
             {
-                var session = new ChatSession(loaded, "en");
+                var session = new ChatSession(new InferencePipeline(loaded), "en");
                 session.AddImage(ImageFile.Load(sampleImage));
-                string report = session.AskAllAsync(Instructions.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
+                string report = session.AskAllAsync(InstructionPhrases.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
                 reportTokens = loaded.Tokenizer.Encode(report).Length;
             })) / 1000;
             figures.Add(new("report end to end (fp32)", reportSeconds, "s/report", $"greedy, {reportTokens} tokens written, at most {options.ReportTokens}"));
@@ -208,7 +208,7 @@ public static class Bench
         Tensor prompt;
         using (no_grad()) prompt = model.Embed(ids.narrow(1, 0, ids.shape[1] - tokens));
         var options = new GenerationOptions { MaxNewTokens = tokens };
-        using var stream = new XrayVL.Inference.Generator(model).Generate(prompt, options).GetEnumerator();
+        using var stream = new XrayVL.Inference.TokenGenerator(model).Generate(prompt, options).GetEnumerator();
         if (!stream.MoveNext()) throw new InvalidOperationException("no token generated");   // prefill + first token
         var watch = Stopwatch.StartNew();
         int decoded = 0;

@@ -23,7 +23,7 @@ public sealed record DecodeBenchmarkResult(
 
 /// <summary>
 /// Measures language-model speed on this machine with random weights (speed does not depend on their values):
-/// greedy decoding through <see cref="Generator"/> with the KV cache against recomputing the whole sequence every step,
+/// greedy decoding through <see cref="Inference.TokenGenerator"/> with the KV cache against recomputing the whole sequence every step,
 /// and fp32 against bf16 for prefill and decoding. Each figure is the median of a few repeats after a warm-up.
 /// </summary>
 public static class DecodeBenchmark

@@ -8,7 +8,7 @@ namespace XrayVL.Data;
 /// A training conversation in a neutral form: turns with roles "user"/"assistant", each with the number of images it
 /// carries (the chat template places them), plus the image paths. The lead's ChatTemplate maps it to tokens.
 /// </summary>
-public sealed record Conversation
+public sealed record TrainingConversation
 {
     public required string Id { get; init; }
     /// <summary>"report", "vqa", "findings", "grounding", "multi_turn", or the task a user's file names ("custom" when none).</summary>
@@ -31,10 +31,10 @@ public static class ConversationJsonl
 {
     public const string ImagePlaceholder = "<image>";
 
-    public static int Write(string path, IEnumerable<Conversation> conversations) =>
+    public static int Write(string path, IEnumerable<TrainingConversation> conversations) =>
         Manifest.WriteLinesAtomic(path, conversations.Select(ToLine));
 
-    public static string ToLine(Conversation c)
+    public static string ToLine(TrainingConversation c)
     {
         var turns = new JsonArray();
         foreach (var t in c.Turns)
@@ -58,11 +58,11 @@ public static class ConversationJsonl
         return o.ToJsonString(Json.Line);
     }
 
-    public static List<Conversation> Read(string path) =>
+    public static List<TrainingConversation> Read(string path) =>
         Manifest.ReadLines(path).Select(l => Parse(l.Text, $"{path}:{l.Line}", $"line{l.Line}")).ToList();
 
     /// <summary>Parses one record; <paramref name="where"/> ("file:line") prefixes errors, <paramref name="fallbackId"/> names records without an id.</summary>
-    public static Conversation Parse(string json, string where, string fallbackId)
+    public static TrainingConversation Parse(string json, string where, string fallbackId)
     {
         JsonNode? node;
         try { node = JsonNode.Parse(json); }
@@ -118,7 +118,7 @@ public static class ConversationJsonl
         }
         string id = Str(o, "id") ?? fallbackId;
         string text = string.Concat(turns.Select(t => t.Text));
-        return new Conversation
+        return new TrainingConversation
         {
             Id = id,
             Task = Str(o, "task") ?? "custom",

@@ -7,7 +7,7 @@ public sealed record GridBox(int X1, int Y1, int X2, int Y2);
 
 /// <summary>
 /// Reads the boxes an answer writes in MiniGPT-Med's form <c>{&lt;x1&gt;&lt;y1&gt;&lt;x2&gt;&lt;y2&gt;}</c>
-/// (the inverse of <see cref="Instructions.BoxText"/>), so front ends can draw what a grounding answer says.
+/// (the inverse of <see cref="AnswerFormats.Box"/>), so front ends can draw what a grounding answer says.
 /// </summary>
 public static partial class GridBoxes
 {

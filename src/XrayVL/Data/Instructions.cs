@@ -9,7 +9,7 @@ public sealed record InstructionOptions
 {
     /// <summary>Same seed, same studies → the same conversations (each study draws from its own seeded generator).</summary>
     public int Seed { get; init; }
-    /// <summary>Conversation languages. Report generation is built only in the report's own language.</summary>
+    /// <summary>TrainingConversation languages. Report generation is built only in the report's own language.</summary>
     public IReadOnlyList<string> Languages { get; init; } = ["en", "zh"];
     /// <summary>Tasks to build, from <see cref="Instructions.Tasks"/>.</summary>
     public IReadOnlyList<string> Tasks { get; init; } = Instructions.Tasks;
@@ -60,7 +60,7 @@ public static class Instructions
 
     public static readonly IReadOnlyList<string> Tasks = [Report, Vqa, Findings, Grounding, MultiTurn];
 
-    public static List<Conversation> Build(IEnumerable<Study> studies, InstructionOptions options, ILabeler? labeler = null)
+    public static List<TrainingConversation> Build(IEnumerable<Study> studies, InstructionOptions options, ILabeler? labeler = null)
     {
         labeler ??= Labeler.Labeler.Default;
         foreach (string t in options.Tasks)
@@ -71,7 +71,7 @@ public static class Instructions
         {
             if (l is not ("en" or "zh")) throw new XrayVLException($"unknown instruction language '{l}'; expected en or zh");
         }
-        var list = new List<Conversation>();
+        var list = new List<TrainingConversation>();
         foreach (var study in studies) list.AddRange(ForStudy(study, options, labeler));
         return list;
     }
@@ -87,7 +87,7 @@ public static class Instructions
         return Summarize(conversations);
     }
 
-    public static InstructionSummary Summarize(IEnumerable<Conversation> conversations)
+    public static InstructionSummary Summarize(IEnumerable<TrainingConversation> conversations)
     {
         var byTask = new SortedDictionary<string, int>(StringComparer.Ordinal);
         var byLanguage = new SortedDictionary<string, int>(StringComparer.Ordinal);
@@ -106,12 +106,12 @@ public static class Instructions
         return new InstructionSummary(count, turns, studies.Count, byTask, byLanguage, both);
     }
 
-    private static IEnumerable<Conversation> ForStudy(Study study, InstructionOptions options, ILabeler labeler)
+    private static IEnumerable<TrainingConversation> ForStudy(Study study, InstructionOptions options, ILabeler labeler)
     {
         var images = study.Images.Select(i => i.Path).ToList();
         if (study.Conversations is { Count: > 0 } own)
         {
-            yield return new Conversation
+            yield return new TrainingConversation
             {
                 Id = study.StudyId,
                 Task = study.Meta?.GetValueOrDefault("task") ?? "custom",
@@ -172,12 +172,12 @@ public static class Instructions
         public string Pick(IReadOnlyList<string> pool) => pool[Rng.Next(pool.Count)];
 
         /// <summary>A conversation whose first user turn carries the study's images.</summary>
-        public Conversation Make(string task, int index, ConversationTurn[] turns)
+        public TrainingConversation Make(string task, int index, ConversationTurn[] turns)
         {
             var withImages = turns.ToArray();
             withImages[0] = withImages[0] with { Images = Images.Count };
             for (int i = 1; i < withImages.Length; i++) withImages[i] = withImages[i] with { Images = 0 };
-            return new Conversation
+            return new TrainingConversation
             {
                 Id = $"{Study.StudyId}-{task}-{Lang}-{index}",
                 Task = task,
@@ -201,7 +201,7 @@ public static class Instructions
         string answer = s.Findings.Length > 0 && s.Impression.Length > 0
             ? c.Lang == "zh" ? $"所见：{s.Findings}\n印象：{s.Impression}" : $"Findings: {s.Findings}\nImpression: {s.Impression}"
             : reportText;
-        return Exchange(c.Pick(Prompts.Report[c.Lang]), answer);
+        return Exchange(c.Pick(InstructionPhrases.Report[c.Lang]), answer);
     }
 
     private static List<ConversationTurn[]> QuestionExchanges(StudyContext c, int count)
@@ -239,15 +239,15 @@ public static class Instructions
             bool normal = labels[o] == LabelValue.Positive;
             string? evidence = normal ? c.Evidence?.Evidence(o) : null;
             string answer = zh
-                ? (normal ? "是。" + (evidence ?? "未见明显异常。") : "否。" + FindingListAnswer(labels, c.Lang))
-                : (normal ? "Yes. " + (evidence ?? "No abnormality is seen.") : "No. " + FindingListAnswer(labels, c.Lang));
-            return Exchange(c.Pick(Prompts.Normal[c.Lang]), answer);
+                ? (normal ? "是。" + (evidence ?? "未见明显异常。") : "否。" + AnswerFormats.FindingList(labels, c.Lang))
+                : (normal ? "Yes. " + (evidence ?? "No abnormality is seen.") : "No. " + AnswerFormats.FindingList(labels, c.Lang));
+            return Exchange(c.Pick(InstructionPhrases.Normal[c.Lang]), answer);
         }
         var value = labels[o];
-        string question = string.Format(CultureInfo.InvariantCulture, c.Pick(Prompts.Question[c.Lang]), Prompts.Noun(o, c.Lang));
+        string question = string.Format(CultureInfo.InvariantCulture, c.Pick(InstructionPhrases.Question[c.Lang]), InstructionPhrases.Noun(o, c.Lang));
         // The report's own sentence when the labeler found the same value in it, else a plain sentence.
         string? sentence = c.Evidence != null && c.Evidence[o] == value ? c.Evidence.Evidence(o) : null;
-        string name = Prompts.Noun(o, c.Lang);
+        string name = InstructionPhrases.Noun(o, c.Lang);
         string reply = (value, zh) switch
         {
             (LabelValue.Positive, false) => "Yes. " + (sentence ?? $"There is {name}."),
@@ -266,29 +266,7 @@ public static class Instructions
         if (c.Labels == null) return null;
         bool anyPresent = Observations.All.Any(o => o != Observation.NoFinding && c.Labels[o] is LabelValue.Positive or LabelValue.Uncertain);
         if (!anyPresent && c.Labels[Observation.NoFinding] != LabelValue.Positive) return null;
-        return Exchange(c.Pick(Prompts.FindingList[c.Lang]), FindingListAnswer(c.Labels, c.Lang));
-    }
-
-    /// <summary>
-    /// The answer to a finding-list question, as the training conversations write it: "Findings: cardiomegaly, pleural
-    /// effusion. Possible: pneumonia." / "发现：心脏增大、胸腔积液。可能：肺炎。" / "No abnormal findings."
-    /// </summary>
-    public static string FindingListAnswer(ChexpertLabels labels, string lang)
-    {
-        bool zh = lang == "zh";
-        var positive = Observations.All.Where(o => o != Observation.NoFinding && labels[o] == LabelValue.Positive).ToList();
-        var uncertain = Observations.All.Where(o => o != Observation.NoFinding && labels[o] == LabelValue.Uncertain).ToList();
-        if (positive.Count == 0 && uncertain.Count == 0) return zh ? "未见异常。" : "No abnormal findings.";
-        var parts = new List<string>();
-        if (zh)
-        {
-            if (positive.Count > 0) parts.Add("发现：" + string.Join("、", positive.Select(o => Prompts.Term(o, "zh"))) + "。");
-            if (uncertain.Count > 0) parts.Add("可能：" + string.Join("、", uncertain.Select(o => Prompts.Term(o, "zh"))) + "。");
-            return string.Concat(parts);
-        }
-        if (positive.Count > 0) parts.Add("Findings: " + string.Join(", ", positive.Select(o => Prompts.Term(o, "en"))) + ".");
-        if (uncertain.Count > 0) parts.Add("Possible: " + string.Join(", ", uncertain.Select(o => Prompts.Term(o, "en"))) + ".");
-        return string.Join(" ", parts);
+        return Exchange(c.Pick(InstructionPhrases.FindingList[c.Lang]), AnswerFormats.FindingList(c.Labels, c.Lang));
     }
 
     private static List<ConversationTurn[]> GroundingExchanges(StudyContext c)
@@ -297,19 +275,12 @@ public static class Instructions
         foreach (var box in c.Study.Boxes ?? [])
         {
             if (box.Image != 0 && c.Images.Count > 1) continue;  // questions carry all images; boxes on the first are unambiguous
-            if (GridBoxes.Parse(BoxText(box)).Count == 0) continue;  // thinner than a grid unit: written without area, no box to ask for
-            string target = Prompts.BoxLabel(box.Label, c.Lang);
-            string question = string.Format(CultureInfo.InvariantCulture, c.Pick(Prompts.Grounding[c.Lang]), target);
-            result.Add(Exchange(question, BoxText(box)));
+            if (GridBoxes.Parse(AnswerFormats.Box(box)).Count == 0) continue;  // thinner than a grid unit: written without area, no box to ask for
+            string target = InstructionPhrases.BoxLabel(box.Label, c.Lang);
+            string question = string.Format(CultureInfo.InvariantCulture, c.Pick(InstructionPhrases.Grounding[c.Lang]), target);
+            result.Add(Exchange(question, AnswerFormats.Box(box)));
         }
         return result;
-    }
-
-    /// <summary>MiniGPT-Med's box text: "{&lt;x1&gt;&lt;y1&gt;&lt;x2&gt;&lt;y2&gt;}" with integers on the 0–100 grid.</summary>
-    public static string BoxText(StudyBox box)
-    {
-        static int G(double v) => (int)Math.Round(Math.Clamp(v, 0, 100), MidpointRounding.AwayFromZero);
-        return $"{{<{G(box.X1)}><{G(box.Y1)}><{G(box.X2)}><{G(box.Y2)}>}}";
     }
 
     private static int Seed(int seed, string studyId, string lang)
@@ -318,104 +289,5 @@ public static class Instructions
         uint h = 2166136261;
         foreach (char ch in $"{seed}\u0001{studyId}\u0001{lang}") h = (h ^ ch) * 16777619;
         return (int)(h & 0x7fffffff);
-    }
-
-    /// <summary>
-    /// The report request the front ends send (CLI `report`, the web page's button): one of the training phrasings,
-    /// so a model trained on these sets has seen it.
-    /// </summary>
-    public static string ReportRequest(string lang) => Prompts.Report.TryGetValue(lang, out var pool)
-        ? pool[1]
-        : throw new XrayVLException($"language '{lang}' is not supported (en, zh)");
-
-    /// <summary>The phrasing pools, several per task and language.</summary>
-    private static class Prompts
-    {
-        public static readonly Dictionary<string, string[]> Report = new()
-        {
-            ["en"] =
-            [
-                "Describe this chest X-ray.", "Write the radiology report for this chest X-ray.",
-                "What are the findings and impression of this chest radiograph?", "Please write a report for this X-ray image.",
-                "Generate a diagnostic report for this chest X-ray.", "What do you see in this chest X-ray?",
-            ],
-            ["zh"] =
-            [
-                "请描述这张胸部X光片。", "请为这张胸片写一份放射学报告。", "这张胸部X光片的所见和印象是什么？",
-                "根据这张X光片生成诊断报告。", "这张胸片显示了什么？", "请帮我解读这张胸部X光片。",
-            ],
-        };
-
-        public static readonly Dictionary<string, string[]> Question = new()
-        {
-            ["en"] =
-            [
-                "Is there {0}?", "Does this chest X-ray show {0}?", "Is there any evidence of {0} in this image?",
-                "Can you see {0} on this radiograph?", "Does the patient have {0} on this X-ray?",
-            ],
-            ["zh"] = ["是否存在{0}？", "这张胸片显示{0}吗？", "图像中有{0}吗？", "能看到{0}吗？", "有没有{0}的征象？"],
-        };
-
-        public static readonly Dictionary<string, string[]> Normal = new()
-        {
-            ["en"] = ["Is this chest X-ray normal?", "Does this radiograph look normal?", "Is this a normal chest X-ray?"],
-            ["zh"] = ["这张胸片正常吗？", "这张X光片是否正常？", "这是一张正常的胸片吗？"],
-        };
-
-        public static readonly Dictionary<string, string[]> FindingList = new()
-        {
-            ["en"] =
-            [
-                "List the findings in this chest X-ray.", "Which abnormalities does this radiograph show?",
-                "What findings are present in this image?", "Name the abnormal findings on this X-ray.",
-            ],
-            ["zh"] = ["列出这张胸片的异常发现。", "这张X光片有哪些异常？", "图像中存在哪些病变？", "请列出这张胸片的主要发现。"],
-        };
-
-        public static readonly Dictionary<string, string[]> Grounding = new()
-        {
-            ["en"] =
-            [
-                "Where is the {0} in this image?", "[refer] {0}", "Give the bounding box of the {0}.",
-                "Locate the {0}.", "Where is the {0}? Answer with a box.",
-            ],
-            ["zh"] = ["{0}在图像中的什么位置？", "请给出{0}的边界框。", "定位{0}。", "[refer] {0}", "{0}在哪里？请用方框回答。"],
-        };
-
-        // Question nouns (with article in English) and list terms, indexed by observation.
-        private static readonly string[] NounEn =
-        [
-            "", "an enlarged cardiomediastinum", "cardiomegaly", "a lung lesion", "a lung opacity", "pulmonary edema",
-            "consolidation", "pneumonia", "atelectasis", "a pneumothorax", "a pleural effusion", "another pleural abnormality",
-            "a fracture", "a support device",
-        ];
-        private static readonly string[] TermEn =
-        [
-            "no finding", "enlarged cardiomediastinum", "cardiomegaly", "lung lesion", "lung opacity", "edema",
-            "consolidation", "pneumonia", "atelectasis", "pneumothorax", "pleural effusion", "other pleural abnormality",
-            "fracture", "support devices",
-        ];
-        private static readonly string[] TermZh =
-        [
-            "未见异常", "纵隔增宽", "心脏增大", "肺部病变", "肺部阴影", "肺水肿", "肺实变", "肺炎", "肺不张", "气胸", "胸腔积液",
-            "其他胸膜病变", "骨折", "支持装置（如导管或起搏器）",
-        ];
-
-        public static string Noun(Observation o, string lang) => lang == "zh" ? TermZh[(int)o] : NounEn[(int)o];
-
-        public static string Term(Observation o, string lang) => lang == "zh" ? TermZh[(int)o] : TermEn[(int)o];
-
-        public static string BoxLabel(string label, string lang)
-        {
-            string l = label.Trim().ToLowerInvariant();
-            if (lang != "zh") return l;
-            return l switch
-            {
-                "right lung" => "右肺",
-                "left lung" => "左肺",
-                "heart" => "心脏",
-                _ => label,
-            };
-        }
     }
 }

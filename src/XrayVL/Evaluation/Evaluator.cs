@@ -7,7 +7,6 @@ using XrayVL.IO;
 using XrayVL.Modeling;
 using XrayVL.Text;
 using static TorchSharp.torch;
-using ChatConversation = XrayVL.Text.Conversation;
 
 namespace XrayVL.Evaluation;
 
@@ -68,7 +67,7 @@ public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metri
 
 /// <summary>
 /// `xrayvl eval`: asks a loaded model about every study of a manifest split — report generation with the front ends'
-/// request (<see cref="Instructions.ReportRequest"/>), closed questions, the finding list and boxes as the training
+/// request (<see cref="InstructionPhrases.ReportRequest"/>), closed questions, the finding list and boxes as the training
 /// instructions phrase them (<see cref="Instructions.Build"/>) — generating in batches, then scores the answers beside
 /// the baselines (<see cref="Baselines"/>: most common, consensus and random training report, and the training report
 /// of the nearest training study in the model's vision-feature space: <see cref="VisionLanguageModel.EncodeVision"/>
@@ -79,7 +78,7 @@ public sealed record EvalResult(IReadOnlyList<EvalItem> Items, EvalMetrics Metri
 public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
 {
     private readonly ILabeler labeler = new CachingLabeler(labeler ?? Labeler.Default);
-    private readonly Inference.Generator generator = new(loaded.Model.LanguageModel);
+    private readonly InferencePipeline pipeline = new(loaded);
 
     /// <summary>Reads the manifest, evaluates, writes predictions.jsonl, metrics.json, report.md and plots into <paramref name="outDir"/>.</summary>
     public EvalResult RunToFolder(string manifestPath, string outDir, EvalOptions? options = null, IProgress<(int Done, int Total)>? progress = null,
@@ -213,7 +212,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
     /// <summary>
     /// Prompt index → baseline name → answer, for the closed, finding-list and grounding prompts, none looking at an
     /// image: the training split's majority answer to the same question; its majority findings written as the training
-    /// answers write a finding list (<see cref="Instructions.FindingListAnswer"/>); and the mean training box of the
+    /// answers write a finding list (<see cref="AnswerFormats.FindingList"/>); and the mean training box of the
     /// asked-for label as box text. Each is scored exactly as the model's answers are.
     /// </summary>
     private Dictionary<int, Dictionary<string, string>> ShortAnswerBaselines(IReadOnlyList<Study> studies, List<Prompt> prompts, EvalOptions options, List<string> notes)
@@ -244,7 +243,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             {
                 var majority = Baselines.MajorityFindings(labels);
                 foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Classify))
-                    result[i] = new() { [Baselines.MajorityFindingsName] = Instructions.FindingListAnswer(majority, p.Language) };
+                    result[i] = new() { [Baselines.MajorityFindingsName] = AnswerFormats.FindingList(majority, p.Language) };
             }
         }
         if (prompts.Any(p => p.Task == EvalTasks.Ground))
@@ -254,9 +253,9 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
             foreach (var (p, i) in prompts.Select((p, i) => (p, i)).Where(x => x.p.Task == EvalTasks.Ground))
             {
                 // The prompt asked for the study box whose text is the reference.
-                var asked = (p.Study.Boxes ?? []).FirstOrDefault(b => Instructions.BoxText(b) == p.Reference);
+                var asked = (p.Study.Boxes ?? []).FirstOrDefault(b => AnswerFormats.Box(b) == p.Reference);
                 if (asked is not null && meanBoxes.TryGetValue(asked.Label, out var mean))
-                    result[i] = new() { [Baselines.MeanBoxName] = Instructions.BoxText(mean) };
+                    result[i] = new() { [Baselines.MeanBoxName] = AnswerFormats.Box(mean) };
                 else missing++;
             }
             if (missing > 0) notes.Add($"{missing} grounding questions ask for a label with no training box: the mean-box baseline was left out of the grounding figures");
@@ -277,7 +276,7 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
         {
             string lang = PromptLanguage(study, options);
             if (tasks.Contains(EvalTasks.Report) && study.Language == lang && study.ReportText.Length > 0)
-                prompts.Add(new Prompt($"{study.StudyId}-report-{lang}-0", EvalTasks.Report, study, lang, Instructions.ReportRequest(lang), study.ReportText, null));
+                prompts.Add(new Prompt($"{study.StudyId}-report-{lang}-0", EvalTasks.Report, study, lang, InstructionPhrases.ReportRequest(lang), study.ReportText, null));
 
             var instructionTasks = new List<string>();
             if (tasks.Contains(EvalTasks.Vqa)) instructionTasks.Add(Instructions.Vqa);
@@ -310,46 +309,16 @@ public sealed class Evaluator(LoadedModel loaded, ILabeler? labeler = null)
 
     private GenerationOptions GenerationFor(string task, EvalOptions options)
     {
-        var baseOptions = options.Generation ?? new GenerationOptions { RepetitionPenalty = 1.1, NoRepeatNgramSize = 4 };
-        if (task != EvalTasks.Report) baseOptions = baseOptions with { MaxNewTokens = Math.Min(baseOptions.MaxNewTokens, options.ShortAnswerTokens) };
-        var stops = new HashSet<int>(baseOptions.StopTokenIds) { loaded.Tokenizer.ImEndId, loaded.Tokenizer.EosId };
-        return baseOptions with { StopTokenIds = stops };
+        var decoding = pipeline.Decoding(options.Generation);
+        return task == EvalTasks.Report ? decoding : decoding with { MaxNewTokens = Math.Min(decoding.MaxNewTokens, options.ShortAnswerTokens) };
     }
 
-    /// <summary>Answers of one batch: prompts rendered as ChatSession renders a first turn, images spliced in.</summary>
-    private List<string> GenerateBatch(IReadOnlyList<Prompt> batch, GenerationOptions generation, CancellationToken cancellationToken)
-    {
-        var tokenizer = loaded.Tokenizer;
-        var model = loaded.Model;
-        var prefixes = new List<Tensor>();
-        var promptIds = new List<IReadOnlyList<int>?>();
-        try
-        {
-            using (var _ = torch.no_grad())
-            {
-                foreach (var prompt in batch)
-                {
-                    using var scope = NewDisposeScope();
-                    var conversation = new ChatConversation(ChatTemplate.DefaultSystemPrompt(prompt.Language),
-                        [new ChatMessage(ChatRole.User, prompt.Question, prompt.Study.Images.Count)]);
-                    var rendered = ChatTemplate.Render(conversation, tokenizer, addGenerationPrompt: true);
-                    var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(rendered.Ids, rendered.Labels, tokenizer.ImageId, model.TokensPerImage);
-                    var device = model.LanguageModel.Device;
-                    Tensor? imageEmbeds = prompt.Study.Images.Count == 0 ? null                      // (N, Nv, D)
-                        : model.EncodeImages(Pixels(prompt.Study).to(model.LanguageModel.DType, device));  // from (N, C, S, S)
-                    var idTensor = torch.tensor(ids, ScalarType.Int64, device).unsqueeze(0);      // (1, T)
-                    prefixes.Add(model.Embed(idTensor, imageEmbeds).MoveToOuterDisposeScope());    // (1, T, D)
-                    promptIds.Add(ids);
-                }
-            }
-            return generator.GenerateBatch(prefixes, generation, promptIds, cancellationToken)
-                .Select(tokens => tokenizer.Decode(tokens, skipSpecial: true).Trim()).ToList();
-        }
-        finally
-        {
-            foreach (var p in prefixes) p.Dispose();
-        }
-    }
+    /// <summary>Answers of one batch: each prompt a first turn about its study's images, as the front ends ask it.</summary>
+    private List<string> GenerateBatch(IReadOnlyList<Prompt> batch, GenerationOptions generation, CancellationToken cancellationToken) =>
+        pipeline.GenerateBatch(batch.Select(prompt => (
+                InferencePipeline.FirstTurn(prompt.Question, prompt.Study.Images.Count, prompt.Language),
+                (IReadOnlyList<GrayImage>)prompt.Study.Images.Select(i => ImageFile.Load(i.Path)).ToList())).ToList(),
+            generation, cancellationToken);
 
     /// <summary>(N, C, S, S) preprocessed images of a study, on the CPU.</summary>
     private Tensor Pixels(Study study) =>

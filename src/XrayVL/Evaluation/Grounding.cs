@@ -20,7 +20,7 @@ public readonly record struct Box(double X1, double Y1, double X2, double Y2)
 public sealed record GroundingResult(double MeanIoU, double AccuracyAt50, int Items, int Unparsed, IReadOnlyList<double> PerItem);
 
 /// <summary>
-/// Grounding scores for boxes written as text, MiniGPT-Med style as <see cref="Data.Instructions.BoxText"/> writes them:
+/// Grounding scores for boxes written as text, MiniGPT-Med style as <see cref="Data.AnswerFormats.Box"/> writes them:
 /// <c>{&lt;x1&gt;&lt;y1&gt;&lt;x2&gt;&lt;y2&gt;}</c>, read by <see cref="Data.GridBoxes.Parse"/> — the parser the server
 /// uses to draw boxes, so that a box scored here is a box a user sees. It is strict: braces and exactly four integers
 /// on the 0–100 grid; "{&lt;56&gt;&lt;12&gt;&lt;98&gt;&lt;87&gt;&lt;89&gt;&lt;89&gt;}" is not a box. An item's IoU is that of the first

@@ -216,7 +216,7 @@ public static class Checkpoint
                 }
                 strict = true;
             }
-            SafeTensors.LoadInto(module, tensors, prefix, strict);
+            ModuleWeights.LoadInto(module, tensors, prefix, strict);
         }
         catch (XrayVLException e) { throw new XrayVLException($"{dir}: {e.Message}"); }
         finally

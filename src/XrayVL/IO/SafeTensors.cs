@@ -25,16 +25,6 @@ public sealed record SafeTensorsHeader(
     public SafeTensorInfo? Find(string name) => Tensors.FirstOrDefault(t => t.Name == name);
 }
 
-/// <summary>What <see cref="SafeTensors.LoadInto"/> did: keys copied, and the keys that did not fit.</summary>
-public sealed record LoadReport(
-    IReadOnlyList<string> Loaded,
-    IReadOnlyList<string> Missing,
-    IReadOnlyList<string> Unexpected,
-    IReadOnlyList<string> ShapeMismatches)
-{
-    public bool IsComplete => Missing.Count == 0 && Unexpected.Count == 0 && ShapeMismatches.Count == 0;
-}
-
 /// <summary>
 /// Reader and writer for the safetensors format (Hugging Face): an 8-byte little-endian header length N,
 /// N bytes of UTF-8 JSON <c>{"name": {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {..}}</c>,
@@ -444,78 +434,4 @@ public static class SafeTensors
         for (long first = 0; first < total; first += elementsPerChunk)
             stream.Write(flat.narrow(0, first, Math.Min(elementsPerChunk, total - first)).bytes);
     }
-
-    // ---------------------------------------------------------------- modules
-
-    /// <summary>Saves a module's state dict (parameters and buffers), keys prefixed with <paramref name="prefix"/> + "." when given.</summary>
-    public static void SaveModule(string path, nn.Module module, string prefix = "", IReadOnlyDictionary<string, string>? metadata = null)
-    {
-        string keyPrefix = NormalisePrefix(prefix);
-        var state = module.state_dict().ToDictionary(kv => keyPrefix + kv.Key, kv => kv.Value);
-        Save(path, state, metadata ?? new Dictionary<string, string> { ["format"] = "pt" });
-    }
-
-    /// <summary>
-    /// Copies the tensors whose keys are <paramref name="prefix"/> + "." + a state-dict key of <paramref name="module"/>
-    /// into that parameter/buffer (cast to its dtype and device, without recording gradients).
-    /// Keys outside the prefix are ignored. When <paramref name="strict"/>, any missing key, unexpected key under the prefix,
-    /// or shape mismatch throws <see cref="XrayVLException"/> before anything is copied; otherwise mismatches are skipped and reported.
-    /// </summary>
-    public static LoadReport LoadInto(nn.Module module, IReadOnlyDictionary<string, Tensor> tensors, string prefix = "", bool strict = true)
-    {
-        string keyPrefix = NormalisePrefix(prefix);
-        var targets = module.state_dict();
-        var loaded = new List<string>();
-        var missing = new List<string>();
-        var mismatched = new List<string>();
-        var copies = new List<(Tensor Target, Tensor Source)>();
-
-        foreach (var (name, target) in targets)
-        {
-            if (!tensors.TryGetValue(keyPrefix + name, out var source))
-            {
-                missing.Add(keyPrefix + name);
-                continue;
-            }
-            if (!source.shape.SequenceEqual(target.shape))
-            {
-                mismatched.Add($"{keyPrefix + name}: checkpoint {FormatShape(source.shape)} vs model {FormatShape(target.shape)}");
-                continue;
-            }
-            copies.Add((target, source));
-            loaded.Add(keyPrefix + name);
-        }
-        var unexpected = tensors.Keys
-            .Where(k => k.StartsWith(keyPrefix, StringComparison.Ordinal) && !targets.ContainsKey(k[keyPrefix.Length..]))
-            .Order(StringComparer.Ordinal).ToList();
-
-        var report = new LoadReport(loaded, missing, unexpected, mismatched);
-        if (strict && !report.IsComplete)
-            throw new XrayVLException($"checkpoint does not fit {module.GetType().Name}{(keyPrefix.Length > 0 ? $" at '{prefix}'" : "")}: " + Describe(report));
-
-        using (torch.no_grad())
-        {
-            foreach (var (target, source) in copies)
-                target.copy_(source);
-        }
-        return report;
-    }
-
-    /// <summary>One line naming the first few missing/unexpected/mismatched keys of a report.</summary>
-    public static string Describe(LoadReport report)
-    {
-        const int Shown = 5;
-        static string List(IReadOnlyList<string> items) =>
-            string.Join(", ", items.Take(Shown)) + (items.Count > Shown ? $", ... ({items.Count - Shown} more)" : "");
-        var parts = new List<string>();
-        if (report.Missing.Count > 0) parts.Add($"{report.Missing.Count} missing key(s): {List(report.Missing)}");
-        if (report.Unexpected.Count > 0) parts.Add($"{report.Unexpected.Count} unexpected key(s): {List(report.Unexpected)}");
-        if (report.ShapeMismatches.Count > 0) parts.Add($"{report.ShapeMismatches.Count} shape mismatch(es): {List(report.ShapeMismatches)}");
-        return parts.Count == 0 ? "all keys match" : string.Join("; ", parts);
-    }
-
-    internal static string FormatShape(long[] shape) => "(" + string.Join(", ", shape) + ")";
-
-    private static string NormalisePrefix(string prefix) =>
-        prefix.Length == 0 || prefix.EndsWith('.') ? prefix : prefix + ".";
 }

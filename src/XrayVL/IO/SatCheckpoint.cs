@@ -100,7 +100,7 @@ public sealed partial class SatCheckpoint
                 if (vision) e.Tensor.Dispose();
                 return !vision;
             });
-            CopyInto(decoder, ToVisualGlm(decoderTensors, new VisualGlmConfig { TextConfig = config }, SatLoraHandling.Merge, merged)
+            ModuleWeights.StreamInto(decoder, ToVisualGlm(decoderTensors, new VisualGlmConfig { TextConfig = config }, SatLoraHandling.Merge, merged)
                 .Select(e => (e.Name[Prefix.Length..], e.Tensor)), ModelStatesPath);
             mergedLora = [.. merged.Select(n => n[Prefix.Length..])];
             decoder.eval();

@@ -100,7 +100,7 @@ public sealed partial class SatCheckpoint
         {
             var merged = new List<string>();
             using var file = TorchCheckpoint.Open(ModelStatesPath);
-            CopyInto(model, ToVisualGlm(file.ReadStateDict("module"), config, SatLoraHandling.Merge, merged), ModelStatesPath);
+            ModuleWeights.StreamInto(model, ToVisualGlm(file.ReadStateDict("module"), config, SatLoraHandling.Merge, merged), ModelStatesPath);
             mergedLora = merged;
             return model;
         }
@@ -109,32 +109,6 @@ public sealed partial class SatCheckpoint
             model.Dispose();
             throw;
         }
-    }
-
-    /// <summary>
-    /// Copies (name, tensor) pairs into the module's parameters of the same name (cast to their dtype), disposing each
-    /// source as soon as it is copied. Unknown names, shape mismatches and parameters left unfilled are errors.
-    /// </summary>
-    public static void CopyInto(nn.Module module, IEnumerable<(string Name, Tensor Tensor)> tensors, string source)
-    {
-        var targets = module.state_dict();
-        var filled = new HashSet<string>();
-        using var noGrad = torch.no_grad();
-        foreach (var (name, tensor) in tensors)
-        {
-            using (tensor)
-            {
-                if (!targets.TryGetValue(name, out var target))
-                    throw new XrayVLException($"{source}: '{name}' has no place in {module.GetType().Name}");
-                if (!target.shape.SequenceEqual(tensor.shape))
-                    throw new XrayVLException($"{source}: '{name}' is {SafeTensors.FormatShape(tensor.shape)} but the model's is {SafeTensors.FormatShape(target.shape)}");
-                target.copy_(tensor);
-                filled.Add(name);
-            }
-        }
-        var missing = targets.Keys.Where(k => !filled.Contains(k)).ToList();
-        if (missing.Count > 0)
-            throw new XrayVLException($"{source}: {missing.Count} weight(s) of {module.GetType().Name} missing, e.g. {string.Join(", ", missing.Take(5))}");
     }
 
     // ------------------------------------------------------------------ the key table

@@ -176,7 +176,7 @@ public static class Dicom
             var nativeData = new PixelData(0, native.Length, null, null, 0);
             var nativeDs = ds with { PlanarConfiguration = 0, BigEndian = false };
             pixels = ds.SamplesPerPixel == 1
-                ? RenderMonochrome(ReadStoredValues(native, nativeData, nativeDs), nativeDs, MinStored(ds), MaxStored(ds))
+                ? DicomRendering.Monochrome(ReadStoredValues(native, nativeData, nativeDs), nativeDs, DicomRendering.MinStored(ds), DicomRendering.MaxStored(ds))
                 : RenderColour(native, nativeData, nativeDs);
         }
         else if (ds.Encapsulated)
@@ -189,7 +189,7 @@ public static class Dicom
                 var stored = StoredValuesOfJpeg(frame, ds);
                 var jpegDs = frame.Lossless ? ds with { BitsStored = Math.Min(ds.BitsStored, frame.Precision) }
                     : ds with { BitsStored = frame.Precision, PixelRepresentation = 0 };
-                pixels = RenderMonochrome(stored, jpegDs, MinStored(jpegDs), MaxStored(jpegDs));
+                pixels = DicomRendering.Monochrome(stored, jpegDs, DicomRendering.MinStored(jpegDs), DicomRendering.MaxStored(jpegDs));
             }
             else pixels = Jpeg.ToGray(frame);
         }
@@ -205,7 +205,7 @@ public static class Dicom
                 pixelData = pixelData with { Offset = 0 };
             }
             pixels = ds.SamplesPerPixel == 1
-                ? RenderMonochrome(ReadStoredValues(data, pixelData, ds), ds, MinStored(ds), MaxStored(ds))
+                ? DicomRendering.Monochrome(ReadStoredValues(data, pixelData, ds), ds, DicomRendering.MinStored(ds), DicomRendering.MaxStored(ds))
                 : RenderColour(data, pixelData, ds);
         }
         var source = new ImageSourceInfo(ImageFormat.Dicom, bitDepth, ds.SamplesPerPixel, ds.ViewPosition, ds.Modality);
@@ -633,9 +633,6 @@ public static class Dicom
     /// <summary>A key no element has (group FFFF is invalid), set in the value map of a big-endian data set.</summary>
     private const uint BigEndianMarker = 0xFFFFFFFF;
 
-    private static int MinStored(DicomDataset ds) => ds.Signed ? -(1 << (ds.BitsStored - 1)) : 0;
-    private static int MaxStored(DicomDataset ds) => ds.Signed ? (1 << (ds.BitsStored - 1)) - 1 : (1 << ds.BitsStored) - 1;
-
     private static long FrameBytes(DicomDataset ds) => (long)ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated / 8);
 
     private static void CheckFrameLength(PixelData p, DicomDataset ds, string name)
@@ -663,92 +660,6 @@ public static class Dicom
             stored[i] = value;
         }
         return stored;
-    }
-
-    /// <summary>
-    /// Stored values → [0, 1] through a look-up table over all possible stored values (at most 2^16): modality transform
-    /// (the Modality LUT Sequence, else rescale slope/intercept), VOI transform (the file's window, else its VOI LUT
-    /// Sequence, else a robust 0.5–99.5 percentile window), MONOCHROME1 inversion. Padding pixels are black and do not
-    /// count for the percentile window.
-    /// </summary>
-    private static float[] RenderMonochrome(int[] stored, DicomDataset ds, int minStored, int maxStored)
-    {
-        double slope = ds.RescaleSlope, intercept = ds.RescaleIntercept;
-        var modalityLut = ds.ModalityLut;
-        Func<int, double> modality = modalityLut is null ? s => s * slope + intercept : s => modalityLut.Apply(s);
-        var padding = ds.Padding;
-        bool IsPadding(int s) => padding is { } p && s >= p.Low && s <= p.High;
-        Func<double, double> window;
-        if (ds.WindowCenter is { } c && ds.WindowWidth is { } w)
-            window = x => ApplyWindow(x, c, w, ds.VoiLutFunction);
-        else if (ds.VoiLut is { } voi)
-        {
-            double top = (1 << voi.Bits) - 1;
-            window = x => voi.Apply((int)Math.Round(x)) / top;
-        }
-        else
-        {
-            var (lowStored, highStored) = PercentileRange(stored, minStored, maxStored, 0.005, 0.995, padding);
-            double a = modality(lowStored), b = modality(highStored);
-            double lo = Math.Min(a, b), hi = Math.Max(a, b);
-            window = hi > lo ? x => Math.Clamp((x - lo) / (hi - lo), 0, 1) : _ => 0;
-        }
-        bool invert = ds.PhotometricInterpretation == "MONOCHROME1";
-        var lut = new float[maxStored - minStored + 1];
-        for (int s = minStored; s <= maxStored; s++)
-        {
-            double y = window(modality(s));
-            lut[s - minStored] = IsPadding(s) ? 0f : (float)(invert ? 1 - y : y);
-        }
-        var pixels = new float[stored.Length];
-        for (int i = 0; i < stored.Length; i++) pixels[i] = lut[stored[i] - minStored];
-        return pixels;
-    }
-
-    /// <summary>PS3.3 C.11.2.1.2 VOI LUT functions, output range [0, 1].</summary>
-    public static double ApplyWindow(double x, double center, double width, string function = "LINEAR")
-    {
-        switch (function)
-        {
-            case "LINEAR_EXACT":
-                return Math.Clamp((x - center) / width + 0.5, 0, 1);
-            case "SIGMOID":
-                return 1 / (1 + Math.Exp(-4 * (x - center) / width));
-            default:
-                if (x <= center - 0.5 - (width - 1) / 2) return 0;
-                if (x > center - 0.5 + (width - 1) / 2) return 1;
-                return (x - (center - 0.5)) / (width - 1) + 0.5;
-        }
-    }
-
-    /// <summary>
-    /// The stored values at ranks ⌊p_lo·(n−1)⌋ and ⌈p_hi·(n−1)⌉ of the sorted pixels (a histogram, not a sort); when
-    /// they coincide (a nearly flat image), the full minimum and maximum.
-    /// </summary>
-    internal static (int Low, int High) PercentileRange(int[] stored, int minStored, int maxStored, double pLow, double pHigh,
-        (int Low, int High)? padding = null)
-    {
-        var histogram = new int[maxStored - minStored + 1];
-        foreach (int s in stored) histogram[s - minStored]++;
-        if (padding is { } p)
-            for (int s = Math.Max(p.Low, minStored); s <= Math.Min(p.High, maxStored); s++) histogram[s - minStored] = 0;
-        long n = histogram.Sum(h => (long)h);
-        if (n == 0) return (minStored, maxStored);
-        long lowRank = (long)Math.Floor(pLow * (n - 1)), highRank = (long)Math.Ceiling(pHigh * (n - 1));
-        int low = ValueAtRank(histogram, lowRank) + minStored, high = ValueAtRank(histogram, highRank) + minStored;
-        if (high <= low) (low, high) = (ValueAtRank(histogram, 0) + minStored, ValueAtRank(histogram, n - 1) + minStored);
-        return (low, high);
-    }
-
-    private static int ValueAtRank(int[] histogram, long rank)
-    {
-        long seen = 0;
-        for (int i = 0; i < histogram.Length; i++)
-        {
-            seen += histogram[i];
-            if (seen > rank) return i;
-        }
-        return histogram.Length - 1;
     }
 
     /// <summary>RGB native pixel data (secondary captures): luma of the stored values over their full range; no windowing.</summary>

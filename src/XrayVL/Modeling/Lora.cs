@@ -14,7 +14,7 @@
 //   `base_model.model.<path>.lora_A.weight` / `.lora_B.weight` (adapter name "default" dropped, base weights omitted);
 //   SaveAdapter/LoadAdapter translate between the two.
 //
-// Order of use: build the model, load base weights (SafeTensors.LoadInto, strict), move it to its device/dtype,
+// Order of use: build the model, load base weights (ModuleWeights.LoadInto, strict), move it to its device/dtype,
 // then Lora.Inject or Lora.LoadAdapter. Adapters are created on the base weight's device, in float32 under a
 // bf16/fp16 base; a later module.to(dtype) would convert them too.
 using System.Text.Json;
@@ -335,10 +335,10 @@ public static class Lora
             Missing: expected.Keys.Where(k => !present.ContainsKey(k)).ToList(),
             Unexpected: present.Keys.Where(k => !expected.ContainsKey(k)).Order(StringComparer.Ordinal).ToList(),
             ShapeMismatches: expected.Where(e => present.TryGetValue(e.Key, out var shape) && !shape.SequenceEqual(e.Value))
-                .Select(e => $"{e.Key}: checkpoint {SafeTensors.FormatShape(present[e.Key])} vs model {SafeTensors.FormatShape(e.Value)}")
+                .Select(e => $"{e.Key}: checkpoint {ModuleWeights.FormatShape(present[e.Key])} vs model {ModuleWeights.FormatShape(e.Value)}")
                 .ToList());
         if (!report.IsComplete)
-            throw new XrayVLException($"{weightsPath}: adapter does not fit {root.GetType().Name}: {SafeTensors.Describe(report)}");
+            throw new XrayVLException($"{weightsPath}: adapter does not fit {root.GetType().Name}: {ModuleWeights.Describe(report)}");
 
         Inject(root, config);
         var tensors = SafeTensors.Load(weightsPath);

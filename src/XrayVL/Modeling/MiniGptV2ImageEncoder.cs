@@ -67,7 +67,7 @@ public sealed class MiniGptV2ImageEncoder : nn.Module<Tensor, Tensor>
         var eva = TorchCheckpoint.LoadStateDict(evaPath);
         try
         {
-            SafeTensors.LoadInto(visual_encoder, visual_encoder.AdaptCheckpoint(eva));
+            ModuleWeights.LoadInto(visual_encoder, visual_encoder.AdaptCheckpoint(eva));
         }
         finally
         {
@@ -76,9 +76,9 @@ public sealed class MiniGptV2ImageEncoder : nn.Module<Tensor, Tensor>
         var stage = TorchCheckpoint.LoadStateDict(stagePath, key: "model");
         try
         {
-            var report = SafeTensors.LoadInto(llama_proj, stage, "llama_proj", strict: false);
+            var report = ModuleWeights.LoadInto(llama_proj, stage, "llama_proj", strict: false);
             if (report.Missing.Count > 0 || report.ShapeMismatches.Count > 0)
-                throw new XrayVLException($"{stagePath} does not fit MiniGPT-v2's llama_proj: " + SafeTensors.Describe(report with { Unexpected = [] }));
+                throw new XrayVLException($"{stagePath} does not fit MiniGPT-v2's llama_proj: " + ModuleWeights.Describe(report with { Unexpected = [] }));
         }
         finally
         {

@@ -352,9 +352,9 @@ public sealed class XrayGptImageEncoder : nn.Module<Tensor, Tensor>
     /// <summary>Copies the part's keys (under <paramref name="prefix"/>); keys of other parts and ones the seed ignores are skipped.</summary>
     private static void LoadPart(nn.Module part, Dictionary<string, Tensor> weights, string prefix, string path, bool strict)
     {
-        var report = SafeTensors.LoadInto(part, weights, prefix, strict: strict);
+        var report = ModuleWeights.LoadInto(part, weights, prefix, strict: strict);
         if (report.Missing.Count > 0 || report.ShapeMismatches.Count > 0)
             throw new XrayVLException($"{path} does not fit XrayGPT's {(prefix.Length > 0 ? prefix : "visual_encoder")}: "
-                + SafeTensors.Describe(report with { Unexpected = [] }));
+                + ModuleWeights.Describe(report with { Unexpected = [] }));
     }
 }

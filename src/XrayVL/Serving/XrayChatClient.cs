@@ -6,10 +6,6 @@ using XrayVL.Imaging;
 using XrayVL.Inference;
 using XrayVL.IO;
 using XrayVL.Text;
-using AiChatMessage = Microsoft.Extensions.AI.ChatMessage;
-using AiChatRole = Microsoft.Extensions.AI.ChatRole;
-using TurnMessage = XrayVL.Text.ChatMessage;
-using TurnRole = XrayVL.Text.ChatRole;
 
 namespace XrayVL.Serving;
 
@@ -53,6 +49,7 @@ public sealed class XrayChatClient : IChatClient
 
     private readonly LoadedModel loaded;
     private readonly BatchScheduler scheduler;
+    private readonly InferencePipeline pipeline;
     private readonly bool ownsScheduler;
     private readonly XrayChatClientOptions options;
 
@@ -63,6 +60,7 @@ public sealed class XrayChatClient : IChatClient
     {
         this.loaded = loaded;
         this.scheduler = scheduler;
+        pipeline = new InferencePipeline(loaded, scheduler);
         this.ownsScheduler = ownsScheduler;
         this.options = options ?? new XrayChatClientOptions();
         Metadata = new ChatClientMetadata("xrayvl", defaultModelId: loaded.Name);
@@ -76,7 +74,7 @@ public sealed class XrayChatClient : IChatClient
 
     public string ModelId => loaded.Name;
 
-    public async Task<ChatResponse> GetResponseAsync(IEnumerable<AiChatMessage> messages, ChatOptions? chatOptions = null,
+    public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? chatOptions = null,
         CancellationToken cancellationToken = default)
     {
         var text = new StringBuilder();
@@ -88,7 +86,7 @@ public sealed class XrayChatClient : IChatClient
             usage = update.Contents.OfType<UsageContent>().FirstOrDefault()?.Details ?? usage;
             last = update;
         }
-        return new ChatResponse(new AiChatMessage(AiChatRole.Assistant, text.ToString()) { MessageId = last?.MessageId })
+        return new ChatResponse(new ChatMessage(ChatRole.Assistant, text.ToString()) { MessageId = last?.MessageId })
         {
             ResponseId = last?.ResponseId,
             ModelId = ModelId,
@@ -98,25 +96,24 @@ public sealed class XrayChatClient : IChatClient
         };
     }
 
-    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<AiChatMessage> messages,
+    public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages,
         ChatOptions? chatOptions = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var (conversation, images) = await ReadConversationAsync(messages, chatOptions, cancellationToken);
         var decoding = Decoding(chatOptions);
         var stops = chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         var tokenizer = loaded.Tokenizer;
-        var rendered = ChatTemplate.Render(conversation, tokenizer, addGenerationPrompt: true);
 
         string responseId = "chatcmpl-" + Guid.NewGuid().ToString("N");
         var created = DateTimeOffset.UtcNow;
-        ChatResponseUpdate Update(string text) => new(AiChatRole.Assistant, text)
+        ChatResponseUpdate Update(string text) => new(ChatRole.Assistant, text)
         {
             ResponseId = responseId, MessageId = responseId, ModelId = ModelId, CreatedAt = created,
         };
 
         // Leaving the loop early (a stop sequence) withdraws the generation, which frees its row at once.
         using var stopped = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var stream = scheduler.Submit(new GenerationRequest(rendered.Ids, images, decoding), stopped.Token);
+        var stream = pipeline.Start(conversation, images, decoding, stopped.Token);
         var decoder = tokenizer.CreateStreamingDecoder(skipSpecial: true);
         var text = new StringBuilder();
         int emitted = 0;
@@ -147,7 +144,7 @@ public sealed class XrayChatClient : IChatClient
             OutputTokenCount = stream.GeneratedTokens,
             TotalTokenCount = stream.PromptTokens + stream.GeneratedTokens,
         };
-        yield return new ChatResponseUpdate(AiChatRole.Assistant, [new UsageContent(usage)])
+        yield return new ChatResponseUpdate(ChatRole.Assistant, [new UsageContent(usage)])
         {
             ResponseId = responseId, MessageId = responseId, ModelId = ModelId, CreatedAt = created, FinishReason = finish,
         };
@@ -187,7 +184,7 @@ public sealed class XrayChatClient : IChatClient
     /// <summary>The decoding a request asks for, on top of the front ends' defaults (see the class remarks).</summary>
     public GenerationOptions Decoding(ChatOptions? chatOptions)
     {
-        var decoding = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = options.DefaultMaxOutputTokens };
+        var decoding = pipeline.Decoding() with { MaxNewTokens = options.DefaultMaxOutputTokens };
         if (chatOptions is null) return decoding;
         if (chatOptions.MaxOutputTokens is int max)
         {
@@ -218,18 +215,18 @@ public sealed class XrayChatClient : IChatClient
     /// decoded within the decode budget and kept at the model's square size only (the full-resolution decode is
     /// garbage once the square is made; preprocessing the square again changes nothing).
     /// </summary>
-    public async Task<(Conversation Conversation, List<GrayImage> Images)> ReadConversationAsync(IEnumerable<AiChatMessage> messages,
+    public async Task<(Conversation Conversation, List<GrayImage> Images)> ReadConversationAsync(IEnumerable<ChatMessage> messages,
         ChatOptions? chatOptions, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(messages);
-        var turns = new List<TurnMessage>();
+        var turns = new List<Turn>();
         var parts = new List<DataContent>();
         string lastUserText = "";
         foreach (var message in messages)
         {
-            if (message.Role == AiChatRole.System) continue;
+            if (message.Role == ChatRole.System) continue;
             var text = string.Concat(message.Contents.OfType<TextContent>().Select(c => c.Text));
-            if (message.Role == AiChatRole.User)
+            if (message.Role == ChatRole.User)
             {
                 int count = 0;
                 foreach (var content in message.Contents)
@@ -246,10 +243,10 @@ public sealed class XrayChatClient : IChatClient
                     }
                 }
                 if (string.IsNullOrWhiteSpace(text) && count == 0) throw new XrayVLException("a user message has neither text nor an image");
-                turns.Add(new TurnMessage(TurnRole.User, text.Trim(), count));
+                turns.Add(new Turn(TurnRole.User, text.Trim(), count));
                 lastUserText = text;
             }
-            else if (message.Role == AiChatRole.Assistant) turns.Add(new TurnMessage(TurnRole.Assistant, text.Trim()));
+            else if (message.Role == ChatRole.Assistant) turns.Add(new Turn(TurnRole.Assistant, text.Trim()));
             else throw new XrayVLException($"messages with role '{message.Role.Value}' are not supported (system, user, assistant)");
         }
         if (turns.Count == 0 || turns[^1].Role != TurnRole.User) throw new XrayVLException("the last message must be the user's");

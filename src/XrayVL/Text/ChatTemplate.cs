@@ -2,15 +2,15 @@ using System.Text;
 
 namespace XrayVL.Text;
 
-public enum ChatRole { System, User, Assistant }
+public enum TurnRole { System, User, Assistant }
 
 /// <summary>One turn. A user turn's images are rendered as <paramref name="ImageCount"/> image tokens, each followed by "\n", before the text.</summary>
-public sealed record ChatMessage(ChatRole Role, string Text, int ImageCount = 0);
+public sealed record Turn(TurnRole Role, string Text, int ImageCount = 0);
 
 /// <summary>A conversation: an optional system prompt, then the turns in order.</summary>
 public sealed class Conversation
 {
-    public Conversation(string? systemPrompt = null, IEnumerable<ChatMessage>? messages = null)
+    public Conversation(string? systemPrompt = null, IEnumerable<Turn>? messages = null)
     {
         SystemPrompt = systemPrompt;
         Messages = [.. messages ?? []];
@@ -19,20 +19,20 @@ public sealed class Conversation
     /// <summary>Rendered as the first turn when not null.</summary>
     public string? SystemPrompt { get; set; }
 
-    public List<ChatMessage> Messages { get; }
+    public List<Turn> Messages { get; }
 
     /// <summary>A conversation that starts with <see cref="ChatTemplate.DefaultSystemPrompt"/> in <paramref name="lang"/>.</summary>
     public static Conversation WithDefaultSystemPrompt(string lang) => new(ChatTemplate.DefaultSystemPrompt(lang));
 
     public Conversation User(string text, int imageCount = 0)
     {
-        Messages.Add(new ChatMessage(ChatRole.User, text, imageCount));
+        Messages.Add(new Turn(TurnRole.User, text, imageCount));
         return this;
     }
 
     public Conversation Assistant(string text)
     {
-        Messages.Add(new ChatMessage(ChatRole.Assistant, text));
+        Messages.Add(new Turn(TurnRole.Assistant, text));
         return this;
     }
 }
@@ -89,21 +89,21 @@ public static class ChatTemplate
         _ => throw new XrayVLException($"Unknown language '{lang}': expected 'en' or 'zh'."),
     };
 
-    private static string RoleName(ChatRole role) => role switch
+    private static string RoleName(TurnRole role) => role switch
     {
-        ChatRole.System => "system",
-        ChatRole.User => "user",
-        ChatRole.Assistant => "assistant",
+        TurnRole.System => "system",
+        TurnRole.User => "user",
+        TurnRole.Assistant => "assistant",
         _ => throw new XrayVLException($"Unknown chat role {(int)role}."),
     };
 
     /// <summary>All turns, the system prompt first when there is one; checks that only user turns carry images.</summary>
-    private static IEnumerable<ChatMessage> Turns(Conversation conversation)
+    private static IEnumerable<Turn> Turns(Conversation conversation)
     {
-        if (conversation.SystemPrompt != null) yield return new ChatMessage(ChatRole.System, conversation.SystemPrompt);
+        if (conversation.SystemPrompt != null) yield return new Turn(TurnRole.System, conversation.SystemPrompt);
         foreach (var message in conversation.Messages)
         {
-            if (message.ImageCount < 0 || (message.ImageCount > 0 && message.Role != ChatRole.User))
+            if (message.ImageCount < 0 || (message.ImageCount > 0 && message.Role != TurnRole.User))
                 throw new XrayVLException($"A {RoleName(message.Role)} message has {message.ImageCount} images; only user messages carry images (0 or more).");
             yield return message;
         }
@@ -144,7 +144,7 @@ public static class ChatTemplate
                 Add(tokenizer.ImageId, false);
                 Add(newline, false);
             }
-            bool learned = message.Role == ChatRole.Assistant;
+            bool learned = message.Role == TurnRole.Assistant;
             AddText(message.Text, learned);
             Add(tokenizer.ImEndId, learned);
             Add(newline, false);
@@ -152,7 +152,7 @@ public static class ChatTemplate
         if (addGenerationPrompt)
         {
             Add(tokenizer.ImStartId, false);
-            AddText(RoleName(ChatRole.Assistant), false);
+            AddText(RoleName(TurnRole.Assistant), false);
             Add(newline, false);
         }
         return new RenderedChat([.. ids], [.. labels], [.. images]);
@@ -168,7 +168,7 @@ public static class ChatTemplate
             for (int i = 0; i < message.ImageCount; i++) text.Append(SpecialTokens.Image).Append('\n');
             text.Append(message.Text).Append(SpecialTokens.ImEnd).Append('\n');
         }
-        if (addGenerationPrompt) text.Append(SpecialTokens.ImStart).Append(RoleName(ChatRole.Assistant)).Append('\n');
+        if (addGenerationPrompt) text.Append(SpecialTokens.ImStart).Append(RoleName(TurnRole.Assistant)).Append('\n');
         return text.ToString();
     }
 
@@ -200,7 +200,7 @@ public static class ChatTemplate
             var learned = new List<(int Start, int End)>();
             for (int i = 0; i < turns.Count && !addGenerationPrompt; i++)
             {
-                if (turns[i].Role != ChatRole.Assistant) continue;
+                if (turns[i].Role != TurnRole.Assistant) continue;
                 string before = Text(i, generation: true), upTo = Text(i + 1, generation: false);
                 if (!upTo.StartsWith(before, StringComparison.Ordinal) || !full.StartsWith(upTo, StringComparison.Ordinal))
                     throw new XrayVLException("the checkpoint's chat template renders earlier turns differently once later turns follow, " +
@@ -216,7 +216,7 @@ public static class ChatTemplate
     }
 
     /// <summary>The rendered text, message texts as markers when <paramref name="marked"/>.</summary>
-    private static string RenderTemplate(JinjaTemplate template, IEnumerable<ChatMessage> turns, XrayTokenizer tokenizer,
+    private static string RenderTemplate(JinjaTemplate template, IEnumerable<Turn> turns, XrayTokenizer tokenizer,
         bool addGenerationPrompt, bool imagesAsParts, bool marked)
     {
         var messages = new List<object?>();
@@ -243,7 +243,7 @@ public static class ChatTemplate
     }
 
     /// <summary>Ids and labels of a marked rendering: template text with special tokens, message texts as plain text.</summary>
-    private static RenderedChat Encode(string full, List<ChatMessage> turns, List<(int Start, int End)> learned, XrayTokenizer tokenizer)
+    private static RenderedChat Encode(string full, List<Turn> turns, List<(int Start, int End)> learned, XrayTokenizer tokenizer)
     {
         var ids = new List<int>();
         var labels = new List<int>();

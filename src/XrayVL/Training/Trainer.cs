@@ -452,16 +452,12 @@ public sealed class Trainer
         return count == 0 ? double.NaN : sum / count;
     }
 
-    /// <summary>Greedy generations (the chat defaults: repetition penalty 1.1, no repeated 4-grams) for the stage's prompts.</summary>
+    /// <summary>Greedy generations with the front ends' decoding defaults for the stage's prompts.</summary>
     private List<GeneratedSample> Generate(VisionLanguageModel model, IReadOnlyList<PromptSample> prompts, StageRecipe stage, ImageInputs images)
     {
         model.eval();
-        var generator = new Inference.Generator(model.LanguageModel);
-        var options = new GenerationOptions
-        {
-            MaxNewTokens = stage.SampleMaxNewTokens, RepetitionPenalty = 1.1, NoRepeatNgramSize = 4,
-            StopTokenIds = new HashSet<int> { tokenizer.ImEndId, tokenizer.EosId },
-        };
+        var pipeline = new InferencePipeline(model, tokenizer, preprocess);
+        var options = pipeline.Decoding() with { MaxNewTokens = stage.SampleMaxNewTokens };
         var result = new List<GeneratedSample>();
         foreach (var prompt in prompts)
         {
@@ -471,10 +467,7 @@ public sealed class Trainer
             {
                 try
                 {
-                    var ids = torch.tensor(prompt.PromptIds.Select(i => (long)i).ToArray(), ScalarType.Int64, model.LanguageModel.Device).unsqueeze(0);
-                    var embeds = model.Embed(ids, images.Embed(model, prompt.Images, null));              // (1, T, D)
-                    var tokens = generator.Generate(embeds, options, prompt.PromptIds).ToList();
-                    text = tokenizer.Decode(tokens, skipSpecial: true).Trim();
+                    text = pipeline.Generate(prompt.PromptIds, images.Embed(model, prompt.Images, null), options);   // image embeds (N, Nv, D) from the feature cache when it has them
                 }
                 catch (XrayVLException e) { text = $"(generation failed: {e.Message})"; }
             }

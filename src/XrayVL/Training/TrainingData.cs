@@ -1,9 +1,8 @@
 using XrayVL.Data;
 using XrayVL.Data.Sources;
+using XrayVL.Inference;
 using XrayVL.Modeling;
 using XrayVL.Text;
-using DataConversation = XrayVL.Data.Conversation;
-using ChatConversation = XrayVL.Text.Conversation;
 
 namespace XrayVL.Training;
 
@@ -20,7 +19,7 @@ public sealed record PromptSample(int[] PromptIds, IReadOnlyList<string> Images,
 /// A stage's item before tokenisation: a conversation (chat format) or a plain report text, so that the tokenizer can
 /// be trained on exactly the texts the stages will use.
 /// </summary>
-public sealed record StageItem(DataConversation? Chat, string? PlainText, string Language)
+public sealed record StageItem(TrainingConversation? Chat, string? PlainText, string Language)
 {
     /// <summary>The texts a tokenizer should learn from.</summary>
     public IEnumerable<string> Texts => PlainText is not null ? [PlainText] : Chat!.Turns.Select(t => t.Text);
@@ -212,20 +211,20 @@ public static class TrainingData
         var chat = item.Chat!;
         int firstAnswer = chat.Turns.ToList().FindIndex(t => t.Role == "assistant");
         if (firstAnswer < 1) return null;
-        var rendered = ChatTemplate.Render(ToChat(chat, firstAnswer), tokenizer, addGenerationPrompt: true);
-        var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(rendered.Ids, rendered.Labels, tokenizer.ImageId, tokensPerImage);
+        int[] promptIds = InferencePipeline.PromptIds(ToChat(chat, firstAnswer), tokenizer);       // rendered as every front end asks
+        var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(promptIds, promptIds, tokenizer.ImageId, tokensPerImage);
         if (ids.Length >= maxSeqLen) return null;
         string question = string.Join(" / ", chat.Turns.Take(firstAnswer).Select(t => t.Text));
         return new PromptSample(ids, chat.Images, question, chat.Turns[firstAnswer].Text, chat.Language);
     }
 
     /// <summary>The first <paramref name="turnCount"/> turns as a chat, with the default system prompt of the conversation's language.</summary>
-    private static ChatConversation ToChat(DataConversation c, int turnCount) =>
-        new(ChatTemplate.DefaultSystemPrompt(c.Language), c.Turns.Take(turnCount).Select(t => new ChatMessage(
+    private static Conversation ToChat(TrainingConversation c, int turnCount) =>
+        new(ChatTemplate.DefaultSystemPrompt(c.Language), c.Turns.Take(turnCount).Select(t => new Turn(
             t.Role switch
             {
-                "user" => ChatRole.User,
-                "assistant" => ChatRole.Assistant,
+                "user" => TurnRole.User,
+                "assistant" => TurnRole.Assistant,
                 _ => throw new XrayVLException($"conversation {c.Id}: unknown role '{t.Role}'"),
             }, t.Text, t.Images)));
 }

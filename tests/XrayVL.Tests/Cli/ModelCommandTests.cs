@@ -60,10 +60,10 @@ public class ModelCommandTests
         var r = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "16");
         string cliReport = JsonDocument.Parse(r.Out).RootElement.GetProperty("report").GetString()!;
         var loaded = XrayVL.IO.Checkpoint.Load(TinyCheckpoint.Directory);
-        var session = new XrayVL.Inference.ChatSession(loaded, "en");
+        var session = new XrayVL.Inference.ChatSession(new XrayVL.Inference.InferencePipeline(loaded), "en");
         session.AddImage(XrayVL.Imaging.ImageFile.Load(Sample()));
-        string direct = await session.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
-            XrayVL.Inference.ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
+        string direct = await session.AskAllAsync(XrayVL.Data.InstructionPhrases.ReportRequest("en"),
+            XrayVL.Inference.InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = 16 }, TestContext.Current.CancellationToken);
         Assert.Equal(direct, cliReport);
     }
 

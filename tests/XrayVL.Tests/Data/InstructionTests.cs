@@ -102,7 +102,7 @@ public class InstructionTests
         Assert.Equal(4, boxes.Count);  // two lungs × two languages
         Assert.Contains(boxes, c => c.Language == "en" && c.Turns[0].Text.Contains("right lung") && c.Turns[1].Text == "{<5><8><33><65>}");
         Assert.Contains(boxes, c => c.Language == "zh" && c.Turns[0].Text.Contains("左肺") && c.Turns[1].Text == "{<43><1><96><55>}");
-        Assert.Equal("{<0><100><50><50>}", Instructions.BoxText(new StudyBox(0, "x", -3, 140, 49.5, 50.4)));
+        Assert.Equal("{<0><100><50><50>}", AnswerFormats.Box(new StudyBox(0, "x", -3, 140, 49.5, 50.4)));
 
         // A box thinner than a grid unit would be written without area ("{<10><20><10><40>}"), which is no box: not asked.
         var thin = Boxed with { Boxes = [new StudyBox(0, "Right Lung", 10.2, 20, 10.4, 40), Boxed.Boxes![1]] };

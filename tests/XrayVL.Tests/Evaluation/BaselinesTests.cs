@@ -138,7 +138,7 @@ public class BaselinesTests
                 var labels = new ChexpertLabels();
                 labels[o] = LabelValue.Positive;
                 if (o != Observation.PleuralEffusion) labels[Observation.PleuralEffusion] = LabelValue.Positive;
-                string answer = Instructions.FindingListAnswer(labels, lang);
+                string answer = AnswerFormats.FindingList(labels, lang);
                 var read = Labeler.Default.Label(answer, lang);
                 var expected = o == Observation.NoFinding ? [Observation.PleuralEffusion] : labels.With(LabelValue.Positive).ToList();
                 if (!expected.SequenceEqual(read.With(LabelValue.Positive))) wrong.Add($"{lang} '{answer}' read as {read}");
@@ -146,7 +146,7 @@ public class BaselinesTests
         // With nothing positive the answer is "No abnormal findings." / "未见异常。": read as No Finding alone.
         foreach (string lang in new[] { "en", "zh" })
         {
-            string none = Instructions.FindingListAnswer(new ChexpertLabels(), lang);
+            string none = AnswerFormats.FindingList(new ChexpertLabels(), lang);
             var read = Labeler.Default.Label(none, lang);
             if (!read.With(LabelValue.Positive).SequenceEqual([Observation.NoFinding])) wrong.Add($"{lang} '{none}' read as {read}");
         }
@@ -163,7 +163,7 @@ public class BaselinesTests
         var mean = Baselines.MeanBoxes(boxes);
         Assert.Equal(2, mean.Count);
         Assert.Equal((15.0, 15.0, 45.0, 85.0), (mean["RIGHT LUNG"].X1, mean["RIGHT LUNG"].Y1, mean["RIGHT LUNG"].X2, mean["RIGHT LUNG"].Y2));
-        Assert.Equal("{<55><15><90><85>}", Instructions.BoxText(mean["Left Lung"]));
+        Assert.Equal("{<55><15><90><85>}", AnswerFormats.Box(mean["Left Lung"]));
     }
 
     [Fact]

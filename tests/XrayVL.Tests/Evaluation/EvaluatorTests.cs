@@ -81,8 +81,8 @@ public class EvaluatorTests
         Assert.Equal(EvalTasks.All.Order(), items.Select(i => i.Task).Distinct().Order());
         var reportItems = items.Where(i => i.Task == EvalTasks.Report).ToList();
         Assert.Equal(["CXR2", "CXR2882", "CXR2-zh"], reportItems.Select(i => i.StudyId));
-        Assert.Equal(Instructions.ReportRequest("en"), reportItems[0].Prompt);
-        Assert.Equal(Instructions.ReportRequest("zh"), reportItems[2].Prompt);
+        Assert.Equal(InstructionPhrases.ReportRequest("en"), reportItems[0].Prompt);
+        Assert.Equal(InstructionPhrases.ReportRequest("zh"), reportItems[2].Prompt);
         Assert.Single(items, i => i.Task == EvalTasks.Ground);
         Assert.DoesNotContain(items, i => i.StudyId.Contains("861") || i.StudyId.Contains("2577"));
 
@@ -129,7 +129,7 @@ public class EvaluatorTests
         // Image-free answers for the finding list (the training split's majority findings) and boxes (the mean training box).
         var trainLabels = studies.Where(s => s.Split == "train").Select(s => Labeler.Default.Label(s.ReportText, s.Language)).ToList();
         foreach (var item in items.Where(i => i.Task == EvalTasks.Classify))
-            Assert.Equal(Instructions.FindingListAnswer(Baselines.MajorityFindings(trainLabels), item.Language), item.Baselines![Baselines.MajorityFindingsName]);
+            Assert.Equal(AnswerFormats.FindingList(Baselines.MajorityFindings(trainLabels), item.Language), item.Baselines![Baselines.MajorityFindingsName]);
         // Closed questions: the training split's most common answer to the same question, as a bare closed answer.
         Assert.All(items.Where(i => i.Task == EvalTasks.Vqa), i => Assert.NotNull(VqaAccuracy.Parse(i.Baselines![Baselines.QuestionPriorName])));
         Assert.Equal(result.Metrics.Vqa!.QuestionPriorAccuracy, again.Vqa!.QuestionPriorAccuracy);

@@ -46,7 +46,7 @@ public class GroundingTests
     [Fact]
     public void ParsesTheInstructionBoxFormat()
     {
-        string text = Instructions.BoxText(new StudyBox(0, "right lung", 10.4, 20, 45.6, 80));
+        string text = AnswerFormats.Box(new StudyBox(0, "right lung", 10.4, 20, 45.6, 80));
         Assert.Equal("{<10><20><46><80>}", text);
         Assert.Equal([new Box(10, 20, 46, 80)], Grounding.Parse("The right lung is at " + text + "."));
         Assert.Equal([new Box(1, 2, 3, 4)], Grounding.Parse("<10><20><30><40> and {< 3 ><4><1><2>}"));     // braces required; corners ordered

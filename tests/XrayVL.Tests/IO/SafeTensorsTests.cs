@@ -405,12 +405,12 @@ public sealed class SafeTensorsTests : IDisposable
         var source = new TinyNet();
         var target = new TinyNet();
         string path = PathOf("tiny.safetensors");
-        SafeTensors.SaveModule(path, source, prefix: "model");
+        ModuleWeights.SaveModule(path, source, prefix: "model");
 
         var tensors = SafeTensors.Load(path);
         Assert.Equal(["model.fc1.bias", "model.fc1.weight", "model.fc2.bias", "model.fc2.weight", "model.norm.bias", "model.norm.weight", "model.running"],
             tensors.Keys.Order(StringComparer.Ordinal));
-        var report = SafeTensors.LoadInto(target, tensors, prefix: "model.");
+        var report = ModuleWeights.LoadInto(target, tensors, prefix: "model.");
         Assert.True(report.IsComplete);
         Assert.Equal(7, report.Loaded.Count);
 
@@ -426,7 +426,7 @@ public sealed class SafeTensorsTests : IDisposable
         var source = new TinyNet();
         var target = new TinyNet();
         var halves = source.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.to(ScalarType.BFloat16));
-        SafeTensors.LoadInto(target, halves);
+        ModuleWeights.LoadInto(target, halves);
         foreach (var (name, parameter) in target.state_dict())
         {
             Assert.Equal(ScalarType.Float32, parameter.dtype);
@@ -445,7 +445,7 @@ public sealed class SafeTensorsTests : IDisposable
         tensors["extra.weight"] = torch.ones(1);
         tensors["elsewhere"] = torch.ones(1);
 
-        var ex = Assert.Throws<XrayVLException>(() => SafeTensors.LoadInto(target, tensors));
+        var ex = Assert.Throws<XrayVLException>(() => ModuleWeights.LoadInto(target, tensors));
         Assert.Contains("fc2.bias", ex.Message);
         Assert.Contains("extra.weight", ex.Message);
         Assert.Contains("fc1.weight: checkpoint (8, 4) vs model (6, 4)", ex.Message);
@@ -453,7 +453,7 @@ public sealed class SafeTensorsTests : IDisposable
         Assert.All(target.state_dict(), kv => Assert.True(Same(kv.Value, before[kv.Key]), kv.Key));
 
         // Not strict: the fitting keys load, the rest is reported; keys outside the prefix are ignored.
-        var report = SafeTensors.LoadInto(target, tensors.ToDictionary(kv => "m." + kv.Key, kv => kv.Value), prefix: "m", strict: false);
+        var report = ModuleWeights.LoadInto(target, tensors.ToDictionary(kv => "m." + kv.Key, kv => kv.Value), prefix: "m", strict: false);
         Assert.Equal(["m.fc2.bias"], report.Missing);
         Assert.Equal(["m.elsewhere", "m.extra.weight"], report.Unexpected);
         Assert.Equal(5, report.ShapeMismatches.Count);   // fc1.weight, fc1.bias, norm.weight, norm.bias, fc2.weight (3, 8) vs (3, 6)

@@ -21,7 +21,7 @@ public class QuantizedCheckpointTests
         Assert.Equal(config.NumHiddenLayers * 7 + 1, quantized);   // q k v o gate up down per layer, and lm_head
 
         string path = Path.Combine(TempDir.Create("xrayvl-q8"), "model.safetensors");
-        SafeTensors.SaveModule(path, source);
+        ModuleWeights.SaveModule(path, source);
         var header = SafeTensors.ReadHeader(path);
         var q = header.Tensors.Single(t => t.Name == "model.layers.0.self_attn.q_proj.weight");
         var s = header.Tensors.Single(t => t.Name == "model.layers.0.self_attn.q_proj.weight_scale");
@@ -33,14 +33,14 @@ public class QuantizedCheckpointTests
         LanguageModel target;
         using (Layers.QuantizeLinearsOnCreation()) target = new LanguageModel(config);
         using var _ = target;
-        SafeTensors.LoadInto(target, SafeTensors.Load(path));
+        ModuleWeights.LoadInto(target, SafeTensors.Load(path));
         var ids = torch.tensor(new long[] { 1, 5, 9, 33 }).view(1, 4);
         Assert.True(torch.allclose(source.Forward(source.Embed(ids)), target.Forward(target.Embed(ids)), rtol: 0, atol: 0));
 
         // An fp32 checkpoint does not load into a quantized model: its scales are missing.
         using var plain = TinyLanguageModels.Create(config, seed: 7);
         string plainPath = Path.Combine(TempDir.Create("xrayvl-fp32"), "model.safetensors");
-        SafeTensors.SaveModule(plainPath, plain);
-        Assert.Throws<XrayVLException>(() => SafeTensors.LoadInto(target, SafeTensors.Load(plainPath)));
+        ModuleWeights.SaveModule(plainPath, plain);
+        Assert.Throws<XrayVLException>(() => ModuleWeights.LoadInto(target, SafeTensors.Load(plainPath)));
     }
 }

@@ -40,7 +40,7 @@ public sealed class EvaVisionTransformerTests
         var weights = eva.AdaptCheckpoint(TorchCheckpoint.LoadStateDict(Seed(seed, "eva_vit_g.pth")));
         try
         {
-            SafeTensors.LoadInto(eva, weights);
+            ModuleWeights.LoadInto(eva, weights);
         }
         finally
         {

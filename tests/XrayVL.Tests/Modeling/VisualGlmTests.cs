@@ -52,7 +52,7 @@ public sealed class VisualGlmTests(VisualGlmFixture fixture, ITestOutputHelper o
         Assert.Equal((24, 2, 4, 96, 48, 2, 32, 1e-12), (q.HiddenSize, q.NumHiddenLayers, q.NumAttentionHeads, q.IntermediateSize, q.EncoderWidth, q.CrossAttentionFreq, q.NumQueryTokens, q.LayerNormEps));
         Assert.Equal(32, c.ImageLength);
         Assert.Equal(4, fixture.MergedLora.Count);
-        // Every parameter of the model came from the file (CopyInto refuses gaps); the count is the file's 8,875,458
+        // Every parameter of the model came from the file (StreamInto refuses gaps); the count is the file's 8,875,458
         // elements (checkpoint_keys.txt) less what is merged or dropped: the LoRA matrices (A 10×32, B 32×10; three pairs
         // for query_key_value, one for dense, in 2 layers), the unused GLM position table (2048 × 32), inv_freq (2) and the
         // EVA key bias (2 layers × 48).

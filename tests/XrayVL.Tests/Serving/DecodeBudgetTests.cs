@@ -3,6 +3,7 @@ using System.IO.Compression;
 using System.Net;
 using XrayVL.Imaging;
 using XrayVL.Server;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Tests.Serving;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.AI;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Tests.Serving;
@@ -28,7 +29,7 @@ public class LoadTests
         using (var alone = XrayChatClient.Create(ServingModel.Loaded, new BatchSchedulerOptions { MaxBatch = 1 }))
             foreach (var (question, image, _) in work)
                 expected.Add((await alone.GetResponseAsync(
-                    [new Microsoft.Extensions.AI.ChatMessage(ChatRole.User, [new TextContent(question), new DataContent(image, "image/png")])],
+                    [new ChatMessage(ChatRole.User, [new TextContent(question), new DataContent(image, "image/png")])],
                     new ChatOptions { MaxOutputTokens = 8 }, Ct)).Text);
         Assert.True(expected.Distinct().Count() > Requests / 3, "answers must differ enough for a mix-up to show");
 

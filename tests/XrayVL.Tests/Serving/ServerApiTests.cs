@@ -60,7 +60,7 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
     {
         using var client = XrayChatClient.Create(ServingModel.Loaded);
         var response = await client.GetResponseAsync(
-            [new Microsoft.Extensions.AI.ChatMessage(ChatRole.User, [new TextContent(question), new DataContent(png, "image/png")])],
+            [new ChatMessage(ChatRole.User, [new TextContent(question), new DataContent(png, "image/png")])],
             new ChatOptions { MaxOutputTokens = maxTokens }, Ct);
         return response.Text;
     }
@@ -191,9 +191,9 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Contains("不是医疗器械", zh["disclaimer"]!.GetValue<string>());
 
         var loaded = ServingModel.Loaded;
-        var chat = new ChatSession(loaded);
+        var chat = new ChatSession(new InferencePipeline(loaded));
         chat.AddImage(ImageFile.Load(path));
-        string expected = await chat.AskAllAsync(Instructions.ReportRequest("en"), chat.DefaultOptions() with { MaxNewTokens = 10 }, Ct);
+        string expected = await chat.AskAllAsync(InstructionPhrases.ReportRequest("en"), InferencePipeline.Decoding(ServingModel.Loaded.Tokenizer) with { MaxNewTokens = 10 }, Ct);
         Assert.Equal(expected, report);
 
         var labels = body["labels"]!.AsObject();
@@ -313,9 +313,9 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         // Each equals its conversation alone (ChatSession on the model-sized image).
         async Task<List<string>> Alone(byte[] image, string second)
         {
-            var chat = new ChatSession(ServingModel.Loaded);
+            var chat = new ChatSession(new InferencePipeline(ServingModel.Loaded));
             chat.AddImage(Preprocess.ToModelSquare(ImageFile.Decode(image, "x"), ServingModel.Loaded.Preprocess));
-            var options = chat.DefaultOptions() with { MaxNewTokens = 12 };
+            var options = InferencePipeline.Decoding(ServingModel.Loaded.Tokenizer) with { MaxNewTokens = 12 };
             return [await chat.AskAllAsync("First question?", options, Ct), await chat.AskAllAsync(second, options, Ct)];
         }
         Assert.Equal(await Alone(a, "Second question for A?"), [firstTurns[0]["text"]!.GetValue<string>(), secondTurns[0]["text"]!.GetValue<string>()]);
@@ -356,6 +356,6 @@ public class ServerApiTests(DefaultServer fixture) : IClassFixture<DefaultServer
         Assert.Contains(lines, l => l.Contains("POST /api/sessions/{id}/messages 200"));
         Assert.DoesNotContain(lines, l => l.Contains(id));
         if (answer.Length >= 6) Assert.DoesNotContain(lines, l => l.Contains(answer));
-        Assert.DoesNotContain(lines, l => l.Contains(Instructions.ReportRequest("zh")));
+        Assert.DoesNotContain(lines, l => l.Contains(InstructionPhrases.ReportRequest("zh")));
     }
 }

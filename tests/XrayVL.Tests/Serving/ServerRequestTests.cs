@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using Microsoft.Extensions.AI;
 using XrayVL.Imaging;
+using XrayVL.Inference;
 using XrayVL.Serving;
 
 namespace XrayVL.Tests.Serving;
@@ -66,7 +67,7 @@ public class ServerRequestTests(DefaultServer fixture) : IClassFixture<DefaultSe
         // In-process too: the IChatClient refuses rather than describing an image it never saw.
         using var client = XrayChatClient.Create(ServingModel.Loaded);
         var refused = await Assert.ThrowsAsync<XrayVLException>(() => client.GetResponseAsync(
-            [new Microsoft.Extensions.AI.ChatMessage(ChatRole.User, "Describe this chest X-ray.")], cancellationToken: Ct));
+            [new ChatMessage(ChatRole.User, "Describe this chest X-ray.")], cancellationToken: Ct));
         Assert.Contains("no image arrived", refused.Message);
     }
 
@@ -119,7 +120,7 @@ public class ServerRequestTests(DefaultServer fixture) : IClassFixture<DefaultSe
         // The report added no turn: the chat is the three questions and their answers.
         var turns = (await JsonOf(await Http.GetAsync($"/api/sessions/{id}", Ct)))["turns"]!.AsArray();
         Assert.Equal(6, turns.Count);
-        Assert.DoesNotContain(turns, t => t!["text"]!.GetValue<string>() == XrayVL.Data.Instructions.ReportRequest("en"));
+        Assert.DoesNotContain(turns, t => t!["text"]!.GetValue<string>() == XrayVL.Data.InstructionPhrases.ReportRequest("en"));
 
         // A report before any image is a 400 naming the problem, as a question is.
         string fresh = (await JsonOf(await Http.PostAsync("/api/sessions", null, Ct)))["id"]!.GetValue<string>();

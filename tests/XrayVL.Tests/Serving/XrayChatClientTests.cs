@@ -3,8 +3,6 @@ using XrayVL.Imaging;
 using XrayVL.Inference;
 using XrayVL.Serving;
 using XrayVL.Text;
-using AiChatMessage = Microsoft.Extensions.AI.ChatMessage;
-using AiChatRole = Microsoft.Extensions.AI.ChatRole;
 
 namespace XrayVL.Tests.Serving;
 
@@ -13,8 +11,8 @@ public class XrayChatClientTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static AiChatMessage UserWithImage(string text, byte[] image, string mediaType = "image/png") =>
-        new(AiChatRole.User, [new TextContent(text), new DataContent(image, mediaType)]);
+    private static ChatMessage UserWithImage(string text, byte[] image, string mediaType = "image/png") =>
+        new(ChatRole.User, [new TextContent(text), new DataContent(image, mediaType)]);
 
     [Fact]
     public async Task AnswersEqualAChatSessionsOverSeveralTurnsAndStreamingMatches()
@@ -24,13 +22,13 @@ public class XrayChatClientTests
         byte[] png = ServingModel.PatternPng(31);
         var options = new ChatOptions { MaxOutputTokens = 12 };
 
-        var chat = new ChatSession(loaded);
+        var chat = new ChatSession(new InferencePipeline(loaded));
         chat.AddImage(ImageFile.Decode(png, "pattern"));
-        var decoding = chat.DefaultOptions() with { MaxNewTokens = 12 };
+        var decoding = InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = 12 };
         string expected1 = await chat.AskAllAsync("What does this X-ray show?", decoding, Ct);
         string expected2 = await chat.AskAllAsync("Is the heart enlarged?", decoding, Ct);
 
-        List<AiChatMessage> messages = [new(AiChatRole.System, "You are a helpful assistant."), UserWithImage("What does this X-ray show?", png)];
+        List<ChatMessage> messages = [new(ChatRole.System, "You are a helpful assistant."), UserWithImage("What does this X-ray show?", png)];
         var first = await client.GetResponseAsync(messages, options, Ct);
         Assert.Equal(expected1, first.Text.Trim());
         Assert.Equal(loaded.Name, first.ModelId);
@@ -38,8 +36,8 @@ public class XrayChatClientTests
         Assert.Equal(first.FinishReason == ChatFinishReason.Length ? 12 : first.Usage.OutputTokenCount, first.Usage.OutputTokenCount);
         Assert.True(first.Usage.InputTokenCount > loaded.Model.TokensPerImage);
 
-        messages.Add(new AiChatMessage(AiChatRole.Assistant, first.Text.Trim()));
-        messages.Add(new AiChatMessage(AiChatRole.User, "Is the heart enlarged?"));
+        messages.Add(new ChatMessage(ChatRole.Assistant, first.Text.Trim()));
+        messages.Add(new ChatMessage(ChatRole.User, "Is the heart enlarged?"));
         var updates = new List<ChatResponseUpdate>();
         await foreach (var update in client.GetStreamingResponseAsync(messages, options, Ct)) updates.Add(update);
         Assert.Equal(expected2, string.Concat(updates.Select(u => u.Text)).Trim());
@@ -70,7 +68,7 @@ public class XrayChatClientTests
         var wrongType = await Assert.ThrowsAsync<XrayVLException>(() => client.ReadConversationAsync([UserWithImage("x", dicom, "text/plain")], null, Ct));
         Assert.Contains("not an image", wrongType.Message);
         var link = await Assert.ThrowsAsync<XrayVLException>(() => client.ReadConversationAsync(
-            [new AiChatMessage(AiChatRole.User, [new UriContent("https://example.org/x.png", "image/png")])], null, Ct));
+            [new ChatMessage(ChatRole.User, [new UriContent("https://example.org/x.png", "image/png")])], null, Ct));
         Assert.Contains("not fetched", link.Message);
     }
 
@@ -79,7 +77,7 @@ public class XrayChatClientTests
     {
         var loaded = ServingModel.Loaded;
         using var client = XrayChatClient.Create(loaded);
-        List<AiChatMessage> messages = [UserWithImage("Describe this image.", ServingModel.PatternPng(33))];
+        List<ChatMessage> messages = [UserWithImage("Describe this image.", ServingModel.PatternPng(33))];
         string whole = (await client.GetResponseAsync(messages, new ChatOptions { MaxOutputTokens = 24 }, Ct)).Text;
         Assert.True(whole.Length > 12, $"answer too short to cut: '{whole}'");
         string stop = whole.Substring(whole.Length / 2, 3);
@@ -128,15 +126,15 @@ public class XrayChatClientTests
             new ChatOptions { AdditionalProperties = new() { [XrayChatClient.LanguageProperty] = "en" } }, Ct)).Conversation;
         Assert.Equal(ChatTemplate.DefaultSystemPrompt("en"), forced.SystemPrompt);
         var (conversation, images) = await client.ReadConversationAsync(
-            [new AiChatMessage(AiChatRole.System, "ignored"), UserWithImage("a", png), new AiChatMessage(AiChatRole.Assistant, "b"), new AiChatMessage(AiChatRole.User, "c")], null,
+            [new ChatMessage(ChatRole.System, "ignored"), UserWithImage("a", png), new ChatMessage(ChatRole.Assistant, "b"), new ChatMessage(ChatRole.User, "c")], null,
             Ct);
-        Assert.Equal([(XrayVL.Text.ChatRole.User, 1), (XrayVL.Text.ChatRole.Assistant, 0), (XrayVL.Text.ChatRole.User, 0)], conversation.Messages.Select(m => (m.Role, m.ImageCount)));
+        Assert.Equal([(TurnRole.User, 1), (TurnRole.Assistant, 0), (TurnRole.User, 0)], conversation.Messages.Select(m => (m.Role, m.ImageCount)));
         // Kept at the model's square size only: the upload's resolution is not held while the answer is written.
         int side = loaded.Preprocess.ImageSize;
         Assert.Equal((side, side), (Assert.Single(images).Width, images[0].Height));
         Assert.Contains("last message", (await Assert.ThrowsAsync<XrayVLException>(() =>
-            client.ReadConversationAsync([UserWithImage("a", png), new AiChatMessage(AiChatRole.Assistant, "b")], null, Ct))).Message);
+            client.ReadConversationAsync([UserWithImage("a", png), new ChatMessage(ChatRole.Assistant, "b")], null, Ct))).Message);
         Assert.Contains("no image arrived", (await Assert.ThrowsAsync<XrayVLException>(() =>
-            client.ReadConversationAsync([new AiChatMessage(AiChatRole.User, "Describe this chest X-ray.")], null, Ct))).Message);
+            client.ReadConversationAsync([new ChatMessage(ChatRole.User, "Describe this chest X-ray.")], null, Ct))).Message);
     }
 }

@@ -131,7 +131,7 @@ public class ChatTemplateTests
     public void OnlyUserTurnsMayCarryImages()
     {
         var conversation = new Conversation().User("Q").Assistant("A");
-        conversation.Messages.Add(new ChatMessage(ChatRole.Assistant, "B", ImageCount: 1));
+        conversation.Messages.Add(new Turn(TurnRole.Assistant, "B", ImageCount: 1));
         Assert.Throws<XrayVLException>(() => ChatTemplate.Render(conversation, Tok, false));
         Assert.Throws<XrayVLException>(() => ChatTemplate.RenderText(new Conversation().User("Q", imageCount: -1), false));
     }

@@ -69,9 +69,9 @@ public class TrainerTests
         // The final model is a plain folder the inference side loads; best/ holds the best validation step.
         var loaded = Checkpoint.Load(result.ModelDirectory);
         Assert.Equal(ScalarType.Float32, loaded.Model.LanguageModel.DType);
-        var chat = new XrayVL.Inference.ChatSession(loaded);
+        var chat = new XrayVL.Inference.ChatSession(new XrayVL.Inference.InferencePipeline(loaded));
         chat.AddImage(ImageFile.Load(F.Images[0]));
-        string answer = await chat.AskAllAsync(XrayVL.Data.Instructions.ReportRequest("en"),
+        string answer = await chat.AskAllAsync(XrayVL.Data.InstructionPhrases.ReportRequest("en"),
             new XrayVL.Inference.GenerationOptions { MaxNewTokens = 8 }, Token);
         Assert.False(string.IsNullOrWhiteSpace(answer));
         Assert.NotNull(result.BestDirectory);

@@ -4,9 +4,8 @@ using XrayVL.Inference;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
 using static XrayVL.Tests.Support.TinyLanguageModels;
-using Generator = XrayVL.Inference.Generator;
 
-namespace XrayVL.Tests.Serving;
+namespace XrayVL.Tests.Inference;
 
 /// <summary>DecodeSession with rows joining and leaving between steps: each row must decode exactly as it would alone.</summary>
 public class ContinuousBatchingTests
@@ -24,7 +23,7 @@ public class ContinuousBatchingTests
     {
         var model = Create(Config("qwen2", vocab: 100), seed: 41);
         using var _ = model;
-        var generator = new Generator(model);
+        var generator = new TokenGenerator(model);
         var options = new GenerationOptions { MaxNewTokens = 14, RepetitionPenalty = 1.3, NoRepeatNgramSize = 3 };
         var prompts = new[] { RandomIds(4, 100, 42), RandomIds(11, 100, 43), RandomIds(6, 100, 44), RandomIds(2, 100, 45) };
         var promptIds = prompts.Select(p => (IReadOnlyList<int>)p.Select(i => (int)i).ToList()).ToArray();
@@ -62,7 +61,7 @@ public class ContinuousBatchingTests
     {
         var model = Create(Config("llama", vocab: 100), seed: 46);
         using var _ = model;
-        var generator = new Generator(model);
+        var generator = new TokenGenerator(model);
         var options = new GenerationOptions { MaxNewTokens = 12 };
         var prompts = new[] { RandomIds(5, 100, 47), RandomIds(9, 100, 48), RandomIds(3, 100, 49) };
         var alone = prompts.Select(p => generator.Generate(Prompt(model, p), options, null, Ct).ToList()).ToList();
@@ -131,7 +130,7 @@ public class ContinuousBatchingTests
     [Fact]
     public void GridBoxesReadWhatInstructionsWrite()
     {
-        var written = Instructions.BoxText(new StudyBox(0, "right lung", 12.4, 20.6, 48, 88.5));
+        var written = AnswerFormats.Box(new StudyBox(0, "right lung", 12.4, 20.6, 48, 88.5));
         Assert.Equal([new GridBox(12, 21, 48, 89)], GridBoxes.Parse($"The right lung is at {written}."));
         Assert.Equal([new GridBox(10, 20, 30, 40), new GridBox(5, 5, 95, 60)], GridBoxes.Parse("{<30><40><10><20>} and {< 5 ><5><95><60>}"));
         Assert.Empty(GridBoxes.Parse("{<10><20><10><40>} {<1><2><3><400>} {<1><2><3>} <10><20><30><40>"));   // no area, off grid, 3 numbers, no braces

@@ -3,18 +3,17 @@ using XrayVL.Inference;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
 using static XrayVL.Tests.Support.TinyLanguageModels;
-using Generator = XrayVL.Inference.Generator;
 
 namespace XrayVL.Tests.Inference;
 
-public class GeneratorTests
+public class TokenGeneratorTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
-    private static (LanguageModel Model, Generator Generator) Setup(int seed, int vocab = 100, string type = "qwen2")
+    private static (LanguageModel Model, TokenGenerator Generator) Setup(int seed, int vocab = 100, string type = "qwen2")
     {
         var model = Create(Config(type, vocab: vocab), seed);
-        return (model, new Generator(model));
+        return (model, new TokenGenerator(model));
     }
 
     /// <summary>(T, D) prompt embeddings of random ids, as the vision-language model would hand them over.</summary>

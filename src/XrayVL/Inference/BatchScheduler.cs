@@ -1,10 +1,9 @@
 using TorchSharp;
 using XrayVL.Imaging;
-using XrayVL.Inference;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
 
-namespace XrayVL.Serving;
+namespace XrayVL.Inference;
 
 /// <summary>How the <see cref="BatchScheduler"/> shares the model.</summary>
 public sealed record BatchSchedulerOptions
@@ -86,17 +85,7 @@ public sealed class BatchScheduler : IDisposable
         cancellationToken.ThrowIfCancellationRequested();
         request.Options.Validate();
         if (request.Options.NumBeams > 1) throw new XrayVLException("beam search is not served in batches; use num_beams 1");
-        int imageToken = model.Config.ImageTokenIndex;
-        int placeholders = request.PromptIds.Count(id => id == imageToken);
-        if (placeholders != request.Images.Count)
-            throw new XrayVLException($"the prompt has {placeholders} image placeholders but {request.Images.Count} images were given");
-        var (expanded, _) = VisionLanguageModel.ExpandImagePlaceholders(request.PromptIds, request.PromptIds, imageToken, model.TokensPerImage);
-        int vocab = model.Config.TextConfig.VocabSize;
-        foreach (int id in expanded)
-            if (id < 0 || id >= vocab) throw new XrayVLException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
-        if (expanded.Length == 0) throw new XrayVLException("the prompt is empty");
-        if (expanded.Length >= model.Config.TextConfig.MaxPositionEmbeddings)
-            throw new XrayVLException($"the conversation is {expanded.Length} positions long, which leaves no room under the model's context of {model.Config.TextConfig.MaxPositionEmbeddings}; start a new conversation");
+        var expanded = InferencePipeline.ExpandedIds(model, request.PromptIds, request.Images.Count);
         // Preprocessing (resize, normalise) is plain CPU work: done here, on the caller's thread, not on the model's.
         var pixels = request.Images.Select(image => Preprocess.ToArray(image, preprocess)).ToArray();
 
@@ -217,8 +206,7 @@ public sealed class BatchScheduler : IDisposable
             int count = request.Pixels.Length;
             try
             {
-                var ids = torch.tensor(request.ExpandedIds.Select(i => (long)i).ToArray(), device: model.LanguageModel.Device).unsqueeze(0);  // (1, T)
-                var embeds = model.Embed(ids, count == 0 ? null : imageEmbeds!.narrow(0, image, count));               // (1, T, D)
+                var embeds = InferencePipeline.PromptEmbeddings(model, request.ExpandedIds, count == 0 ? null : imageEmbeds!.narrow(0, image, count));  // (1, T, D)
                 int row = session!.Add(embeds, request.ExpandedIds, request.Request.Options.MaxNewTokens);
                 request.Row = row;
                 lock (gate) rows[row] = request;
@@ -249,14 +237,14 @@ public sealed class BatchScheduler : IDisposable
         var results = session.Step();
         Interlocked.Increment(ref steps);
         lock (gate) largestBatch = Math.Max(largestBatch, batch);
-        foreach (var (row, token, ended) in results)
+        foreach (var result in results)
         {
-            if (!rows.TryGetValue(row, out var stream)) continue;
-            if (token >= 0) stream.Deliver(token);
-            if (!ended) continue;
-            lock (gate) rows.Remove(row);
+            if (!rows.TryGetValue(result.Row, out var stream)) continue;
+            if (result.Token >= 0) stream.Deliver(result.Token);
+            if (result.Finish is not { } finish) continue;
+            lock (gate) rows.Remove(result.Row);
             Interlocked.Increment(ref completed);
-            stream.Finish(token < 0 ? FinishReason.Stop : FinishReason.Length);
+            stream.Finish(finish);
         }
     }
 

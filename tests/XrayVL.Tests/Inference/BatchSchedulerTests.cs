@@ -1,9 +1,10 @@
 using XrayVL.Imaging;
 using XrayVL.Inference;
 using XrayVL.Serving;
+using XrayVL.Tests.Serving;
 using XrayVL.Text;
 
-namespace XrayVL.Tests.Serving;
+namespace XrayVL.Tests.Inference;
 
 public class BatchSchedulerTests
 {
@@ -30,14 +31,14 @@ public class BatchSchedulerTests
     {
         var loaded = ServingModel.Loaded;
         using var scheduler = new BatchScheduler(loaded.Model, loaded.Preprocess, new BatchSchedulerOptions { MaxBatch = 3 });
-        var options = ChatSession.DefaultOptions(loaded.Tokenizer) with { MaxNewTokens = 10 };
+        var options = InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = 10 };
         var questions = Enumerable.Range(0, 7).Select(i => (Question: $"Describe view {i}.", Image: ServingModel.Pattern(100 + i))).ToList();
 
-        // Alone: the Generator path of ChatSession (no scheduler), one conversation at a time.
+        // Alone: the TokenGenerator path of ChatSession (no scheduler), one conversation at a time.
         var alone = new List<string>();
         foreach (var (question, image) in questions)
         {
-            var chat = new ChatSession(loaded);
+            var chat = new ChatSession(new InferencePipeline(loaded));
             chat.AddImage(image);
             alone.Add(await chat.AskAllAsync(question, options, Ct));
         }
@@ -45,7 +46,7 @@ public class BatchSchedulerTests
         // Together: seven conversations at once through a scheduler of three rows.
         var together = await Task.WhenAll(questions.Select(async q =>
         {
-            var chat = new ChatSession(loaded, scheduler);
+            var chat = new ChatSession(new InferencePipeline(loaded, scheduler));
             chat.AddImage(q.Image);
             return await chat.AskAllAsync(q.Question, options, Ct);
         }));

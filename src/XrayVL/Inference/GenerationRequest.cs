@@ -1,9 +1,8 @@
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using XrayVL.Imaging;
-using XrayVL.Inference;
 
-namespace XrayVL.Serving;
+namespace XrayVL.Inference;
 
 /// <summary>
 /// One prompt for the <see cref="BatchScheduler"/>: the chat-rendered token ids with one image token per image (as
