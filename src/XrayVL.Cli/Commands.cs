@@ -13,6 +13,7 @@ public static class Commands
         TrainCommand.Create(io),
         InfoCommand.Create(io),
         ExportCommand.Create(io),
+        ImportCommand.Create(io),
         LabelCommand.Create(io),
         DataCommand.Create(io),
         ScoreCommand.Create(io),

@@ -26,10 +26,13 @@ public sealed record VisualGlmConfig
     public QFormerConfig QformerConfig { get; init; } = new();
     /// <summary>Prompt positions the image takes: one per Q-Former query (SAT's image_length).</summary>
     public int ImageLength { get; init; } = 32;
+    /// <summary>How conversations become text: "xrayglm" is XrayGLM's "&lt;img&gt;&lt;/img&gt;问：…\n答：" (its questions are Chinese).</summary>
+    public string PromptFormat { get; init; } = "xrayglm";
 
     public VisualGlmConfig Validate()
     {
         if (ModelType != "visualglm") throw new XrayVLException($"model_type '{ModelType}' is not VisualGLM ('visualglm')");
+        if (PromptFormat != "xrayglm") throw new XrayVLException($"prompt_format '{PromptFormat}' is not supported for VisualGLM (xrayglm)");
         TextConfig.Validate();
         VisionConfig.Validate();
         QformerConfig.Validate();
