@@ -1,4 +1,5 @@
 using TorchSharp;
+using XrayVL.Inference;
 using XrayVL.IO;
 using XrayVL.Modeling;
 using XrayVL.Tests.Modeling;
@@ -89,5 +90,87 @@ public sealed class ImportXrayGlmTests
         var notSat = CliRunner.Run("import", "xrayglm", dir.Path, output);
         Assert.Equal(1, notSat.ExitCode);
         Assert.Contains("not a SAT checkpoint folder", notSat.Err);
+    }
+}
+
+/// <summary>The fixture imported once (LoRA merged, the test tokenizer at the real special ids) for the front-end tests.</summary>
+public sealed class ImportedXrayGlm : IDisposable
+{
+    private readonly TempDir dir = new();
+
+    public string Directory { get; }
+
+    public ImportedXrayGlm()
+    {
+        Directory = Path.Combine(dir.Path, "xrayglm-fixture");
+        string tokenizer = Path.Combine(dir.Path, "ice_text.model");
+        File.WriteAllBytes(tokenizer, ChatGlmTokenizerTests.BuildModel());
+        VisualGlmFolder.Import(GlmFixture.Seed("checkpoint"), Directory,
+            new XrayGlmImportOptions { TokenizerPath = tokenizer, NumImageTokens = 130000 - 435 });
+    }
+
+    public void Dispose() => dir.Dispose();
+}
+
+/// <summary>`report`, `chat` and `serve` on an imported XrayGLM folder, and the chat engine against XrayGLM's chat() tokens.</summary>
+public sealed class XrayGlmFrontEndTests(ImportedXrayGlm imported) : IClassFixture<ImportedXrayGlm>
+{
+    private static string Image => GlmFixture.Seed("2_1.png");
+
+    [Fact]
+    public void ChatEngineReproducesXrayGlmChatTokens()
+    {
+        using var loaded = VisualGlmFolder.Load(imported.Directory);
+        var chat = new XrayGlmChat(loaded);
+        foreach (string caseName in new[] { "chat_1turn", "chat_2turn" })
+        {
+            long[] ids = GlmFixture.Reference(caseName, "input_ids").data<long>().ToArray();
+            int preImage = (int)GlmFixture.Reference(caseName, "pre_image").data<long>()[0];
+            var (tokens, reason) = chat.GenerateIds(ids, null, preImage, XrayGlmChat.Decoding(16), GlmFixture.Reference("vision", "pixels"));
+            long[] expected = GlmFixture.Reference(caseName, "chat_gen_ids").data<long>().ToArray();
+            Assert.Equal(expected.TakeWhile(t => t != 130005), tokens);      // the engine does not hand out <eop>
+            Assert.Equal(expected.Contains(130005) ? FinishReason.Stop : FinishReason.Length, reason);
+        }
+    }
+
+    [Fact]
+    public void PromptIsXrayGlmsWithTheImageAfterImg()
+    {
+        using var loaded = VisualGlmFolder.Load(imported.Directory);
+        var chat = new XrayGlmChat(loaded);
+        var (ids, preImage) = chat.Prompt([("q1", "a1")], "q2");
+        Assert.Equal(loaded.Tokenizer.Encode("<img>"), ids[..preImage]);
+        Assert.All(ids[preImage..(preImage + 32)], id => Assert.Equal(loaded.Tokenizer.PadId, id));
+        Assert.Equal(loaded.Tokenizer.Encode("</img>问：q1\n答：a1\n问：q2\n答："), ids[(preImage + 32)..^2]);
+        Assert.Equal([130001L, 130004L], ids[^2..]);
+    }
+
+    [Fact]
+    public void ReportSpeaksChineseByDefaultAndEnglishWhenAsked()
+    {
+        var r = CliRunner.Run("report", Image, "--model", imported.Directory, "--json", "--max-tokens", "6");
+        Assert.True(r.ExitCode == 0, r.Err);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(r.Out.Trim())!;
+        Assert.Equal("zh", json["language"]!.GetValue<string>());
+        Assert.Equal("xrayglm-fixture", json["model"]!.GetValue<string>());
+        Assert.NotNull(json["finish_reason"]);
+        var en = CliRunner.Run("report", Image, "--model", imported.Directory, "--lang", "en", "--max-tokens", "4");
+        Assert.True(en.ExitCode == 0, en.Err);
+        Assert.Contains(Constants.Disclaimer("en"), en.Out);
+        var int8 = CliRunner.Run("report", Image, "--model", imported.Directory, "--dtype", "int8");
+        Assert.Equal(1, int8.ExitCode);
+        Assert.Contains("fp32 or bf16", int8.Err);
+    }
+
+    [Fact]
+    public void ChatAnswersTurnsAndServeSaysWhatToUse()
+    {
+        var r = CliRunner.RunWithInput("这张片子正常吗？\n还有别的吗？\n/exit\n", "chat", Image, "--model", imported.Directory, "--max-tokens", "4", "--dtype", "bf16");
+        Assert.True(r.ExitCode == 0, r.Err);
+        Assert.Equal(2, r.Out.Split("xrayvl> ").Length - 1);
+        Assert.Contains("XrayGLM prompt format", r.Err);
+        var serve = CliRunner.Run("serve", "--model", imported.Directory);
+        Assert.Equal(1, serve.ExitCode);
+        Assert.Contains("xrayvl chat --model", serve.Err);
     }
 }
