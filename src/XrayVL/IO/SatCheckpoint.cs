@@ -87,7 +87,11 @@ public sealed partial class SatCheckpoint
         var previous = torch.get_default_dtype();
         torch.set_default_dtype(dtype);
         GlmDecoder decoder;
-        try { decoder = new GlmDecoder(config); }
+        try
+        {
+            using var skip = Layers.SkipInitialisation();   // every weight is read from the file next
+            decoder = new GlmDecoder(config);
+        }
         finally { torch.set_default_dtype(previous); }
         try
         {

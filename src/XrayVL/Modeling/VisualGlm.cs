@@ -119,12 +119,14 @@ public sealed class VisualGlmModel : nn.Module
 
     /// <summary>
     /// A VisualGLM model whose parameters are created in <paramref name="dtype"/> from the start (the default dtype is
-    /// switched while it is built), so loading a 6B model in bfloat16 never holds a float32 copy of it.
+    /// switched while it is built), so loading a 6B model in bfloat16 never holds a float32 copy of it. The GLM's
+    /// linears are left uninitialised (every weight is read from a file next); the caller must fill them.
     /// </summary>
     public static VisualGlmModel Create(VisualGlmConfig config, ScalarType dtype = ScalarType.Float32)
     {
         var previous = torch.get_default_dtype();
         torch.set_default_dtype(dtype);
+        using var skip = Layers.SkipInitialisation();
         try
         {
             var model = new VisualGlmModel(config);
