@@ -85,8 +85,11 @@ public static class App
         }
         catch (Exception e)
         {
-            // A bug, not a user error: still one line, with the exception type to report it by.
+            // A bug, not a user error (XrayVLBugException or anything unforeseen): still one line, with the exception
+            // type to report it by and how to get the details.
             stderr.WriteLine($"internal error ({e.GetType().Name}): {e.Message}");
+            stderr.WriteLine("this is a bug in XrayVL, not in your input: please report it with the command line you ran " +
+                             "(XRAYVL_DEBUG=1 prints the stack trace)");
             if (Environment.GetEnvironmentVariable("XRAYVL_DEBUG") == "1") stderr.WriteLine(e);
             return 2;
         }

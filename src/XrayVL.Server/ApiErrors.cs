@@ -51,8 +51,12 @@ public static class ApiErrors
         InvalidDataException e when e.Message.Contains("limit", StringComparison.OrdinalIgnoreCase) =>
             new(StatusCodes.Status413PayloadTooLarge, "the upload is larger than the limit"),
         InvalidDataException e => new(StatusCodes.Status400BadRequest, "the upload could not be read: " + e.Message),
-        _ => new(StatusCodes.Status500InternalServerError, "internal server error"),
+        _ => new(StatusCodes.Status500InternalServerError, BugMessage),
     };
+
+    /// <summary>What a client hears of a failure that is XrayVL's fault (a bug, never its request).</summary>
+    public const string BugMessage = "internal server error: this is a bug in XrayVL, not a problem with the request; " +
+        "the server log names it (please report it with the time of the request)";
 
     public static string TypeFor(int status) => status switch
     {

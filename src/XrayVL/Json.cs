@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 
 namespace XrayVL;
@@ -20,13 +21,55 @@ public static class Json
     /// <summary>Compact variant for one-object-per-line files (JSONL).</summary>
     public static readonly JsonSerializerOptions Line = new(Options) { WriteIndented = false };
 
-    /// <summary>Writes text to a temporary file beside <paramref name="path"/> and renames it over: readers never see half a file.</summary>
-    public static void WriteAllTextAtomic(string path, string text)
+    private static readonly JsonDocumentOptions DocumentOptions = new()
     {
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string tmp = full + ".tmp-" + Environment.ProcessId;
-        File.WriteAllText(tmp, text, new System.Text.UTF8Encoding(false));
-        File.Move(tmp, full, overwrite: true);
+        CommentHandling = JsonCommentHandling.Skip,                // hand-edited configs and recipes carry comments
+        AllowTrailingCommas = true,
+    };
+
+    /// <summary>
+    /// Reads a JSON file, or throws one <see cref="XrayVLException"/> that names the file and what it should hold
+    /// (<paramref name="what"/>, e.g. "recipe"): not found, unreadable, or not valid JSON (with the parser's position).
+    /// Comments and trailing commas are accepted. The caller disposes the document.
+    /// </summary>
+    public static JsonDocument ReadDocument(string path, string what)
+    {
+        byte[] bytes = ReadBytes(path, what);
+        try { return JsonDocument.Parse(bytes, DocumentOptions); }
+        catch (JsonException e) { throw Invalid(path, what, e); }
+    }
+
+    /// <summary><see cref="ReadDocument"/> for a file that must hold one JSON object, as a mutable node.</summary>
+    public static JsonObject ReadObject(string path, string what)
+    {
+        byte[] bytes = ReadBytes(path, what);
+        JsonNode? node;
+        try { node = JsonNode.Parse(bytes, documentOptions: DocumentOptions); }
+        catch (JsonException e) { throw Invalid(path, what, e); }
+        return node as JsonObject ?? throw new XrayVLException($"{path}: not a valid {what} (not a JSON object)");
+    }
+
+    /// <summary><see cref="ReadDocument"/> deserialised to <typeparamref name="T"/> (<see cref="Options"/> unless told otherwise); null content is refused too.</summary>
+    public static T Read<T>(string path, string what, JsonSerializerOptions? options = null) where T : class
+    {
+        byte[] bytes = ReadBytes(path, what);
+        try { return JsonSerializer.Deserialize<T>(bytes, options ?? Options) ?? throw new XrayVLException($"{path}: not a valid {what} (null)"); }
+        catch (JsonException e) { throw Invalid(path, what, e); }
+    }
+
+    private static byte[] ReadBytes(string path, string what)
+    {
+        if (!File.Exists(path)) throw new XrayVLException($"{path}: {what} file not found");
+        try { return File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new XrayVLException($"{path}: {what} file cannot be read ({e.Message})", e);
+        }
+    }
+
+    private static XrayVLException Invalid(string path, string what, JsonException e)
+    {
+        string where = e.Path is { Length: > 1 } p ? $" at {p}" : "";
+        return new XrayVLException($"{path}: not a valid {what}{where} (not valid JSON: {e.Message.Split('\n')[0]})", e);
     }
 }

@@ -1,3 +1,4 @@
+using XrayVL.IO;
 using XrayVL.Tests.Support;
 
 namespace XrayVL.Tests;
@@ -18,8 +19,8 @@ public class SkeletonTests
     public void AtomicWriteReplacesWholeFile()
     {
         string path = Path.Combine(Path.GetTempPath(), $"xrayvl-atomic-{Guid.NewGuid():N}.json");
-        Json.WriteAllTextAtomic(path, "{\"a\":1}");
-        Json.WriteAllTextAtomic(path, "{\"b\":2}");
+        AtomicFile.WriteAllText(path, "{\"a\":1}");
+        AtomicFile.WriteAllText(path, "{\"b\":2}");
         Assert.Equal("{\"b\":2}", File.ReadAllText(path));
         Assert.Empty(Directory.GetFiles(Path.GetDirectoryName(path)!, Path.GetFileName(path) + ".tmp-*"));
         File.Delete(path);

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using XrayVL.Benchmarks;
+using XrayVL.IO;
 using XrayVL.Kernels;
 
 namespace XrayVL.Cli;
@@ -46,7 +47,7 @@ public static class BenchCommand
                     PromptTokens = parse.GetValue(promptTokens), DecodeTokens = parse.GetValue(decodeTokens),
                 }, Log);
                 string table = shapeReport.ToMarkdown();
-                if (parse.GetValue(output) is { } tablePath) Json.WriteAllTextAtomic(tablePath, table);
+                if (parse.GetValue(output) is { } tablePath) AtomicFile.WriteAllText(tablePath, table);
                 io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(shapeReport, Json.Options) : table);
                 return 0;
             }
@@ -60,7 +61,7 @@ public static class BenchCommand
             var loaded = ModelLocator.Load(parse.GetValue(model));
             var report = Bench.Run(loaded, sample, new Bench.Options { Threads = parse.GetValue(threads), Repeats = parse.GetValue(repeats) }, Log);
             string markdown = report.ToMarkdown();
-            if (parse.GetValue(output) is { } path) Json.WriteAllTextAtomic(path, markdown);
+            if (parse.GetValue(output) is { } path) AtomicFile.WriteAllText(path, markdown);
             io.Out.WriteLine(parse.GetValue(json) ? JsonSerializer.Serialize(report, Json.Options) : markdown);
             return 0;
         });

@@ -15,11 +15,14 @@ public static class TrainCommand
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" }.AcceptOnlyFromAmong("cpu", "cuda");
         var shared = new Option<string?>("--shared") { Description = "The shared data folder ${shared} stands for (default: from the recipe, else ../shared/data)" };
         var maxSteps = new Option<long?>("--max-steps-per-stage") { Description = "Cap every stage's steps (a quick smoke run of a recipe)" };
+        var noCache = new Option<bool>("--no-feature-cache") { Description = "Encode every batch's images even where the encoder is frozen (to measure what the feature cache saves)" };
+        var computeDtype = new Option<string?>("--compute-dtype") { Description = "bf16 or fp32: override the recipe's dtype (to compare their speed)" }.AcceptOnlyFromAmong("bf16", "fp32");
         var command = new Command("train", "Train or fine-tune a model from a recipe: text, projector alignment, instruction tuning (LoRA or full)")
-            { config, output, resume, device, shared, maxSteps };
+            { config, output, resume, device, shared, maxSteps, noCache, computeDtype };
         command.SetAction(async (parse, cancel) =>
         {
             var recipe = TrainRecipe.Load(parse.GetValue(config)!);
+            if (parse.GetValue(computeDtype) is { } dtype) recipe = (recipe with { Dtype = dtype }).Validate();
             var options = new TrainOptions
             {
                 OutDir = parse.GetValue(output)!,
@@ -27,6 +30,7 @@ public static class TrainCommand
                 Device = parse.GetValue(device)!,
                 SharedDataDir = parse.GetValue(shared),
                 MaxStepsPerStage = parse.GetValue(maxSteps),
+                UseFeatureCache = !parse.GetValue(noCache),
             };
             io.Err.WriteLine($"training {recipe.Stages.Count} stage(s) from {parse.GetValue(config)} into {options.OutDir}; Ctrl-C saves a checkpoint and stops");
             var view = new TrainView(io);

@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using XrayVL.IO;
 
 namespace XrayVL.Data;
 
@@ -32,7 +33,7 @@ public static class ConversationJsonl
     public const string ImagePlaceholder = "<image>";
 
     public static int Write(string path, IEnumerable<TrainingConversation> conversations) =>
-        Manifest.WriteLinesAtomic(path, conversations.Select(ToLine));
+        AtomicFile.WriteLines(path, conversations.Select(ToLine));
 
     public static string ToLine(TrainingConversation c)
     {

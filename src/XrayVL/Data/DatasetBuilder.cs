@@ -1,5 +1,6 @@
 using System.Text;
 using XrayVL.Data.Sources;
+using XrayVL.IO;
 
 namespace XrayVL.Data;
 
@@ -80,7 +81,7 @@ public static class DatasetBuilder
         string manifestPath = Path.Combine(outDir, build.ManifestName);
         Manifest.Write(manifestPath, studies);
         var summary = ManifestSummary.From(studies);
-        Json.WriteAllTextAtomic(Path.Combine(outDir, "summary.json"), System.Text.Json.JsonSerializer.Serialize(new
+        AtomicFile.WriteAllText(Path.Combine(outDir, "summary.json"), System.Text.Json.JsonSerializer.Serialize(new
         {
             source = sourceName,
             records = result.Records,

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using XrayVL.IO;
 
 namespace XrayVL.Data;
 
@@ -12,7 +13,7 @@ public static class Manifest
     /// Returns the number of lines written.
     /// </summary>
     public static int Write(string path, IEnumerable<Study> studies) =>
-        WriteLinesAtomic(path, studies.Select(s => JsonSerializer.Serialize(s, Json.Line)));
+        AtomicFile.WriteLines(path, studies.Select(s => JsonSerializer.Serialize(s, Json.Line)));
 
     public static List<Study> Read(string path) =>
         ReadLines(path).Select(l => ParseLine(l.Text, $"{path}:{l.Line}")).ToList();
@@ -48,34 +49,6 @@ public static class Manifest
         {
             n++;
             if (!string.IsNullOrWhiteSpace(line)) yield return (n, line);
-        }
-    }
-
-    /// <summary>Writes lines to path.tmp-PID, then renames; on any exception the temporary file is deleted and the exception goes on.</summary>
-    public static int WriteLinesAtomic(string path, IEnumerable<string> lines)
-    {
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string tmp = $"{full}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
-        int count = 0;
-        try
-        {
-            using (var writer = new StreamWriter(tmp, append: false, new UTF8Encoding(false)))
-            {
-                writer.NewLine = "\n";
-                foreach (string line in lines)
-                {
-                    writer.WriteLine(line);
-                    count++;
-                }
-            }
-            File.Move(tmp, full, overwrite: true);
-            return count;
-        }
-        catch
-        {
-            try { File.Delete(tmp); } catch (IOException) { /* best effort: the target is untouched either way */ }
-            throw;
         }
     }
 

@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using XrayVL.Data;
 using XrayVL.Data.Labeler;
+using XrayVL.IO;
 using XrayVL.Plotting;
 
 namespace XrayVL.Evaluation;
@@ -176,10 +177,10 @@ public static partial class EvalReport
         Directory.CreateDirectory(outDir);
         var written = new List<string>();
         string predictionsPath = Path.Combine(outDir, PredictionsFile);
-        Manifest.WriteLinesAtomic(predictionsPath, items.Select(i => JsonSerializer.Serialize(i, Json.Line)));
+        AtomicFile.WriteLines(predictionsPath, items.Select(i => JsonSerializer.Serialize(i, Json.Line)));
         written.Add(predictionsPath);
         string metricsPath = Path.Combine(outDir, MetricsFile);
-        Json.WriteAllTextAtomic(metricsPath, JsonSerializer.Serialize(metrics, Json.Options) + "\n");
+        AtomicFile.WriteAllText(metricsPath, JsonSerializer.Serialize(metrics, Json.Options) + "\n");
         written.Add(metricsPath);
 
         var md = new StringBuilder();
@@ -274,7 +275,7 @@ public static partial class EvalReport
             md.AppendLine();
         }
         string reportPath = Path.Combine(outDir, ReportFile);
-        Json.WriteAllTextAtomic(reportPath, md.ToString());
+        AtomicFile.WriteAllText(reportPath, md.ToString());
         written.Add(reportPath);
         return written;
     }

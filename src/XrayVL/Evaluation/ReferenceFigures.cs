@@ -63,16 +63,14 @@ public static class ReferenceFigures
     /// <summary>Reads the train and test reports of an R2Gen-style annotation.json ({"train": [{"report": ...}], "test": [...]}).</summary>
     public static (List<string> Train, List<string> Test) ReadR2GenAnnotation(string path)
     {
-        if (!File.Exists(path)) throw new XrayVLException($"{path}: R2Gen annotation file not found");
+        using var doc = Json.ReadDocument(path, "R2Gen annotation");
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(path));
             List<string> Reports(string split) => doc.RootElement.TryGetProperty(split, out var list) && list.ValueKind == JsonValueKind.Array
                 ? list.EnumerateArray().Select(e => e.TryGetProperty("report", out var r) ? r.GetString() ?? "" : "").ToList()
                 : throw new XrayVLException($"{path}: no \"{split}\" list");
             return (Reports("train"), Reports("test"));
         }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not valid JSON ({e.Message})", e); }
         catch (InvalidOperationException e) { throw new XrayVLException($"{path}: unexpected structure ({e.Message})", e); }
     }
 

@@ -68,7 +68,7 @@ public static class Checkpoint
             try { System.IO.Directory.Delete(tmp, recursive: true); } catch (IOException) { /* best effort; the target is untouched */ }
             throw;
         }
-        ReplaceDirectory(tmp, full);
+        AtomicFile.ReplaceDirectory(tmp, full);
     }
 
     /// <summary>
@@ -245,9 +245,7 @@ public static class Checkpoint
 
     private static Dictionary<string, Tensor> ReadShards(string dir, string index, Func<string, Dictionary<string, Tensor>> read)
     {
-        JsonNode? map;
-        try { map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"]; }
-        catch (JsonException e) { throw new XrayVLException($"{index}: not valid JSON ({e.Message})"); }
+        var map = Json.ReadObject(index, "shard index")["weight_map"];
         if (map is not JsonObject weightMap) throw new XrayVLException($"{index}: no weight_map");
         var all = new Dictionary<string, Tensor>();
         try
@@ -277,16 +275,5 @@ public static class Checkpoint
     {
         if (!System.IO.Directory.Exists(dir)) throw new XrayVLException($"{dir}: {what} folder not found");
         if (!File.Exists(Path.Combine(dir, ConfigFileName))) throw new XrayVLException($"{dir}: no {ConfigFileName}: not a {what} folder");
-    }
-
-    /// <summary>Moves <paramref name="source"/> over <paramref name="target"/>: the old folder is renamed aside first, removed last.</summary>
-    public static void ReplaceDirectory(string source, string target)
-    {
-        // A unique name: a folder left by an interrupted save (or a reused process id) must not block this one.
-        string old = target + ".old-" + Guid.NewGuid().ToString("N")[..12];
-        bool hadOld = System.IO.Directory.Exists(target);
-        if (hadOld) System.IO.Directory.Move(target, old);
-        System.IO.Directory.Move(source, target);
-        if (hadOld) System.IO.Directory.Delete(old, recursive: true);
     }
 }

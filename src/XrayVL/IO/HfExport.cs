@@ -77,7 +77,7 @@ public static class HfExport
         Directory.CreateDirectory(tmp);
         try
         {
-            Json.WriteAllTextAtomic(Path.Combine(tmp, Checkpoint.ConfigFileName),
+            AtomicFile.WriteAllText(Path.Combine(tmp, Checkpoint.ConfigFileName),
                 HfConfigs.WriteLlava(exported, dtype).ToJsonString(Json.Options) + "\n");
             SafeTensors.Save(Path.Combine(tmp, Checkpoint.WeightsFileName), weights, new Dictionary<string, string> { ["format"] = "pt" });
             if (tokenizerDir != null)
@@ -89,14 +89,14 @@ public static class HfExport
             if (config.TextConfig.EosTokenId is int eos) generation["eos_token_id"] = eos;
             if (config.TextConfig.PadTokenId is int pad) generation["pad_token_id"] = pad;
             generation["transformers_version"] = HfConfigs.TransformersVersion;
-            Json.WriteAllTextAtomic(Path.Combine(tmp, "generation_config.json"), generation.ToJsonString(Json.Options) + "\n");
+            AtomicFile.WriteAllText(Path.Combine(tmp, "generation_config.json"), generation.ToJsonString(Json.Options) + "\n");
         }
         catch
         {
             try { Directory.Delete(tmp, recursive: true); } catch (IOException) { /* best effort; the target is untouched */ }
             throw;
         }
-        Checkpoint.ReplaceDirectory(tmp, full);
+        AtomicFile.ReplaceDirectory(tmp, full);
     }
 
     /// <summary>
@@ -121,6 +121,6 @@ public static class HfExport
             ["rescale_factor"] = 1.0 / 255,
             ["size"] = new JsonObject { ["shortest_edge"] = preprocess.ImageSize },
         };
-        Json.WriteAllTextAtomic(Path.Combine(dir, Checkpoint.PreprocessorFileName), node.ToJsonString(Json.Options) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(dir, Checkpoint.PreprocessorFileName), node.ToJsonString(Json.Options) + "\n");
     }
 }

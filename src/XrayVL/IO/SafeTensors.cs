@@ -363,27 +363,15 @@ public static class SafeTensors
 
         byte[] header = BuildHeader(entries.Select(e => (e.Name, e.Type, e.Tensor.shape)).ToList(), metadata);
 
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string temporary = $"{full}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
-        try
+        AtomicFile.Write(path, stream =>
         {
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 16))
-            {
-                Span<byte> lengthBytes = stackalloc byte[8];
-                System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
-                stream.Write(lengthBytes);
-                stream.Write(header);
-                foreach (var (_, tensor, _) in entries)
-                    WriteTensorBytes(stream, tensor);
-            }
-            File.Move(temporary, full, overwrite: true);
-        }
-        catch
-        {
-            File.Delete(temporary);
-            throw;
-        }
+            var lengthBytes = new byte[8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
+            stream.Write(lengthBytes);
+            stream.Write(header);
+            foreach (var (_, tensor, _) in entries)
+                WriteTensorBytes(stream, tensor);
+        });
     }
 
     private static byte[] BuildHeader(List<(string Name, ScalarType Type, long[] Shape)> entries,

@@ -40,12 +40,7 @@ public sealed partial class SatCheckpoint
         if (iteration.Length == 0 || iteration.Contains('/') || iteration.Contains('\\') || iteration is "." or "..")
             throw new XrayVLException($"{latest}: names '{iteration}', not an iteration folder");
         JsonElement config;
-        try
-        {
-            using var document = JsonDocument.Parse(File.ReadAllText(configPath), new JsonDocumentOptions { AllowTrailingCommas = true });
-            config = document.RootElement.Clone();
-        }
-        catch (JsonException e) { throw new XrayVLException($"{configPath}: not valid JSON ({e.Message})"); }
+        using (var document = Json.ReadDocument(configPath, "SAT model config")) config = document.RootElement.Clone();
         if (config.ValueKind != JsonValueKind.Object) throw new XrayVLException($"{configPath}: not a JSON object");
         var checkpoint = new SatCheckpoint(directory, iteration, config);
         if (!File.Exists(checkpoint.ModelStatesPath))

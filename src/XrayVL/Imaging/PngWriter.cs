@@ -76,11 +76,7 @@ public static class PngWriter
     /// <summary>Writes a gray image as PNG; the file appears whole or not at all.</summary>
     public static void Save(GrayImage image, string path, int bitDepth = 8)
     {
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string tmp = full + ".tmp-" + Environment.ProcessId;
-        File.WriteAllBytes(tmp, EncodeGray(image, bitDepth));
-        File.Move(tmp, full, overwrite: true);
+        IO.AtomicFile.WriteAllBytes(path, EncodeGray(image, bitDepth));
     }
 
     public static void WriteChunk(Stream png, ReadOnlySpan<byte> type, ReadOnlySpan<byte> data)

@@ -260,7 +260,7 @@ internal sealed class DecodeSession : IDisposable
         int hidden = model.Config.HiddenSize;
         bool ok = (prefix.dim() == 2 && prefix.shape[1] == hidden) || (prefix.dim() == 3 && prefix.shape[0] == 1 && prefix.shape[2] == hidden);
         if (!ok || prefix.shape[^2] == 0)
-            throw new XrayVLException($"prompt {index}: embeddings must be (length, {hidden}) or (1, length, {hidden}) with length > 0, got ({string.Join(", ", prefix.shape)})");
+            throw new XrayVLBugException($"prompt {index}: embeddings must be (length, {hidden}) or (1, length, {hidden}) with length > 0, got ({string.Join(", ", prefix.shape)})");
         return (int)prefix.shape[^2];
     }
 

@@ -87,7 +87,7 @@ public sealed class InferencePipeline
         int placeholders = promptIds.Count(id => id == imageToken);
         if (placeholders != imageCount)
             throw new XrayVLException($"the prompt has {placeholders} image placeholders but {imageCount} images were given");
-        var (expanded, _) = VisionLanguageModel.ExpandImagePlaceholders(promptIds, promptIds, imageToken, model.TokensPerImage);
+        var expanded = ExpandImages(promptIds, imageToken, model.TokensPerImage);
         int vocab = model.Config.TextConfig.VocabSize;
         foreach (int id in expanded)
             if (id < 0 || id >= vocab) throw new XrayVLException($"prompt token id {id} is outside the vocabulary (0..{vocab - 1})");
@@ -97,6 +97,10 @@ public sealed class InferencePipeline
             throw new XrayVLException($"the conversation is {expanded.Length} positions long, which leaves no room under the model's context of {context}; start a new conversation");
         return expanded;
     }
+
+    /// <summary>The expansion alone, unchecked: for the training samples, which know the model's shape but not the model.</summary>
+    public static int[] ExpandImages(IReadOnlyList<int> promptIds, int imageTokenId, int tokensPerImage) =>
+        VisionLanguageModel.ExpandImagePlaceholders(promptIds, promptIds, imageTokenId, tokensPerImage).Ids;
 
     // ---------------------------------------------------------------- 3. embed
 

@@ -79,7 +79,7 @@ public sealed class TokenGenerator(LanguageModel model)
         options.Validate();
         if (prefixEmbeds.Count == 0) return [];
         if (promptTokenIds is not null && promptTokenIds.Count != prefixEmbeds.Count)
-            throw new XrayVLException($"{prefixEmbeds.Count} prompts but {promptTokenIds.Count} prompt id lists");
+            throw new XrayVLBugException($"{prefixEmbeds.Count} prompts but {promptTokenIds.Count} prompt id lists");
         var ids = promptTokenIds ?? new IReadOnlyList<int>?[prefixEmbeds.Count];
         if (options.NumBeams > 1)
             return prefixEmbeds.Select((p, i) => BeamSearch(p, options, ids[i], cancellationToken)).ToList();

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using XrayVL.IO;
 
 namespace XrayVL.Modeling;
 
@@ -236,11 +237,7 @@ public static class ConfigFile
             }
             catch (XrayVLException e) { throw new XrayVLException($"{path}: {e.Message}"); }
         }
-        if (!File.Exists(path)) throw new XrayVLException($"{path}: config file not found");
-        T? config;
-        try { config = JsonSerializer.Deserialize<T>(File.ReadAllText(path), Json.Options); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not a valid config ({e.Message})"); }
-        if (config == null) throw new XrayVLException($"{path}: empty config");
+        var config = Json.Read<T>(path, "config");
         try
         {
             return config switch
@@ -255,5 +252,5 @@ public static class ConfigFile
     }
 
     public static void Write<T>(string path, T config) =>
-        Json.WriteAllTextAtomic(path, JsonSerializer.Serialize(config, Json.Options) + "\n");
+        AtomicFile.WriteAllText(path, JsonSerializer.Serialize(config, Json.Options) + "\n");
 }

@@ -44,19 +44,7 @@ public static class HfConfigs
     }
 
     /// <summary>Parses a JSON file into an object; one-line errors name the file.</summary>
-    public static JsonObject ParseFile(string path)
-    {
-        if (!File.Exists(path)) throw new XrayVLException($"{path}: config file not found");
-        try
-        {
-            return JsonNode.Parse(File.ReadAllText(path), documentOptions: new JsonDocumentOptions
-            {
-                CommentHandling = JsonCommentHandling.Skip,
-                AllowTrailingCommas = true,
-            }) as JsonObject ?? throw new XrayVLException($"{path}: not a JSON object");
-        }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not a valid config ({e.Message})"); }
-    }
+    public static JsonObject ParseFile(string path) => Json.ReadObject(path, "config");
 
     // ---- writing: the way save_pretrained writes a LLaVA config ----
 

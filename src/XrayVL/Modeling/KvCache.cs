@@ -23,7 +23,7 @@ public sealed class KvCache : IDisposable
     public KvCache(int layers, int batch, int kvHeads, int headSize, int capacity, ScalarType dtype, Device device)
     {
         if (layers <= 0 || batch <= 0 || capacity <= 0)
-            throw new XrayVLException($"KV cache needs positive layers, batch and capacity, got {layers}, {batch}, {capacity}");
+            throw new XrayVLBugException($"KV cache needs positive layers, batch and capacity, got {layers}, {batch}, {capacity}");
         Batch = batch;
         Capacity = capacity;
         keys = new Tensor[layers];
@@ -44,7 +44,7 @@ public sealed class KvCache : IDisposable
         ObjectDisposedException.ThrowIf(disposed, this);
         long length = newKeys.shape[2];
         if (Length + length > Capacity)
-            throw new XrayVLException($"KV cache is full: {Length} + {length} positions exceed its capacity of {Capacity}");
+            throw new XrayVLBugException($"KV cache is full: {Length} + {length} positions exceed its capacity of {Capacity}");
         using (torch.no_grad())
         {
             keys[layer].narrow(2, Length, length).copy_(newKeys);
@@ -63,7 +63,7 @@ public sealed class KvCache : IDisposable
     public void Reorder(Tensor rowIndices)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
-        if (rowIndices.dim() != 1) throw new XrayVLException("KV cache reorder needs a 1-D index tensor");
+        if (rowIndices.dim() != 1) throw new XrayVLBugException("KV cache reorder needs a 1-D index tensor");
         int rows = (int)rowIndices.shape[0];
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
@@ -83,15 +83,15 @@ public sealed class KvCache : IDisposable
     /// </summary>
     public static KvCache Gather(IReadOnlyList<(KvCache Source, int Row, int Count)> rows, int length, int capacity)
     {
-        if (rows.Count == 0) throw new XrayVLException("KV cache gather needs at least one row");
+        if (rows.Count == 0) throw new XrayVLBugException("KV cache gather needs at least one row");
         var first = rows[0].Source;
         foreach (var (source, row, count) in rows)
         {
             ObjectDisposedException.ThrowIf(source.disposed, source);
             if (source.Layers != first.Layers || row < 0 || row >= source.Batch || count < 0 || count > source.Length || count > length)
-                throw new XrayVLException($"KV cache gather: row {row} with {count} positions does not fit (source rows {source.Batch}, length {source.Length}, target length {length})");
+                throw new XrayVLBugException($"KV cache gather: row {row} with {count} positions does not fit (source rows {source.Batch}, length {source.Length}, target length {length})");
         }
-        if (length > capacity) throw new XrayVLException($"KV cache gather: length {length} exceeds capacity {capacity}");
+        if (length > capacity) throw new XrayVLBugException($"KV cache gather: length {length} exceeds capacity {capacity}");
         var shape = first.keys[0].shape;                                                    // (B, Hkv, capacity, hd)
         var target = new KvCache(first.Layers, rows.Count, (int)shape[1], (int)shape[3], capacity, first.keys[0].dtype, first.keys[0].device);
         using (var scope = NewDisposeScope())

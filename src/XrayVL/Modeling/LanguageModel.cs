@@ -414,12 +414,12 @@ public sealed class LanguageModel : nn.Module
     private void CheckInputs(Tensor embeds, Tensor? attentionMask, KvCache? cache)
     {
         if (embeds.dim() != 3 || embeds.shape[2] != Config.HiddenSize)
-            throw new XrayVLException($"language model input must be (batch, length, {Config.HiddenSize}) embeddings, got ({string.Join(", ", embeds.shape)})");
+            throw new XrayVLBugException($"language model input must be (batch, length, {Config.HiddenSize}) embeddings, got ({string.Join(", ", embeds.shape)})");
         long batch = embeds.shape[0], past = cache?.Length ?? 0;
         if (attentionMask is not null && (attentionMask.dim() != 2 || attentionMask.shape[0] != batch || attentionMask.shape[1] != past + embeds.shape[1]))
-            throw new XrayVLException($"attention mask must be (batch {batch}, past {past} + new {embeds.shape[1]}), got ({string.Join(", ", attentionMask.shape)})");
+            throw new XrayVLBugException($"attention mask must be (batch {batch}, past {past} + new {embeds.shape[1]}), got ({string.Join(", ", attentionMask.shape)})");
         if (cache is not null && cache.Batch != batch)
-            throw new XrayVLException($"KV cache holds {cache.Batch} rows but the input has {batch}");
+            throw new XrayVLBugException($"KV cache holds {cache.Batch} rows but the input has {batch}");
     }
 
     /// <summary>
@@ -429,8 +429,8 @@ public sealed class LanguageModel : nn.Module
     public static Tensor CausalLmLoss(Tensor logits, Tensor labels)
     {
         if (logits.dim() != 3 || labels.dim() != 2 || logits.shape[0] != labels.shape[0] || logits.shape[1] != labels.shape[1])
-            throw new XrayVLException($"loss needs logits (B, T, V) and labels (B, T), got ({string.Join(", ", logits.shape)}) and ({string.Join(", ", labels.shape)})");
-        if (logits.shape[1] < 2) throw new XrayVLException("loss needs sequences of at least 2 tokens");
+            throw new XrayVLBugException($"loss needs logits (B, T, V) and labels (B, T), got ({string.Join(", ", logits.shape)}) and ({string.Join(", ", labels.shape)})");
+        if (logits.shape[1] < 2) throw new XrayVLBugException("loss needs sequences of at least 2 tokens");
         using var scope = NewDisposeScope();
         long length = logits.shape[1], vocab = logits.shape[2];
         var predicted = logits.narrow(1, 0, length - 1).reshape(-1, vocab).to(ScalarType.Float32);   // (B·(T−1), V)

@@ -283,27 +283,14 @@ public static class Lora
         Directory.CreateDirectory(directory);
         SafeTensors.Save(Path.Combine(directory, WeightsFileName), state, new Dictionary<string, string> { ["format"] = "pt" });
         string json = JsonSerializer.Serialize(config with { InferenceMode = true }, Json.Options);
-        Json.WriteAllTextAtomic(Path.Combine(directory, ConfigFileName), json + "\n");
+        AtomicFile.WriteAllText(Path.Combine(directory, ConfigFileName), json + "\n");
     }
 
     /// <summary>Reads and validates <c>adapter_config.json</c> in <paramref name="directory"/>.</summary>
     public static LoraConfig ReadConfig(string directory)
     {
         string path = Path.Combine(directory, ConfigFileName);
-        if (!File.Exists(path))
-            throw new XrayVLException($"{path}: adapter config not found");
-        LoraConfig? config;
-        try
-        {
-            config = JsonSerializer.Deserialize<LoraConfig>(File.ReadAllText(path), Json.Options);
-        }
-        catch (JsonException e)
-        {
-            throw new XrayVLException($"{path}: invalid adapter config ({e.Message})", e);
-        }
-        if (config is null)
-            throw new XrayVLException($"{path}: adapter config is null");
-        return config.Validate(path);
+        return Json.Read<LoraConfig>(path, "adapter config").Validate(path);
     }
 
     /// <summary>

@@ -173,11 +173,7 @@ public static class Charts
         }
         using var image = surface.Snapshot();
         using var data = image.Encode(SKEncodedImageFormat.Png, 100);
-        string full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        string tmp = full + ".tmp-" + Environment.ProcessId;
-        using (var stream = File.Create(tmp)) data.SaveTo(stream);
-        File.Move(tmp, full, overwrite: true);
+        IO.AtomicFile.Write(path, stream => data.SaveTo(stream));
     }
 
     private static void Axes(SKCanvas canvas, SKRect plot, double x0, double x1, double y0, double y1, bool logY, bool xTicks = true)

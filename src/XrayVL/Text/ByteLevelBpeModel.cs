@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using XrayVL.IO;
 
 namespace XrayVL.Text;
 
@@ -155,14 +156,14 @@ public sealed class ByteLevelBpeModel
 
         var vocab = new JsonObject();
         for (int id = 0; id < tokens.Length; id++) vocab[tokens[id]] = id;
-        Json.WriteAllTextAtomic(Path.Combine(directory, VocabFile), vocab.ToJsonString(Json.Line));
+        AtomicFile.WriteAllText(Path.Combine(directory, VocabFile), vocab.ToJsonString(Json.Line));
 
         var merges = new StringBuilder(MergesHeader).Append('\n');
         foreach (var (left, right) in Merges) merges.Append(left).Append(' ').Append(right).Append('\n');
-        Json.WriteAllTextAtomic(Path.Combine(directory, MergesFile), merges.ToString());
+        AtomicFile.WriteAllText(Path.Combine(directory, MergesFile), merges.ToString());
 
         var added = specials.Select(s => (Id: tokenIds[s], Content: s)).OrderBy(a => a.Id).ToList();
-        Json.WriteAllTextAtomic(Path.Combine(directory, HfFiles.TokenizerJson), HfTokenizerJson(added).ToJsonString(Json.Options));
+        AtomicFile.WriteAllText(Path.Combine(directory, HfFiles.TokenizerJson), HfTokenizerJson(added).ToJsonString(Json.Options));
         HfFiles.WriteTokenizerConfig(directory, added, tokenizerClass: "PreTrainedTokenizerFast",
             eosToken: SpecialTokens.EndOfText, padToken: SpecialTokens.EndOfText);
     }
@@ -225,9 +226,8 @@ public sealed class ByteLevelBpeModel
         string vocabPath = Path.Combine(directory, VocabFile);
         string mergesPath = Path.Combine(directory, MergesFile);
         var byId = new SortedDictionary<int, string>();
-        try
+        using (var doc = Json.ReadDocument(vocabPath, "vocabulary"))
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(vocabPath));
             if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new XrayVLException($"{vocabPath}: expected a JSON object of token → id.");
             foreach (var entry in doc.RootElement.EnumerateObject())
             {
@@ -237,8 +237,6 @@ public sealed class ByteLevelBpeModel
                     throw new XrayVLException($"{vocabPath}: id {id} is given to both '{byId[id]}' and '{entry.Name}'.");
             }
         }
-        catch (JsonException e) { throw new XrayVLException($"{vocabPath}: not valid JSON ({e.Message}).", e); }
-        catch (IOException e) { throw new XrayVLException($"{vocabPath}: cannot be read ({e.Message}).", e); }
 
         var specials = new List<string>();
         foreach (var (id, content) in HfFiles.ReadAddedTokens(directory))

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using XrayVL.IO;
 
 namespace XrayVL.Text;
 
@@ -50,7 +51,7 @@ internal static class HfFiles
             ["model_max_length"] = 32768,
             ["chat_template"] = ChatTemplate.JinjaTemplate,
         };
-        Json.WriteAllTextAtomic(Path.Combine(directory, TokenizerConfigJson), config.ToJsonString(Json.Options));
+        AtomicFile.WriteAllText(Path.Combine(directory, TokenizerConfigJson), config.ToJsonString(Json.Options));
     }
 
     /// <summary>
@@ -131,9 +132,9 @@ internal static class HfFiles
     public static void WriteChatTemplate(string directory, string template)
     {
         string path = Path.Combine(directory, TokenizerConfigJson);
-        var node = File.Exists(path) ? JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? new JsonObject() : new JsonObject();
+        var node = File.Exists(path) ? Json.ReadObject(path, "tokenizer config") : new JsonObject();
         node["chat_template"] = template;
-        Json.WriteAllTextAtomic(path, node.ToJsonString(Json.Options));
+        AtomicFile.WriteAllText(path, node.ToJsonString(Json.Options));
     }
 
     private static string Content(JsonElement entry, string path)
@@ -146,8 +147,6 @@ internal static class HfFiles
 
     private static JsonDocument Parse(string path)
     {
-        try { return JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true }); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: not valid JSON ({e.Message}).", e); }
-        catch (IOException e) { throw new XrayVLException($"{path}: cannot be read ({e.Message}).", e); }
+        return Json.ReadDocument(path, "tokenizer file");
     }
 }

@@ -274,10 +274,7 @@ public sealed class XrayTokenizer
         void Save(string target)
         {
             Directory.CreateDirectory(target);
-            string path = Path.Combine(target, SentencePieceFile);
-            string tmp = path + ".tmp-" + Environment.ProcessId;
-            File.WriteAllBytes(tmp, modelBytes);
-            File.Move(tmp, path, overwrite: true);
+            IO.AtomicFile.WriteAllBytes(Path.Combine(target, SentencePieceFile), modelBytes);
             HfFiles.WriteTokenizerConfig(target, added, tokenizerClass: "LlamaTokenizer",
                 eosToken: tokens[eos ?? idsByToken[SpecialTokens.EndOfText]], padToken: tokens[eos ?? idsByToken[SpecialTokens.EndOfText]],
                 bosToken: plain.BeginningOfSentenceId >= 0 ? plain.BeginningOfSentenceToken : null,

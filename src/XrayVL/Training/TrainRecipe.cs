@@ -40,15 +40,7 @@ public sealed record TrainRecipe
     /// <summary>Reads and validates a recipe file.</summary>
     public static TrainRecipe Load(string path)
     {
-        if (!File.Exists(path)) throw new XrayVLException($"{path}: recipe file not found");
-        TrainRecipe? recipe;
-        try { recipe = JsonSerializer.Deserialize<TrainRecipe>(File.ReadAllText(path), ReadOptions); }
-        catch (JsonException e)
-        {
-            string where = e.Path is { Length: > 0 } p ? $" at {p}" : "";
-            throw new XrayVLException($"{path}: not a valid recipe{where} ({FirstLine(e.Message)})", e);
-        }
-        if (recipe is null) throw new XrayVLException($"{path}: empty recipe");
+        var recipe = Json.Read<TrainRecipe>(path, "recipe", ReadOptions);
         return (recipe with { SourcePath = path }).Validate();
     }
 

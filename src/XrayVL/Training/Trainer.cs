@@ -106,7 +106,7 @@ public sealed class Trainer
             throw new XrayVLException($"{outDir}: holds checkpoints of an earlier run; pass --resume to continue it or choose another --out folder");
         Directory.CreateDirectory(outDir);
         log = new TrainingLog(outDir, resume?.State.GlobalStep ?? 0);
-        Json.WriteAllTextAtomic(Path.Combine(outDir, "recipe.json"), JsonSerializer.Serialize(recipe, Json.Options) + "\n");
+        AtomicFile.WriteAllText(Path.Combine(outDir, "recipe.json"), JsonSerializer.Serialize(recipe, Json.Options) + "\n");
         if (resume is { } r)
         {
             globalStep = r.State.GlobalStep;
@@ -178,18 +178,7 @@ public sealed class Trainer
         // 2. What trains: everything frozen, then LoRA adapters (fresh, or the checkpoint's) and the named parts.
         var parts = stage.Parts;
         var lora = stage.EffectiveLora;
-        foreach (var p in master.parameters()) p.requires_grad = false;
-        if (lora is not null && !Lora.Layers(master.LanguageModel).Any())
-        {
-            Lora.Inject(master.LanguageModel, lora);
-            SeedAdapters(Seeds.Mix(seed, stageIndex, 0x10A));
-        }
-        foreach (var p in Lora.Layers(master.LanguageModel).SelectMany(l => new[] { l.Layer.LoraA!, l.Layer.LoraB! }))
-            p.requires_grad = parts.HasFlag(TrainableParts.Lora);
-        SetTrainable(master.VisionTower, parts.HasFlag(TrainableParts.Vision));
-        SetTrainable(master.Projector, parts.HasFlag(TrainableParts.Projector));
-        if (parts.HasFlag(TrainableParts.LanguageModel)) SetTrainable(master.LanguageModel, true);
-        var optimized = master.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        var optimized = SelectTrainable(parts, lora, stageIndex);
         bool visionTrains = parts.HasFlag(TrainableParts.Vision);
 
         // 3. Compute copy and optimizer: AdamW over the trainable master weights, decay on matrices only (not on biases,
@@ -292,18 +281,13 @@ public sealed class Trainer
             bool last = step == endStep;
             if (stage.EvalEvery > 0 && val.Count > 0 && (step % stage.EvalEvery == 0 || last))
             {
-                lastVal = ValidationLoss(compute.Model, val, stage.BatchSize, images);
+                lastVal = StageProbes.ValidationLoss(compute.Model, val, stage.BatchSize, images, tokenizer.PadId);
                 SetTrainMode(compute.Model, visionTrains);
                 bool isBest = bestVal is null || lastVal < bestVal;
                 if (isBest)
                 {
                     bestVal = lastVal;
-                    Checkpoint.Save(Path.Combine(outDir, BestFolder), master.Config, TrainingCheckpoint.ExportWeights(master), tokenizer, preprocess,
-                        new Dictionary<string, string>
-                        {
-                            ["stage"] = stage.Name, ["global_step"] = globalStep.ToString(CultureInfo.InvariantCulture),
-                            ["val_loss"] = lastVal.Value.ToString("R", CultureInfo.InvariantCulture),
-                        });
+                    SaveBest(stage.Name, lastVal.Value);
                 }
                 log.Validation(lastVal.Value);
                 log.Text($"step {globalStep} [{stage.Name} {step}/{endStep}] loss {stepLoss:F4} val_loss {lastVal:F4}{(isBest ? " (best)" : "")}");
@@ -312,7 +296,7 @@ public sealed class Trainer
             }
             if (stage.SampleEvery > 0 && data.Prompts.Count > 0 && (step % stage.SampleEvery == 0 || last))
             {
-                var samples = new SamplesGenerated(stage.Name, step, globalStep, Generate(compute.Model, data.Prompts, stage, images));
+                var samples = new SamplesGenerated(stage.Name, step, globalStep, StageProbes.Samples(compute.Model, tokenizer, preprocess, data.Prompts, stage.SampleMaxNewTokens, images));
                 SetTrainMode(compute.Model, visionTrains);
                 log.Samples(samples);
                 Report(samples);
@@ -417,6 +401,15 @@ public sealed class Trainer
         throw new XrayVLException($"no usable checkpoint in {checkpoints}: {firstProblem!.Message}", firstProblem);
     }
 
+    /// <summary>OUT/best: the model as it is now, the lowest validation loss of its stage so far.</summary>
+    private void SaveBest(string stageName, double valLoss) =>
+        Checkpoint.Save(Path.Combine(outDir, BestFolder), master.Config, TrainingCheckpoint.ExportWeights(master), tokenizer, preprocess,
+            new Dictionary<string, string>
+            {
+                ["stage"] = stageName, ["global_step"] = globalStep.ToString(CultureInfo.InvariantCulture),
+                ["val_loss"] = valLoss.ToString("R", CultureInfo.InvariantCulture),
+            });
+
     private void SaveCheckpoint(int stageIndex, long stageStep, long stageSteps, double? bestVal, AdamW optimizer,
         IReadOnlyList<(string Name, Parameter Parameter)> optimized, LoraConfig? lora, int keepLast, string reason)
     {
@@ -433,47 +426,21 @@ public sealed class Trainer
         Report(new CheckpointSaved(dir, state.GlobalStep, reason));
     }
 
-    /// <summary>Token-weighted mean loss over the fixed validation subset, in eval mode without gradients.</summary>
-    private double ValidationLoss(VisionLanguageModel model, IReadOnlyList<TrainSample> val, int batchSize, ImageInputs images)
+    /// <summary>Freezes the model, then unfreezes <paramref name="parts"/> (injecting seeded LoRA adapters when the stage has them and the model not yet); returns what the optimizer updates.</summary>
+    private List<(string name, Parameter parameter)> SelectTrainable(TrainableParts parts, LoraConfig? lora, int stageIndex)
     {
-        model.eval();
-        using var _ = no_grad();
-        double sum = 0;
-        long count = 0;
-        for (int i = 0; i < val.Count; i += batchSize)
+        foreach (var p in master.parameters()) p.requires_grad = false;
+        if (lora is not null && !Lora.Layers(master.LanguageModel).Any())
         {
-            using var scope = NewDisposeScope();
-            using var batch = Batch.Collate(val.Skip(i).Take(batchSize).ToList(), tokenizer.PadId, model.LanguageModel.Device);
-            if (batch.LearnedTokens == 0) continue;
-            var loss = model.Loss(batch.Ids, batch.Labels, images.Embed(model, batch.Images, null));
-            sum += loss.item<float>() * batch.LearnedTokens;
-            count += batch.LearnedTokens;
+            Lora.Inject(master.LanguageModel, lora);
+            SeedAdapters(Seeds.Mix(recipe.Seed, stageIndex, 0x10A));
         }
-        return count == 0 ? double.NaN : sum / count;
-    }
-
-    /// <summary>Greedy generations with the front ends' decoding defaults for the stage's prompts.</summary>
-    private List<GeneratedSample> Generate(VisionLanguageModel model, IReadOnlyList<PromptSample> prompts, StageRecipe stage, ImageInputs images)
-    {
-        model.eval();
-        var pipeline = new InferencePipeline(model, tokenizer, preprocess);
-        var options = pipeline.Decoding() with { MaxNewTokens = stage.SampleMaxNewTokens };
-        var result = new List<GeneratedSample>();
-        foreach (var prompt in prompts)
-        {
-            string text;
-            using (NewDisposeScope())
-            using (no_grad())
-            {
-                try
-                {
-                    text = pipeline.Generate(prompt.PromptIds, images.Embed(model, prompt.Images, null), options);   // image embeds (N, Nv, D) from the feature cache when it has them
-                }
-                catch (XrayVLException e) { text = $"(generation failed: {e.Message})"; }
-            }
-            result.Add(new GeneratedSample(prompt.Prompt, text, prompt.Reference, prompt.Language, prompt.Images));
-        }
-        return result;
+        foreach (var p in Lora.Layers(master.LanguageModel).SelectMany(l => new[] { l.Layer.LoraA!, l.Layer.LoraB! }))
+            p.requires_grad = parts.HasFlag(TrainableParts.Lora);
+        SetTrainable(master.VisionTower, parts.HasFlag(TrainableParts.Vision));
+        SetTrainable(master.Projector, parts.HasFlag(TrainableParts.Projector));
+        if (parts.HasFlag(TrainableParts.LanguageModel)) SetTrainable(master.LanguageModel, true);
+        return master.named_parameters().Where(p => p.parameter.requires_grad).ToList();
     }
 
     /// <summary>LoRA A matrices redrawn from a seeded generator (PEFT's init: kaiming-uniform, U(±1/√in)); B stays zero.</summary>

@@ -72,7 +72,7 @@ public static class TrainingCheckpoint
                     Lora.SaveAdapter(master.LanguageModel, lora, Path.Combine(tmp, AdapterFolderName));
                 SafeTensors.Save(Path.Combine(tmp, OptimizerFileName), OptimizerTensors(optimizer, optimized),
                     new Dictionary<string, string> { ["optimizer"] = "AdamW", ["global_step"] = state.GlobalStep.ToString(CultureInfo.InvariantCulture) });
-                Json.WriteAllTextAtomic(Path.Combine(tmp, StateFileName),
+                AtomicFile.WriteAllText(Path.Combine(tmp, StateFileName),
                     JsonSerializer.Serialize(state with { TrainableParameters = optimized.Select(o => o.Name).ToList() }, Json.Options) + "\n");
             });
         return dir;
@@ -128,10 +128,7 @@ public static class TrainingCheckpoint
     {
         string statePath = Path.Combine(dir, StateFileName);
         if (!File.Exists(statePath)) throw new XrayVLException($"{dir}: damaged checkpoint: no {StateFileName}");
-        TrainerState? state;
-        try { state = JsonSerializer.Deserialize<TrainerState>(File.ReadAllText(statePath), Json.Options); }
-        catch (JsonException e) { throw new XrayVLException($"{statePath}: damaged checkpoint state ({e.Message.Split('\n')[0]})", e); }
-        if (state is null) throw new XrayVLException($"{statePath}: damaged checkpoint state (null)");
+        var state = Json.Read<TrainerState>(statePath, "checkpoint state (damaged checkpoint)");
         if (state.FormatVersion != TrainerState.CurrentFormat)
             throw new XrayVLException($"{statePath}: checkpoint format {state.FormatVersion} is not supported (expected {TrainerState.CurrentFormat})");
         if (state.RecipeFingerprint != recipeFingerprint)

@@ -212,7 +212,7 @@ public static class TrainingData
         int firstAnswer = chat.Turns.ToList().FindIndex(t => t.Role == "assistant");
         if (firstAnswer < 1) return null;
         int[] promptIds = InferencePipeline.PromptIds(ToChat(chat, firstAnswer), tokenizer);       // rendered as every front end asks
-        var (ids, _) = VisionLanguageModel.ExpandImagePlaceholders(promptIds, promptIds, tokenizer.ImageId, tokensPerImage);
+        var ids = InferencePipeline.ExpandImages(promptIds, tokenizer.ImageId, tokensPerImage);
         if (ids.Length >= maxSeqLen) return null;
         string question = string.Join(" / ", chat.Turns.Take(firstAnswer).Select(t => t.Text));
         return new PromptSample(ids, chat.Images, question, chat.Turns[firstAnswer].Text, chat.Language);

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using XrayVL.IO;
 using XrayVL.Plotting;
 
 namespace XrayVL.Training;
@@ -54,7 +55,7 @@ public sealed class TrainingLog
             }
         }
         // Rewrite: the kept lines only (a fresh run starts empty).
-        Data.Manifest.WriteLinesAtomic(metrics, lines.Select(l => JsonSerializer.Serialize(l, Json.Line)));
+        AtomicFile.WriteLines(metrics, lines.Select(l => JsonSerializer.Serialize(l, Json.Line)));
         TrimJsonl(Path.Combine(folder, SamplesFile), resumeFromGlobalStep);
         if (resumeFromGlobalStep == 0) File.WriteAllText(Path.Combine(folder, TextFile), "");
     }
@@ -72,7 +73,7 @@ public sealed class TrainingLog
     {
         if (lines.Count == 0) return;
         lines[^1] = lines[^1] with { ValLoss = valLoss };
-        Data.Manifest.WriteLinesAtomic(Path.Combine(folder, MetricsFile), lines.Select(l => JsonSerializer.Serialize(l, Json.Line)));
+        AtomicFile.WriteLines(Path.Combine(folder, MetricsFile), lines.Select(l => JsonSerializer.Serialize(l, Json.Line)));
     }
 
     public void Samples(SamplesGenerated samples)
@@ -127,6 +128,6 @@ public sealed class TrainingLog
                 }
                 catch (JsonException) { /* a line cut by a crash */ }
             }
-        Data.Manifest.WriteLinesAtomic(path, kept);
+        AtomicFile.WriteLines(path, kept);
     }
 }

@@ -68,6 +68,20 @@ public class ModelCommandTests
     }
 
     [Fact]
+    public void ReportJsonCarriesWhatTheReportApiReturns()
+    {
+        // One report service behind both: the CLI's record is /api/report's object plus the image path.
+        var r = CliRunner.Run("report", Sample(), "--model", TinyCheckpoint.Directory, "--json", "--max-tokens", "12");
+        Assert.True(r.ExitCode == 0, r.Err);
+        var record = JsonDocument.Parse(r.Out).RootElement;
+        var keys = record.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(["boxes", "disclaimer", "evidence", "finish_reason", "image", "labels", "language", "model", "report", "seconds"], keys);
+        Assert.Equal(14, record.GetProperty("labels").EnumerateObject().Count());
+        Assert.Equal(JsonValueKind.Array, record.GetProperty("boxes").ValueKind);
+        Assert.Contains(record.GetProperty("finish_reason").GetString(), new[] { "stop", "length" });
+    }
+
+    [Fact]
     public void ChatKeepsTurnsAndHandlesSlashCommands()
     {
         string input = string.Join('\n', "what do you see?", "/image " + Sample("861_1.png"), "and now?", "/clear", "hello", "/exit", "never read");

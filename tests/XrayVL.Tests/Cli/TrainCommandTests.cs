@@ -27,4 +27,22 @@ public class TrainCommandTests
         Assert.NotEqual(0, cuda.ExitCode);
         Assert.Contains("cuda", cuda.Err);
     }
+
+    [Fact]
+    public void TheFeatureCacheAndTheComputeDtypeCanBeTurnedOffForSpeedComparisons()
+    {
+        // An align stage with a frozen encoder uses the feature cache unless told not to; the recipe's bf16 can be overridden.
+        var fixture = new TrainingFixture();
+        var recipe = fixture.Recipe("""[ { "name": "a", "kind": "align", "trainable": "projector", "steps": 2, "batch_size": 2, "eval_every": 0, "sample_every": 0 } ]""");
+        string cached = fixture.NewOut("cache-on"), uncached = fixture.NewOut("cache-off");
+        var on = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", cached);
+        Assert.True(on.ExitCode == 0, on.Err);
+        var off = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", uncached, "--no-feature-cache", "--compute-dtype", "fp32");
+        Assert.True(off.ExitCode == 0, off.Err);
+        Assert.True(Directory.Exists(Path.Combine(cached, "feature-cache")));
+        Assert.False(Directory.Exists(Path.Combine(uncached, "feature-cache")));
+        Assert.Contains("compute fp32", File.ReadAllText(Path.Combine(uncached, "train.log")));
+        var bad = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", fixture.NewOut("bad"), "--compute-dtype", "fp16");
+        Assert.NotEqual(0, bad.ExitCode);
+    }
 }

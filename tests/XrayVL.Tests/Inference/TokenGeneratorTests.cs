@@ -322,9 +322,9 @@ public class TokenGeneratorTests
         var (model, generator) = Setup(seed: 35);
         using var _ = model;
         using var scope = NewDisposeScope();
-        var e = Assert.Throws<XrayVLException>(() => generator.Generate(torch.zeros(5, 32), new GenerationOptions(), cancellationToken: Ct).ToList());
+        var e = Assert.Throws<XrayVLBugException>(() => generator.Generate(torch.zeros(5, 32), new GenerationOptions(), cancellationToken: Ct).ToList());
         Assert.Contains("prompt 0", e.Message);
-        Assert.Throws<XrayVLException>(() => generator.Generate(torch.zeros(2, 5, 64), new GenerationOptions(), cancellationToken: Ct).ToList());
+        Assert.Throws<XrayVLBugException>(() => generator.Generate(torch.zeros(2, 5, 64), new GenerationOptions(), cancellationToken: Ct).ToList());
         Assert.Throws<XrayVLException>(() => generator.Generate(torch.zeros(5, 64), new GenerationOptions(), [100], cancellationToken: Ct).ToList());
         Assert.Empty(generator.GenerateBatch([], new GenerationOptions(), cancellationToken: Ct));
     }

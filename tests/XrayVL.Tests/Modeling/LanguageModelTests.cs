@@ -135,7 +135,7 @@ public class LanguageModelTests
         var chunks = new[] { (0, 5), (5, 4), (9, 3) }
             .Select(c => model.Forward(embeds.narrow(1, c.Item1, c.Item2), torch.ones(1, c.Item1 + c.Item2), cache)).ToArray();
         Assert.True(MaxAbsDiff(torch.cat(chunks, 1), whole) < 1e-4);
-        Assert.Throws<XrayVLException>(() => model.Forward(embeds.narrow(1, 0, 1), null, cache)); // full: 12 of 12
+        Assert.Throws<XrayVLBugException>(() => model.Forward(embeds.narrow(1, 0, 1), null, cache)); // full: 12 of 12
     }
 
     [Fact]
@@ -300,7 +300,7 @@ public class LanguageModelTests
 
         // Nothing to count: zero, not NaN.
         Assert.Equal(0.0, LanguageModel.CausalLmLoss(logits, torch.full([2, 5], -100L)).item<float>());
-        Assert.Throws<XrayVLException>(() => LanguageModel.CausalLmLoss(logits, labels[.., ..4]));
+        Assert.Throws<XrayVLBugException>(() => LanguageModel.CausalLmLoss(logits, labels[.., ..4]));
     }
 
     [Fact]
@@ -354,11 +354,11 @@ public class LanguageModelTests
     {
         using var model = Create(Config(), seed: 22);
         using var scope = NewDisposeScope();
-        var e = Assert.Throws<XrayVLException>(() => model.Forward(torch.zeros(1, 3, 32)));
+        var e = Assert.Throws<XrayVLBugException>(() => model.Forward(torch.zeros(1, 3, 32)));
         Assert.Contains("(batch, length, 64)", e.Message);
-        Assert.Throws<XrayVLException>(() => model.Forward(torch.zeros(1, 3, 64), torch.ones(1, 4)));
+        Assert.Throws<XrayVLBugException>(() => model.Forward(torch.zeros(1, 3, 64), torch.ones(1, 4)));
         using var cache = model.NewCache(2, 8);
-        Assert.Throws<XrayVLException>(() => model.Forward(torch.zeros(1, 3, 64), null, cache));
+        Assert.Throws<XrayVLBugException>(() => model.Forward(torch.zeros(1, 3, 64), null, cache));
         var outside = Assert.Throws<XrayVLException>(() => model.Embed(torch.tensor(new long[] { 3, 100 }).view(1, 2)));
         Assert.Contains("token id 100", outside.Message);
         Assert.Throws<XrayVLException>(() => model.Embed(torch.tensor(new long[] { -1 }).view(1, 1)));

@@ -384,8 +384,8 @@ public sealed class LoraTests : IDisposable
         { """{"r": 4, "target_modules": ["q_proj"], "peft_type": "IA3"}""", "peft_type" },
         { """{"r": 4, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 8}}""", "rank_pattern" },
         { """{"r": 4, "target_modules": ["q_proj"], "use_dora": true}""", "use_dora" },
-        { """{"r": 4, "target_modules": 7}""", "invalid adapter config" },
-        { """not json""", "invalid adapter config" },
+        { """{"r": 4, "target_modules": 7}""", "not a valid adapter config" },
+        { """not json""", "not a valid adapter config" },
     };
 
     [Theory]

@@ -138,10 +138,7 @@ public sealed class CovidSource : IReportSource
     {
         var byStem = new Dictionary<string, AnnotatedImage>(StringComparer.Ordinal);
         if (!File.Exists(path)) return byStem;
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: invalid JSON ({e.Message})", e); }
-        using (doc)
+        using (var doc = Json.ReadDocument(path, "COCO annotation"))
         {
             try { ReadCoco(doc.RootElement, path, byStem, result); }
             catch (Exception e) when (e is KeyNotFoundException or InvalidOperationException or FormatException or ArgumentException)

@@ -54,10 +54,7 @@ public sealed class R2GenSource : IReportSource
     public static IReadOnlyList<Entry> ReadEntries(string path)
     {
         if (!File.Exists(path)) throw new XrayVLException($"{path}: file not found");
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: invalid JSON ({e.Message})", e); }
-        using (doc)
+        using (var doc = Json.ReadDocument(path, "R2Gen annotation"))
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new XrayVLException($"{path}: expected an object with train/val/test lists (R2Gen annotation.json)");

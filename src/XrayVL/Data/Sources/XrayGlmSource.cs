@@ -86,10 +86,7 @@ public sealed class XrayGlmSource : IReportSource
     public static IReadOnlyList<Caption> ReadCaptions(string path)
     {
         if (!File.Exists(path)) throw new XrayVLException($"{path}: file not found");
-        JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new XrayVLException($"{path}: invalid JSON ({e.Message})", e); }
-        using (doc)
+        using (var doc = Json.ReadDocument(path, "XrayGLM caption"))
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object || !doc.RootElement.TryGetProperty("annotations", out var list)
                 || list.ValueKind != JsonValueKind.Array)
