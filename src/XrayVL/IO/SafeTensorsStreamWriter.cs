@@ -52,31 +52,22 @@ public sealed class SafeTensorsStreamWriter : IDisposable
         entries.Add((name, tensor.dtype, tensor.shape, begin, data.Length));
     }
 
-    /// <summary>Writes header + data to a temporary file, renames it over the target, and removes the data file.</summary>
+    /// <summary>Writes header + data whole or not at all (<see cref="AtomicFile"/>), then removes the data file.</summary>
     public void Commit(IReadOnlyDictionary<string, string>? metadata = null)
     {
         if (committed) throw new InvalidOperationException("the file is already committed");
         byte[] header = Header(metadata);
-        string temporary = $"{path}.tmp-{Environment.ProcessId}-{Guid.NewGuid():N}";
-        try
+        AtomicFile.Write(path, output =>
         {
-            using (var output = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize: 1 << 20))
-            {
-                Span<byte> length = stackalloc byte[8];
-                System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
-                output.Write(length);
-                output.Write(header);
-                data.Flush();
-                data.Position = 0;
-                data.CopyTo(output, 1 << 20);
-            }
-            File.Move(temporary, path, overwrite: true);
-            committed = true;
-        }
-        finally
-        {
-            if (File.Exists(temporary)) File.Delete(temporary);
-        }
+            Span<byte> length = stackalloc byte[8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+            output.Write(length);
+            output.Write(header);
+            data.Flush();
+            data.Position = 0;
+            data.CopyTo(output, 1 << 20);
+        });
+        committed = true;
         Dispose();
     }
 

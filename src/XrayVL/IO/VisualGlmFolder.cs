@@ -126,11 +126,11 @@ public static class VisualGlmFolder
                     BaseModelNameOrPath = "..",
                     InferenceMode = true,
                 };
-                Json.WriteAllTextAtomic(Path.Combine(tmp, AdapterFolder, Lora.ConfigFileName), JsonSerializer.Serialize(adapterConfig.Validate(), Json.Options) + "\n");
+                AtomicFile.WriteAllText(Path.Combine(tmp, AdapterFolder, Lora.ConfigFileName), JsonSerializer.Serialize(adapterConfig.Validate(), Json.Options) + "\n");
             }
-            Json.WriteAllTextAtomic(Path.Combine(tmp, Checkpoint.ConfigFileName), JsonSerializer.Serialize(config, Json.Options) + "\n");
+            AtomicFile.WriteAllText(Path.Combine(tmp, Checkpoint.ConfigFileName), JsonSerializer.Serialize(config, Json.Options) + "\n");
             File.Copy(tokenizerPath, Path.Combine(tmp, ChatGlmTokenizer.FileName));
-            Json.WriteAllTextAtomic(Path.Combine(tmp, HfFiles.TokenizerConfigJson), JsonSerializer.Serialize(new JsonObject
+            AtomicFile.WriteAllText(Path.Combine(tmp, HfFiles.TokenizerConfigJson), JsonSerializer.Serialize(new JsonObject
             {
                 ["tokenizer_class"] = "ChatGLMTokenizer",
                 ["num_image_tokens"] = numImageTokens,
@@ -140,8 +140,8 @@ public static class VisualGlmFolder
                 ["gmask_token"] = "[gMASK]",
                 ["pad_token"] = "<pad>",
             }, Json.Options) + "\n");
-            Json.WriteAllTextAtomic(Path.Combine(tmp, Checkpoint.PreprocessorFileName), JsonSerializer.Serialize(PreprocessConfig.Clip(config.VisionConfig.ImageSize), Json.Options) + "\n");
-            Checkpoint.ReplaceDirectory(tmp, outDir);
+            AtomicFile.WriteAllText(Path.Combine(tmp, Checkpoint.PreprocessorFileName), JsonSerializer.Serialize(PreprocessConfig.Clip(config.VisionConfig.ImageSize), Json.Options) + "\n");
+            AtomicFile.ReplaceDirectory(tmp, outDir);
             return new XrayGlmImportResult(tensors, bytes, loraLayers, fromBase, tokenizerPath);
         }
         catch
