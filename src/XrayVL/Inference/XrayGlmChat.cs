@@ -114,7 +114,8 @@ public sealed class XrayGlmChat(LoadedVisualGlm loaded)
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
         // 1. image → (1, Q, D) embeddings spliced at the pad positions; no image: the pads stay tokens (XrayGLM's text-only chat)
-        pixels ??= image is null ? null : Preprocess.Batch([image], loaded.Preprocess);                    // (1, 3, S, S)
+        // XrayGLM's pixels: BLIP-2's eval processing (8-bit RGB, Pillow bicubic to S×S, CLIP statistics)
+        pixels ??= image is null ? null : PilBicubic.BlipEval(image, loaded.Preprocess.ImageSize, loaded.Preprocess.Mean, loaded.Preprocess.Std);   // (1, 3, S, S)
         var imageEmbeds = pixels is null ? null : model.ImageEncoder.call(pixels);
         var embeds = model.EmbedPrompt(ids, imageEmbeds, preImage);                                      // (1, T, D)
         // 2. GLM prefill over the prompt (bidirectional up to <sop>), keys and values cached

@@ -75,6 +75,17 @@ public sealed class VisualGlmTests(VisualGlmFixture fixture, ITestOutputHelper o
         AssertClose("pixels → image embeddings", encoder.call(Reference("vision", "pixels")), Reference("vision", "image_embeds"));
     }
 
+    [Fact]
+    public void PixelsAreXrayGlmsBlipPreprocessing()
+    {
+        using var scope = torch.NewDisposeScope();
+        var clip = XrayVL.Imaging.PreprocessConfig.Clip(224);
+        var pixels = XrayVL.Imaging.PilBicubic.BlipEval(XrayVL.Imaging.ImageFile.Load(GlmFixture.Seed("2_1.png")), 224, clip.Mean, clip.Std);
+        AssertClose("pixels (Pillow bicubic 512 → 224, CLIP normalisation)", pixels, Reference("vision", "pixels"));
+        // Exactly Pillow's 8-bit result: every pixel lands on the same 8-bit level.
+        Assert.True(ReferenceOutputs.RelativeError(pixels, Reference("vision", "pixels")) < 1e-6);
+    }
+
     [Theory]
     [InlineData("chat_1turn")]
     [InlineData("chat_2turn")]
