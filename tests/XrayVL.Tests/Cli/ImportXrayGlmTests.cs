@@ -75,6 +75,25 @@ public sealed class ImportXrayGlmTests
     }
 
     [Fact]
+    public void BaseFolderFillsWhatTheCheckpointLacks()
+    {
+        using var dir = new TempDir();
+        string loraOnly = Path.Combine(AppContext.BaseDirectory, "Cli", "Fixtures", "xrayglm-lora-only");
+        string output = Path.Combine(dir.Path, "xrayglm");
+        var options = new XrayGlmImportOptions { TokenizerPath = Tokenizer(dir), NumImageTokens = Offset };
+        // Alone, the LoRA matrices have no weights to go with: refused, nothing written.
+        Assert.Contains("incomplete", Assert.Throws<XrayVLException>(() => VisualGlmFolder.Import(loraOnly, output, options)).Message);
+        Assert.False(Directory.Exists(output));
+        var result = VisualGlmFolder.Import(loraOnly, output, options with { BaseDirectory = GlmFixture.Seed("checkpoint") });
+        Assert.Equal(425 - 16, result.FromBase);
+        Assert.Equal(4, result.LoraLayers.Count);
+        using var loaded = VisualGlmFolder.Load(output);
+        using var scope = torch.NewDisposeScope();
+        Assert.Equal(Ids("chat_1turn", "chat_gen_ids"),
+            loaded.Model.Generate(Ids("chat_1turn", "input_ids"), Reference("vision", "pixels"), (int)Ids("chat_1turn", "pre_image")[0], 16, repetitionPenalty: 1.2));
+    }
+
+    [Fact]
     public void MissingOrMismatchedTokenizerIsAOneLineError()
     {
         using var dir = new TempDir();
