@@ -82,8 +82,10 @@ public static class Checkpoint
         try
         {
             var tokenizer = XrayTokenizer.Load(dir);
-            if (tokenizer.VocabSize > config.TextConfig.VocabSize)
-                throw new XrayVLException($"{dir}: tokenizer has {tokenizer.VocabSize} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
+            // A seed prompt format feeds the model only the tokenizer files' own ids, never the project's appended specials.
+            int embedded = tokenizer.PromptFormat is null ? tokenizer.VocabSize : tokenizer.FileVocabSize;
+            if (embedded > config.TextConfig.VocabSize)
+                throw new XrayVLException($"{dir}: tokenizer has {embedded} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
             if (tokenizer.ImageId != config.ImageTokenIndex)
                 throw new XrayVLException($"{dir}: image token is {tokenizer.ImageId} in the tokenizer but {config.ImageTokenIndex} in config.json");
             string preprocessPath = Path.Combine(dir, PreprocessorFileName);
@@ -240,6 +242,24 @@ public static class Checkpoint
         if (File.Exists(torchSingle)) return TorchCheckpoint.LoadStateDict(torchSingle);
         string torchIndex = Path.Combine(dir, TorchWeightsIndexFileName);
         if (File.Exists(torchIndex)) return ReadShards(dir, torchIndex, path => TorchCheckpoint.LoadStateDict(path));
+        throw new XrayVLException($"{dir}: no {WeightsFileName}, {WeightsIndexFileName}, {TorchWeightsFileName} or {TorchWeightsIndexFileName}");
+    }
+
+    /// <summary>The weight files <see cref="ReadWeights"/> would read, in the same order of preference, without reading them.</summary>
+    public static IReadOnlyList<string> WeightFiles(string dir)
+    {
+        foreach (var (single, index) in new[] { (WeightsFileName, WeightsIndexFileName), (TorchWeightsFileName, TorchWeightsIndexFileName) })
+        {
+            if (File.Exists(Path.Combine(dir, single))) return [Path.Combine(dir, single)];
+            string indexPath = Path.Combine(dir, index);
+            if (!File.Exists(indexPath)) continue;
+            var map = Json.ReadObject(indexPath, "shard index")["weight_map"];
+            if (map is not JsonObject weightMap) throw new XrayVLException($"{indexPath}: no weight_map");
+            var shards = weightMap.Select(kv => Path.Combine(dir, kv.Value!.GetValue<string>())).Distinct().ToList();
+            foreach (string shard in shards.Where(s => !File.Exists(s)))
+                throw new XrayVLException($"{indexPath}: lists shard {Path.GetFileName(shard)}, which is missing");
+            return shards;
+        }
         throw new XrayVLException($"{dir}: no {WeightsFileName}, {WeightsIndexFileName}, {TorchWeightsFileName} or {TorchWeightsIndexFileName}");
     }
 

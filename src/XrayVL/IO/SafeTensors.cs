@@ -374,6 +374,44 @@ public static class SafeTensors
         });
     }
 
+    /// <summary>
+    /// Writes a file whose tensors are produced one at a time: the header is built from <paramref name="layout"/> (name,
+    /// dtype, shape), then <paramref name="produce"/> is called for each name in file order and its tensor written and
+    /// disposed before the next — so a file larger than memory can be converted from another format (an import reading
+    /// a 14 GB PyTorch checkpoint holds one tensor at a time, never the whole model). Same layout and atomic rename as
+    /// <see cref="Save"/>; a produced tensor whose dtype or shape differs from its layout entry is an error.
+    /// </summary>
+    public static void SaveStreamed(string path, IReadOnlyList<(string Name, ScalarType Type, long[] Shape)> layout,
+        Func<string, Tensor> produce, IReadOnlyDictionary<string, string>? metadata = null, Action<string>? written = null)
+    {
+        foreach (var (name, type, _) in layout)
+        {
+            if (string.IsNullOrEmpty(name) || name == MetadataKey)
+                throw new XrayVLException($"{path}: '{name}' is not a valid tensor name for safetensors");
+            if (!DTypes.Any(d => d.Type == type))
+                throw new XrayVLException($"{path}: tensor '{name}' has dtype {type}, which XrayVL cannot store in safetensors");
+        }
+        var entries = layout.OrderByDescending(e => ElementSize(e.Type)).ThenBy(e => e.Name, StringComparer.Ordinal).ToList();
+        byte[] header = BuildHeader(entries, metadata);
+        AtomicFile.Write(path, stream =>
+        {
+            var lengthBytes = new byte[8];
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
+            stream.Write(lengthBytes);
+            stream.Write(header);
+            foreach (var (name, type, shape) in entries)
+            {
+                using var tensor = produce(name);
+                // The producer announced this layout itself: a different tensor is XrayVL's own mistake.
+                if (tensor.dtype != type || !tensor.shape.SequenceEqual(shape))
+                    throw new XrayVLBugException($"{path}: tensor '{name}' came as {tensor.dtype} ({string.Join(", ", tensor.shape)}), " +
+                                                 $"not the announced {type} ({string.Join(", ", shape)})");
+                WriteTensorBytes(stream, tensor);
+                written?.Invoke(name);
+            }
+        });
+    }
+
     private static byte[] BuildHeader(List<(string Name, ScalarType Type, long[] Shape)> entries,
         IReadOnlyDictionary<string, string>? metadata)
     {

@@ -45,7 +45,7 @@ public sealed partial class SatCheckpoint
                 HiddenSize = Int(eva, "hidden_size"),
                 NumHiddenLayers = Int(eva, "num_layers"),
                 NumAttentionHeads = Int(eva, "num_attention_heads"),
-                InnerHiddenSize = Int(eva, "inner_hidden_size", 4 * Int(eva, "hidden_size")),
+                MlpHiddenSize = Int(eva, "inner_hidden_size", 4 * Int(eva, "hidden_size")),
                 LayerNormEps = Double(eva, "layernorm_epsilon", 1e-5),
             }.Validate();
             Require(Str(eva, "layernorm_order", "pre") == "pre", "eva_args.layernorm_order must be 'pre'");

@@ -76,23 +76,46 @@ public sealed class ChatSession
 
         var decoder = pipeline.Tokenizer.CreateStreamingDecoder(skipSpecial: true);
         var answer = new StringBuilder();
+        // A seed prompt format ends answers at stop strings too (XrayGPT's "###" may come as "##" + "#"): text that could
+        // begin one is held back until the next piece shows whether it does.
+        string[] stops = pipeline.Tokenizer.PromptFormat?.StopStrings ?? [];
+        int emitted = 0;
+        bool stopped = false;
         await foreach (int id in stream.WithCancellation(cancellationToken))
         {
             string piece = decoder.Push(id);
             if (piece.Length == 0) continue;
             answer.Append(piece);
-            yield return piece;
+            if (stops.Length == 0)
+            {
+                emitted = answer.Length;
+                yield return piece;
+                continue;
+            }
+            if (StopStrings.First(answer, stops) is int at)
+            {
+                answer.Length = at;
+                stopped = true;
+                break;                                                  // leaving the stream ends the generation
+            }
+            int ready = answer.Length - StopStrings.PartialAtEnd(answer, stops);
+            if (ready > emitted)
+            {
+                yield return answer.ToString(emitted, ready - emitted);
+                emitted = ready;
+            }
         }
-        string rest = decoder.Flush();
-        if (rest.Length > 0)
+        if (!stopped) answer.Append(decoder.Flush());
+        if (stops.Length > 0 && StopStrings.First(answer, stops) is int cut)
         {
-            answer.Append(rest);
-            yield return rest;
+            answer.Length = cut;
+            stopped = true;
         }
+        if (answer.Length > emitted) yield return answer.ToString(emitted, answer.Length - emitted);
         turns.Add(user);
         turns.Add(new Turn(TurnRole.Assistant, answer.ToString().Trim()));
         pendingImages = 0;
-        LastFinishReason = stream.FinishReason;
+        LastFinishReason = stopped ? FinishReason.Stop : stream.FinishReason;
     }
 
     /// <summary>Asks and waits for the whole answer.</summary>

@@ -50,7 +50,8 @@ public sealed class InferencePipeline
 
     /// <summary>
     /// The decoding every front end uses unless told otherwise: <paramref name="options"/> (or greedy with the default
-    /// repetition penalty and n-gram ban), with the chat template's stop tokens added.
+    /// repetition penalty and n-gram ban), with the chat template's stop tokens added (and a seed prompt format's own,
+    /// e.g. XrayGPT's "###").
     /// </summary>
     public GenerationOptions Decoding(GenerationOptions? options = null) => Decoding(Tokenizer, options);
 
@@ -58,7 +59,8 @@ public sealed class InferencePipeline
     public static GenerationOptions Decoding(XrayTokenizer tokenizer, GenerationOptions? options = null) =>
         (options ?? new GenerationOptions { RepetitionPenalty = DefaultRepetitionPenalty, NoRepeatNgramSize = DefaultNoRepeatNgramSize }) with
         {
-            StopTokenIds = new HashSet<int>((options?.StopTokenIds ?? new HashSet<int>()).Concat([tokenizer.ImEndId, tokenizer.EosId])),
+            StopTokenIds = new HashSet<int>((options?.StopTokenIds ?? new HashSet<int>()).Concat([tokenizer.ImEndId, tokenizer.EosId])
+                .Concat(tokenizer.PromptFormat?.StopTokenIds ?? [])),
         };
 
     // ---------------------------------------------------------------- 1. render
@@ -226,6 +228,13 @@ public sealed class InferencePipeline
 
     // ---------------------------------------------------------------- 5. detokenize
 
-    /// <summary>A whole answer's text: special tokens dropped, surrounding whitespace trimmed.</summary>
-    public string Text(IEnumerable<int> tokens) => Tokenizer.Decode(tokens, skipSpecial: true).Trim();
+    /// <summary>
+    /// A whole answer's text: special tokens dropped, surrounding whitespace trimmed; with a seed prompt format, cut at
+    /// its first stop string as the seed cuts its output.
+    /// </summary>
+    public string Text(IEnumerable<int> tokens)
+    {
+        string text = Tokenizer.Decode(tokens, skipSpecial: true);
+        return Tokenizer.PromptFormat?.CutAnswer(text) ?? text.Trim();
+    }
 }

@@ -81,7 +81,9 @@ public sealed class ReportWriter(InferencePipeline pipeline, string modelName)
     {
         var clock = Stopwatch.StartNew();
         var chat = Conversation(image, language);
-        string report = await chat.AskAllAsync(Request(language), options, cancellationToken);
+        // A seed model is asked in its own words (its prompt format's report request), in the language it was trained in.
+        string request = pipeline.Tokenizer.PromptFormat?.ReportRequest is { Length: > 0 } own ? own : Request(language);
+        string report = await chat.AskAllAsync(request, options, cancellationToken);
         return new WrittenReport(report, language, ReportFindings.Read(report, language), chat.LastFinishReason, modelName, clock.Elapsed.TotalSeconds);
     }
 }

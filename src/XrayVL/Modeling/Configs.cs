@@ -144,12 +144,20 @@ public sealed record VisionConfig
     /// <summary>Stem width; torchvision uses 64. Smaller widths make CPU-sized encoders.</summary>
     public int Width { get; init; } = 64;
 
+    // EVA (eva_vit_g, eva_vit_g_qformer) fields: the ViT fields above with EVA's meanings (intermediate_size is
+    // int(hidden · 4.3637) in ViT-g), plus the BLIP-2 Q-Former of eva_vit_g_qformer.
+    /// <summary>The Q-Former after EVA (model_type eva_vit_g_qformer, XrayGPT / MiniGPT-4); null otherwise.</summary>
+    public QFormerConfig? QformerConfig { get; init; }
+
     [JsonIgnore] public bool IsVit => ModelType switch
     {
-        "clip_vision_model" or "vit" => true,
+        "clip_vision_model" or "vit" or "eva_vit_g" or "eva_vit_g_qformer" => true,
         "resnet" => false,
-        _ => throw new XrayVLException($"vision model type '{ModelType}' is not supported (clip_vision_model, resnet)"),
+        _ => throw new XrayVLException($"vision model type '{ModelType}' is not supported (clip_vision_model, resnet, eva_vit_g, eva_vit_g_qformer)"),
     };
+
+    /// <summary>EVA ViT-g of the MiniGPT-4 family (<see cref="EvaVisionEncoder"/>).</summary>
+    [JsonIgnore] public bool IsEva => ModelType is "eva_vit_g" or "eva_vit_g_qformer";
 
     public VisionConfig Validate()
     {
@@ -163,6 +171,10 @@ public sealed record VisionConfig
                 $"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumAttentionHeads})");
             Require(NumHiddenLayers > 0, "num_hidden_layers must be positive");
             Require(HiddenAct is "gelu" or "quick_gelu", $"hidden_act '{HiddenAct}' is not supported (gelu, quick_gelu)");
+            Require(!IsEva || HiddenAct == "gelu", "EVA's MLP uses exact gelu");
+            Require((ModelType == "eva_vit_g_qformer") == (QformerConfig != null),
+                ModelType == "eva_vit_g_qformer" ? "eva_vit_g_qformer needs qformer_config" : $"qformer_config belongs to eva_vit_g_qformer, not {ModelType}");
+            QformerConfig?.Validate();
         }
         else
         {

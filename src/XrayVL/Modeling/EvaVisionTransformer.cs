@@ -24,13 +24,13 @@ public sealed record EvaVisionConfig
     public int NumAttentionHeads { get; init; } = 16;
     /// <summary>MLP width = int(hidden · ratio), Python's truncation: 1408 · 4.3637 → 6144.</summary>
     public double MlpRatio { get; init; } = 4.3637;
-    /// <summary>MLP width given outright (SAT's inner_hidden_size, as VisualGLM's config names it); null = from mlp_ratio.</summary>
-    public int? InnerHiddenSize { get; init; }
     public double LayerNormEps { get; init; } = 1e-6;
 
     [JsonIgnore] public int GridSize => ImageSize / PatchSize;
     [JsonIgnore] public int NumTokens => GridSize * GridSize + 1;
-    [JsonIgnore] public int IntermediateSize => InnerHiddenSize ?? (int)(HiddenSize * MlpRatio);
+    /// <summary>The MLP width when given outright (a composed config's intermediate_size); null: from <see cref="MlpRatio"/>.</summary>
+    public int? MlpHiddenSize { get; init; }
+    [JsonIgnore] public int IntermediateSize => MlpHiddenSize ?? (int)(HiddenSize * MlpRatio);
 
     public EvaVisionConfig Validate()
     {

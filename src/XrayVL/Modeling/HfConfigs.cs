@@ -207,7 +207,16 @@ public static class HfConfigs
         // This project's torchvision-layout ResNet (not transformers' ResNetConfig, whose keys differ and are refused).
         ["resnet"] = new(O([("image_size", 224), ("num_channels", 1), .. ResNetOnlyDefaults(), .. VitOnlyDefaults()]),
             ["torch_dtype"], []),
+        // EVA ViT-g/14 as BLIP-2 builds it (39 blocks, MLP int(1408 · 4.3637)), alone (MiniGPT-v2) or with the Q-Former
+        // (MiniGPT-4 / XrayGPT; its qformer_config is required and validated by the record).
+        ["eva_vit_g"] = new(O([.. EvaDefaults(), ("qformer_config", null)]), ["torch_dtype"], []),
+        ["eva_vit_g_qformer"] = new(O([.. EvaDefaults(), ("qformer_config", null)]), ["torch_dtype"], []),
     };
+
+    private static (string, JsonNode?)[] EvaDefaults() =>
+        [("image_size", 224), ("num_channels", 3), ("patch_size", 14), ("hidden_size", 1408), ("intermediate_size", 6144),
+         ("num_hidden_layers", 39), ("num_attention_heads", 16), ("layer_norm_eps", 1e-6), ("hidden_act", "gelu"),
+         .. ResNetOnlyDefaults()];
 
     private static readonly Dictionary<string, Family> ComposedFamily = new()
     {

@@ -64,7 +64,8 @@ public abstract class VisionEncoder : nn.Module<Tensor, Tensor>
         {
             "clip_vision_model" or "vit" => new ClipVisionEncoder(config, featureLayer, selectStrategy, device),
             "resnet" => new ResNetEncoder(config, featureLayer, selectStrategy, device),
-            _ => throw new XrayVLException($"vision model type '{config.ModelType}' is not supported (clip_vision_model, resnet)"),
+            "eva_vit_g" or "eva_vit_g_qformer" => new EvaVisionEncoder(config, featureLayer, selectStrategy, device),
+            _ => throw new XrayVLException($"vision model type '{config.ModelType}' is not supported (clip_vision_model, resnet, eva_vit_g, eva_vit_g_qformer)"),
         };
     }
 

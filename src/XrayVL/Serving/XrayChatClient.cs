@@ -101,8 +101,10 @@ public sealed class XrayChatClient : IChatClient
     {
         var (conversation, images) = await ReadConversationAsync(messages, chatOptions, cancellationToken);
         var decoding = Decoding(chatOptions);
-        var stops = chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)).ToArray() ?? [];
         var tokenizer = loaded.Tokenizer;
+        // The caller's stop sequences, and a seed prompt format's own (XrayGPT's "###" may come as "##" + "#").
+        var stops = (chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)) ?? [])
+            .Concat(tokenizer.PromptFormat?.StopStrings ?? []).Distinct().ToArray();
 
         string responseId = "chatcmpl-" + Guid.NewGuid().ToString("N");
         var created = DateTimeOffset.UtcNow;
@@ -126,7 +128,7 @@ public sealed class XrayChatClient : IChatClient
                 more = await tokens.MoveNextAsync();
                 string piece = more ? decoder.Push(tokens.Current) : decoder.Flush();
                 if (piece.Length > 0) text.Append(piece);
-                var (end, hit) = more ? Emittable(text, emitted, stops) : EmittableAtEnd(text, emitted, stops);
+                var (end, hit) = StopStrings.Emittable(text, emitted, stops, atEnd: !more);
                 if (end > emitted)
                 {
                     yield return Update(text.ToString(emitted, end - emitted));
@@ -148,37 +150,6 @@ public sealed class XrayChatClient : IChatClient
         {
             ResponseId = responseId, MessageId = responseId, ModelId = ModelId, CreatedAt = created, FinishReason = finish,
         };
-    }
-
-    /// <summary>
-    /// How far the text may be shown: up to a stop sequence when one appeared (hit), else all but the longest tail
-    /// that could still grow into a stop sequence.
-    /// </summary>
-    internal static (int End, bool Hit) Emittable(StringBuilder text, int emitted, IReadOnlyList<string> stops)
-    {
-        if (stops.Count == 0) return (text.Length, false);
-        string all = text.ToString();
-        int longest = stops.Max(s => s.Length);
-        int searchFrom = Math.Max(0, emitted - longest + 1);
-        int first = -1;
-        foreach (var stop in stops)
-        {
-            int at = all.IndexOf(stop, searchFrom, StringComparison.Ordinal);
-            if (at >= 0 && (first < 0 || at < first)) first = at;
-        }
-        if (first >= 0) return (Math.Max(first, emitted), true);
-        int hold = 0;
-        foreach (var stop in stops)
-            for (int k = Math.Min(stop.Length - 1, all.Length); k > hold; k--)
-                if (all.AsSpan(all.Length - k).SequenceEqual(stop.AsSpan(0, k))) { hold = k; break; }
-        return (Math.Max(emitted, all.Length - hold), false);
-    }
-
-    /// <summary>At the end nothing is held back: the text up to a stop sequence, or all of it.</summary>
-    private static (int End, bool Hit) EmittableAtEnd(StringBuilder text, int emitted, IReadOnlyList<string> stops)
-    {
-        var (end, hit) = Emittable(text, emitted, stops);
-        return hit ? (end, true) : (text.Length, false);
     }
 
     /// <summary>The decoding a request asks for, on top of the front ends' defaults (see the class remarks).</summary>

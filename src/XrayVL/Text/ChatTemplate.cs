@@ -116,6 +116,7 @@ public static class ChatTemplate
     /// </summary>
     public static RenderedChat Render(Conversation conversation, XrayTokenizer tokenizer, bool addGenerationPrompt)
     {
+        if (tokenizer.PromptFormat is { } format) return format.Render(conversation, tokenizer, addGenerationPrompt);
         if (tokenizer.ParsedChatTemplate is { } foreign) return RenderWithTemplate(foreign, conversation, tokenizer, addGenerationPrompt);
         var ids = new List<int>();
         var labels = new List<int>();
@@ -283,6 +284,7 @@ public static class ChatTemplate
     /// </summary>
     public static string RenderText(Conversation conversation, XrayTokenizer tokenizer, bool addGenerationPrompt)
     {
+        if (tokenizer.PromptFormat is { } format) return format.RenderText(conversation, addGenerationPrompt);
         if (tokenizer.ParsedChatTemplate is not { } template) return RenderText(conversation, addGenerationPrompt);
         var turns = Turns(conversation).ToList();
         try { return RenderTemplate(template, turns, tokenizer, addGenerationPrompt, imagesAsParts: true, marked: false); }

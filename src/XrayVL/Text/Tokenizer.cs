@@ -26,10 +26,16 @@ public sealed class XrayTokenizer
     private readonly Dictionary<string, int> idsByToken;
     private readonly bool stripFirstSpace;      // SentencePiece's dummy prefix: "▁hello" at the start decodes to "hello"
     private readonly Action<string> save;
+    private readonly SentencePieceBpe? legacyChunks;   // SentencePiece's own BPE, dummy prefix, no added tokens (EncodeLegacy)
+    private readonly Dictionary<string, int> controlTokens = [];  // <s>, </s>, <unk> as SentencePiece defines them
 
     private XrayTokenizer(string kind, Tokenizer withSpecials, Tokenizer segments, byte[][] tokenBytes, bool[] isSpecial,
-        Dictionary<string, int> idsByToken, bool stripFirstSpace, int? eosId, Action<string> save)
+        Dictionary<string, int> idsByToken, bool stripFirstSpace, int? eosId, Action<string> save,
+        int? fileVocabSize = null, SentencePieceBpe? legacyChunks = null, Dictionary<string, int>? controlTokens = null)
     {
+        FileVocabSize = fileVocabSize ?? tokenBytes.Length;
+        this.legacyChunks = legacyChunks;
+        if (controlTokens != null) this.controlTokens = controlTokens;
         Kind = kind;
         this.withSpecials = withSpecials;
         this.segments = segments;
@@ -57,7 +63,20 @@ public sealed class XrayTokenizer
     /// <summary>Padding id: the same as <see cref="EosId"/> (padding positions are masked, so sharing is safe).</summary>
     public int PadId { get; }
 
-    public int ImageId { get; }
+    /// <summary>
+    /// The id whose positions image embeddings fill: <c>&lt;image&gt;</c>, or the prompt format's image placeholder id
+    /// when the folder has one (<see cref="UsePromptFormat"/>).
+    /// </summary>
+    public int ImageId { get; private set; }
+
+    /// <summary>
+    /// Ids of the tokenizer files themselves (pieces and tokenizer_config.json's added tokens), before the special tokens
+    /// this project appends: with a <see cref="PromptFormat"/> only these ever reach the model.
+    /// </summary>
+    public int FileVocabSize { get; }
+
+    /// <summary>A seed system's own prompt format (prompt_format.json in the folder), or null for the chat template.</summary>
+    public PromptFormat? PromptFormat { get; private set; }
 
     /// <summary>
     /// The checkpoint's own chat template (tokenizer_config.json `chat_template`) when it differs from this project's,
@@ -89,6 +108,59 @@ public sealed class XrayTokenizer
     /// and SentencePiece adds no dummy-prefix space, since the piece continues the text before it.
     /// </summary>
     public int[] EncodeSegment(string text) => [.. segments.EncodeToIds(text)];
+
+    /// <summary>
+    /// SentencePiece encoding as transformers' slow LlamaTokenizer does it in legacy mode (the mode XrayGPT's and
+    /// MiniGPT-Med's pinned transformers use): the text is cut at the control-token strings (&lt;s&gt;, &lt;/s&gt;,
+    /// &lt;unk&gt;), which become their ids, and every piece between them is encoded on its own with the dummy-prefix
+    /// "▁" — so text right after a literal "&lt;s&gt;" or at the start of a segment begins with "▁".
+    /// <paramref name="addBos"/> prepends the begin-of-sentence id (add_special_tokens=True).
+    /// </summary>
+    public int[] EncodeLegacy(string text, bool addBos = false)
+    {
+        if (legacyChunks is null) throw new XrayVLException($"legacy SentencePiece encoding needs a tokenizer.model; this tokenizer is {Kind}");
+        var ids = new List<int>();
+        if (addBos)
+        {
+            if (!controlTokens.TryGetValue("<s>", out int bos)) throw new XrayVLException("the SentencePiece model has no <s> (begin of sentence) piece");
+            ids.Add(bos);
+        }
+        int start = 0;
+        while (start < text.Length)
+        {
+            // The earliest control-token string at or after start (the longest one when two begin at the same place).
+            int at = -1;
+            string? control = null;
+            foreach (var name in controlTokens.Keys)
+            {
+                int i = text.IndexOf(name, start, StringComparison.Ordinal);
+                if (i >= 0 && (at < 0 || i < at || (i == at && name.Length > control!.Length))) (at, control) = (i, name);
+            }
+            int end = at < 0 ? text.Length : at;
+            if (end > start) ids.AddRange(legacyChunks.Encode(text[start..end]));
+            if (control is null) break;
+            ids.Add(controlTokens[control]);
+            start = at + control.Length;
+        }
+        return [.. ids];
+    }
+
+    /// <summary>
+    /// Renders prompts with <paramref name="format"/> (a seed system's own prompt convention) from now on; null goes back
+    /// to the chat template. The image placeholder becomes the format's image id.
+    /// </summary>
+    public void UsePromptFormat(PromptFormat? format)
+    {
+        if (format is not null)
+        {
+            format.Validate();
+            if (Kind != "sentencepiece") throw new XrayVLException($"prompt format '{format.Name}' needs a SentencePiece tokenizer (tokenizer.model)");
+            if ((uint)format.ImageTokenId >= (uint)FileVocabSize)
+                throw new XrayVLException($"prompt format '{format.Name}': image_token_id {format.ImageTokenId} is outside the vocabulary (0..{FileVocabSize - 1})");
+        }
+        PromptFormat = format;
+        ImageId = format?.ImageTokenId ?? idsByToken[SpecialTokens.Image];
+    }
 
     /// <summary>Decodes ids to text; invalid UTF-8 (a cut-off character) becomes U+FFFD.</summary>
     public string Decode(IEnumerable<int> ids, bool skipSpecial = false)
@@ -129,6 +201,7 @@ public sealed class XrayTokenizer
     {
         save(directory);
         if (ForeignChatTemplate != null) HfFiles.WriteChatTemplate(directory, ForeignChatTemplate);
+        if (PromptFormat != null) PromptFormat.Save(directory);
     }
 
     /// <summary>Loads a tokenizer folder: vocab.json + merges.txt (byte-level BPE), else tokenizer.model (SentencePiece).</summary>
@@ -144,6 +217,7 @@ public sealed class XrayTokenizer
             throw new XrayVLException($"Tokenizer folder '{directory}' has neither vocab.json + merges.txt nor tokenizer.model.");
         var (template, tokens) = HfFiles.ReadChatTemplate(directory);
         tokenizer.UseChatTemplate(template, tokens);
+        tokenizer.UsePromptFormat(PromptFormat.ReadIfPresent(directory));
         return tokenizer;
     }
 
@@ -252,6 +326,10 @@ public sealed class XrayTokenizer
             special.Add(at);
         }
 
+        // Ids a model must embed: the pieces and tokenizer_config.json's own added tokens, not this project's specials
+        // (appended above, or saved to tokenizer_config.json by an earlier round trip).
+        int fileVocabSize = Math.Max(pieceCount, tokens.Select((token, id) => (token, id))
+            .Where(t => t.id >= pieceCount && !SpecialTokens.All.Contains(t.token)).Select(t => t.id + 1).DefaultIfEmpty(0).Max());
         var userSpecials = special.Where(id => id >= pieceCount).ToDictionary(id => tokens[id], id => id, StringComparer.Ordinal);
         SentencePieceTokenizer withSpecials = Create(userSpecials);
 
@@ -280,7 +358,11 @@ public sealed class XrayTokenizer
                 bosToken: plain.BeginningOfSentenceId >= 0 ? plain.BeginningOfSentenceToken : null,
                 unkToken: plain.UnknownId >= 0 ? plain.UnknownToken : null);
         }
+        var controls = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (int id in new[] { plain.BeginningOfSentenceId, plain.EndOfSentenceId, plain.UnknownId })
+            if (id >= 0 && id < pieceCount) controls[pieces[id]] = id;
         return new XrayTokenizer("sentencepiece", withSpecials, Create(null, segment: true), bytes, isSpecial, idsByToken,
-            stripFirstSpace: plain.AddDummyPrefix, eosId: eos, save: Save);
+            stripFirstSpace: plain.AddDummyPrefix, eosId: eos, save: Save, fileVocabSize,
+            new SentencePieceBpe(modelBytes, plain.AddDummyPrefix), controls);
     }
 }
