@@ -79,15 +79,11 @@ public sealed partial class SatCheckpoint
     public GlmDecoder LoadGlmDecoder(out IReadOnlyList<string> mergedLora, ScalarType dtype = ScalarType.Float32)
     {
         var config = GlmConfig();
-        var previous = torch.get_default_dtype();
-        torch.set_default_dtype(dtype);
+        // Built in float32 with its linears uninitialised (never written, so they take no memory), then converted: the
+        // process's default dtype is global and is left alone.
         GlmDecoder decoder;
-        try
-        {
-            using var skip = Layers.SkipInitialisation();   // every weight is read from the file next
-            decoder = new GlmDecoder(config);
-        }
-        finally { torch.set_default_dtype(previous); }
+        using (Layers.SkipInitialisation()) decoder = new GlmDecoder(config);
+        if (dtype != ScalarType.Float32) decoder.to(dtype);
         try
         {
             const string Prefix = "language_model.";

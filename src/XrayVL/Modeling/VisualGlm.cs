@@ -118,25 +118,26 @@ public sealed class VisualGlmModel : nn.Module
     public GlmDecoder LanguageModel => language_model;
 
     /// <summary>
-    /// A VisualGLM model whose parameters are created in <paramref name="dtype"/> from the start (the default dtype is
-    /// switched while it is built), so loading a 6B model in bfloat16 never holds a float32 copy of it. The GLM's
-    /// linears are left uninitialised (every weight is read from a file next); the caller must fill them.
+    /// A VisualGLM model in <paramref name="dtype"/> whose weights the caller fills next. The GLM's linears (6.2 G of the
+    /// 7.8 G parameters) are left uninitialised, so their float32 buffers are never written: converting them to bf16
+    /// reads untouched pages (which the OS does not back with memory) and only the bf16 copies take memory. The process's
+    /// default dtype is not changed: it is global, and other threads may be creating tensors meanwhile.
     /// </summary>
     public static VisualGlmModel Create(VisualGlmConfig config, ScalarType dtype = ScalarType.Float32)
     {
-        var previous = torch.get_default_dtype();
-        torch.set_default_dtype(dtype);
-        using var skip = Layers.SkipInitialisation();
+        VisualGlmModel model;
+        using (Layers.SkipInitialisation()) model = new VisualGlmModel(config);
         try
         {
-            var model = new VisualGlmModel(config);
+            if (dtype != ScalarType.Float32) model.to(dtype);
             foreach (var p in model.parameters()) p.requires_grad = false;
             model.eval();
             return model;
         }
-        finally
+        catch
         {
-            torch.set_default_dtype(previous);
+            model.Dispose();
+            throw;
         }
     }
 
