@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Text.RegularExpressions;
 using Spectre.Console;
 
 namespace XrayVL.Cli;
@@ -6,6 +7,9 @@ namespace XrayVL.Cli;
 /// <summary>Where a command reads and writes: the real console in `xrayvl`, string writers in tests.</summary>
 public sealed record CliIO(TextWriter Out, TextWriter Err, TextReader In)
 {
+    /// <summary>Ctrl-C as a command that wants to handle it itself sees it (chat: stop the answer, not the program).</summary>
+    public Interrupts Interrupts { get; init; } = new();
+
     /// <summary>Spectre console over <see cref="Err"/>: tables, progress bars and notices go to stderr so stdout stays pipeable.</summary>
     public IAnsiConsole Ui { get; } = AnsiConsole.Create(new AnsiConsoleSettings
     {
@@ -16,16 +20,57 @@ public sealed record CliIO(TextWriter Out, TextWriter Err, TextReader In)
     });
 }
 
+/// <summary>
+/// Ctrl-C for a command that handles it: the handler registered last is asked first and returns true when it dealt
+/// with the interrupt (the process goes on). On the real console Console.CancelKeyPress raises it; tests raise it.
+/// </summary>
+public sealed class Interrupts
+{
+    private readonly List<Func<bool>> handlers = [];
+
+    public IDisposable Handle(Func<bool> handler)
+    {
+        lock (handlers) handlers.Add(handler);
+        return new Registration(() => { lock (handlers) handlers.Remove(handler); });
+    }
+
+    /// <summary>True when a handler dealt with the interrupt.</summary>
+    public bool Raise()
+    {
+        Func<bool>[] current;
+        lock (handlers) current = [.. handlers];
+        for (int i = current.Length - 1; i >= 0; i--)
+            if (current[i]()) return true;
+        return false;
+    }
+
+    private sealed class Registration(Action dispose) : IDisposable
+    {
+        public void Dispose() => dispose();
+    }
+}
+
 public static class App
 {
+    /// <summary>Commands that handle Ctrl-C themselves through <see cref="CliIO.Interrupts"/>.</summary>
+    private static readonly HashSet<string> HandlesInterrupts = ["chat"];
+
     public static readonly string Disclaimer = Constants.Disclaimer("en");
 
     /// <summary>The disclaimer in the language of the output it accompanies ("en" or "zh").</summary>
     public static string DisclaimerIn(string language) => Constants.Disclaimer(language);
 
-    public static RootCommand BuildRoot(CliIO io)
+    /// <summary>The program's name in usage lines and hints. A RootCommand would take the name of the assembly that
+    /// runs (XrayVL.Cli, or a test host), so the root is a plain command with the help and version options a RootCommand
+    /// adds.</summary>
+    public const string ProgramName = "xrayvl";
+
+    public static Command BuildRoot(CliIO io)
     {
-        var root = new RootCommand("XrayVL: chest X-ray vision-language models — build data, train, evaluate, report, chat, serve.");
+        var root = new Command(ProgramName, "XrayVL: chest X-ray vision-language models — build data, train, evaluate, report, chat, serve.")
+        {
+            new System.CommandLine.Help.HelpOption(), new VersionOption(),
+        };
         foreach (var command in Commands.All(io)) root.Subcommands.Add(command);
         return root;
     }
@@ -34,15 +79,34 @@ public static class App
     private static string CommandPath(ParseResult parse)
     {
         var names = new List<string>();
-        for (var result = parse.CommandResult; result is { Command: not RootCommand }; result = result.Parent as System.CommandLine.Parsing.CommandResult)
+        for (var result = parse.CommandResult; result is not null; result = result.Parent as System.CommandLine.Parsing.CommandResult)
             names.Insert(0, result.Command.Name);
-        return string.Join(' ', ["xrayvl", .. names]);
+        return string.Join(' ', names);
+    }
+
+    /// <summary>A parser message in a user's words: on one line, and with the kind of value a flag takes instead of a
+    /// .NET type name ("Cannot parse argument 'x' for option '--beams' as expected type 'System.Int32'").</summary>
+    internal static string UserMessage(string message)
+    {
+        message = Regex.Replace(message, @"\s*\n\s*", " ");
+        static string Kind(string type) => type.TrimEnd('?') switch
+        {
+            "System.Int32" or "System.Int64" or "System.Nullable`1[System.Int32]" or "System.Nullable`1[System.Int64]" => "a whole number",
+            "System.Double" or "System.Single" or "System.Nullable`1[System.Double]" or "System.Nullable`1[System.Single]" => "a number",
+            "System.Boolean" => "true or false",
+            _ => "another kind of value",
+        };
+        return Regex.Replace(message, @"Cannot parse argument '(?<value>.*)' for (?:option|argument) '(?<name>[^']*)' as expected type '(?<type>[^']*)'\.?",
+            m => $"{m.Groups["name"].Value} takes {Kind(m.Groups["type"].Value)}, not '{m.Groups["value"].Value}'");
     }
 
     /// <summary>Parses and runs a command. User errors print one line and return 1; nothing prints a stack trace.</summary>
-    public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin, CancellationToken cancel = default)
+    /// <param name="interrupts">Where Ctrl-C arrives for commands that handle it (tests raise it; by default the console's).</param>
+    public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, TextReader stdin, CancellationToken cancel = default,
+        Interrupts? interrupts = null)
     {
-        var io = new CliIO(stdout, stderr, stdin);
+        var io = new CliIO(stdout, stderr, stdin) { Interrupts = interrupts ?? new Interrupts() };
+        if (args.Length == 0) args = ["--help"];      // a bare `xrayvl` shows what it can do
         var root = BuildRoot(io);
         // Ctrl-C cancels the command's token; training then saves a checkpoint, so allow it time before the process is ended.
         var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = TimeSpan.FromMinutes(2) };
@@ -55,8 +119,20 @@ public static class App
             {
                 string command = CommandPath(parse);
                 foreach (var error in parse.Errors)
-                    stderr.WriteLine($"error: {System.Text.RegularExpressions.Regex.Replace(error.Message, @"\s*\n\s*", " ")} (see `{command} --help`)");
+                    stderr.WriteLine($"error: {UserMessage(error.Message)} (see `{command} --help`)");
                 return 1;
+            }
+            if (HandlesInterrupts.Contains(parse.CommandResult.Command.Name))
+            {
+                // The command decides what Ctrl-C means; the parser must not also turn it into cancelling everything.
+                config.ProcessTerminationTimeout = null;
+                if (ReferenceEquals(stdin, Console.In))
+                {
+                    ConsoleCancelEventHandler handler = (_, e) => e.Cancel = io.Interrupts.Raise();
+                    Console.CancelKeyPress += handler;
+                    try { return await parse.InvokeAsync(config, cancel); }
+                    finally { Console.CancelKeyPress -= handler; }
+                }
             }
             return await parse.InvokeAsync(config, cancel);
         }

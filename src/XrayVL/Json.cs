@@ -18,6 +18,38 @@ public static class Json
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
 
+    /// <summary>
+    /// What is wrong, in the words of the file's author: System.Text.Json names .NET types and members ("could not be
+    /// converted to System.Nullable`1[System.Int64]", "could not be mapped to any .NET member contained in type
+    /// 'XrayVL.Training.StageRecipe'"); this says "expected a whole number" or "unknown field 'stepz'". The place is given
+    /// by <see cref="Where"/>.
+    /// </summary>
+    public static string Problem(JsonException e)
+    {
+        string first = e.Message.Split('\n')[0];
+        first = System.Text.RegularExpressions.Regex.Replace(first, @"\s*Path: .*$", "");
+        var property = System.Text.RegularExpressions.Regex.Match(first, "^The JSON property '(?<name>[^']*)' could not be mapped");
+        if (property.Success) return $"unknown field '{property.Groups["name"].Value}'";
+        var converted = System.Text.RegularExpressions.Regex.Match(first, @"could not be converted to (?<type>\S+?)\.?$");
+        if (!converted.Success) return "not valid JSON: " + first.TrimEnd('.');
+        string type = converted.Groups["type"].Value;
+        string inner = System.Text.RegularExpressions.Regex.Match(type, @"^System\.Nullable`1\[(?<t>.*)\]$") is { Success: true } n ? n.Groups["t"].Value : type;
+        return "expected " + inner switch
+        {
+            "System.Int32" or "System.Int64" => "a whole number",
+            "System.Double" or "System.Single" => "a number",
+            "System.String" => "text",
+            "System.Boolean" => "true or false",
+            _ when inner.Contains("List`1") || inner.EndsWith("[]", StringComparison.Ordinal) => "a list",
+            _ when inner.Contains("Dictionary`2") || inner.StartsWith("XrayVL.", StringComparison.Ordinal) => "an object",
+            _ => "another kind of value",
+        };
+    }
+
+    /// <summary>" at $.stages[0].steps (line 3)" for a JSON error, or "" when it has no place.</summary>
+    public static string Where(JsonException e) =>
+        (e.Path is { Length: > 1 } p ? $" at {p}" : "") + (e.LineNumber is { } line ? $" (line {line + 1})" : "");
+
     /// <summary>Compact variant for one-object-per-line files (JSONL).</summary>
     public static readonly JsonSerializerOptions Line = new(Options) { WriteIndented = false };
 
@@ -67,9 +99,6 @@ public static class Json
         }
     }
 
-    private static XrayVLException Invalid(string path, string what, JsonException e)
-    {
-        string where = e.Path is { Length: > 1 } p ? $" at {p}" : "";
-        return new XrayVLException($"{path}: not a valid {what}{where} (not valid JSON: {e.Message.Split('\n')[0]})", e);
-    }
+    private static XrayVLException Invalid(string path, string what, JsonException e) =>
+        new($"{path}: not a valid {what}{Where(e)}: {Problem(e)}", e);
 }

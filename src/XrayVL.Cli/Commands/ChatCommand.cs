@@ -41,14 +41,33 @@ public static class ChatCommand
             };
 
             io.Err.WriteLine($"XrayVL chat — model {loaded.Name}. {App.DisclaimerIn(parse.GetValue(lang)!)}");
-            io.Err.WriteLine(Help);
+            io.Err.WriteLine(Help + "; Ctrl-C stops an answer, and at the prompt ends the chat");
+            // Ctrl-C while an answer is written stops that answer (the question is dropped, the conversation goes on);
+            // at the prompt it ends the chat.
+            using var session_ = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            CancellationTokenSource? answering = null;
+            using var interrupts = io.Interrupts.Handle(() =>
+            {
+                var current = Volatile.Read(ref answering);
+                if (current is not null) current.Cancel();
+                else session_.Cancel();
+                return true;
+            });
             while (true)
             {
-                cancel.ThrowIfCancellationRequested();
                 io.Out.Write("you> ");
                 io.Out.Flush();
                 // TextReader.ReadLineAsync ignores the token on a console: wait on the read so Ctrl-C ends the chat at once.
-                string? line = await Task.Run(io.In.ReadLine, CancellationToken.None).WaitAsync(cancel);
+                string? line;
+                try
+                {
+                    line = await Task.Run(io.In.ReadLine, CancellationToken.None).WaitAsync(session_.Token);
+                }
+                catch (OperationCanceledException) when (!cancel.IsCancellationRequested)
+                {
+                    io.Out.WriteLine();
+                    break;
+                }
                 if (line is null) break;                                      // end of input
                 line = line.Trim();
                 if (line.Length == 0) continue;
@@ -58,9 +77,10 @@ public static class ChatCommand
                     continue;
                 }
                 IAsyncEnumerable<string> answer;
+                using var thisAnswer = CancellationTokenSource.CreateLinkedTokenSource(cancel);
                 try
                 {
-                    answer = session.AskAsync(line, options, cancel);
+                    answer = session.AskAsync(line, options, thisAnswer.Token);
                 }
                 catch (XrayVLException e)
                 {
@@ -68,6 +88,7 @@ public static class ChatCommand
                     if (session.Messages.Count > 0) io.Err.WriteLine("(/clear starts a new conversation)");
                     continue;
                 }
+                Volatile.Write(ref answering, thisAnswer);
                 io.Out.Write("xrayvl> ");
                 try
                 {
@@ -80,6 +101,15 @@ public static class ChatCommand
                 catch (XrayVLException e)
                 {
                     io.Err.WriteLine($"error: {e.Message}");
+                }
+                catch (OperationCanceledException) when (thisAnswer.IsCancellationRequested && !cancel.IsCancellationRequested)
+                {
+                    io.Out.WriteLine();
+                    io.Err.Write("(answer stopped; that question is not kept in the conversation)");
+                }
+                finally
+                {
+                    Volatile.Write(ref answering, null);
                 }
                 io.Out.WriteLine();
             }

@@ -18,19 +18,19 @@ public static class CommonOptions
 
     public static Option<bool> Json(string description = "Print JSON instead of text") => new("--json") { Description = description };
 
-    public static Option<int> MaxTokens() => new("--max-tokens")
+    public static Option<int> MaxTokens() => new Option<int>("--max-tokens")
     {
         Description = "Longest answer in tokens",
         DefaultValueFactory = _ => 256,
-    };
+    }.AtLeast(1);
 
     public static Option<int?> Seed() => new("--seed") { Description = "Seed for sampling (reproducible answers)" };
 
-    public static Option<double> Temperature() => new("--temperature")
+    public static Option<double> Temperature() => new Option<double>("--temperature")
     {
         Description = "0 = greedy (default); above 0 samples with this temperature",
         DefaultValueFactory = _ => 0.0,
-    };
+    }.AtLeast(0.0);
 
     /// <summary>`--dtype`: how weights are held for inference (see WeightFormats); fp32 by default.</summary>
     public static Option<string> DType() => new Option<string>("--dtype")
@@ -38,4 +38,30 @@ public static class CommonOptions
         Description = "Weights for inference: fp32 (default), bf16, or int8 (bf16 with Q8_0 int8 decoder linears)",
         DefaultValueFactory = _ => "fp32",
     }.AcceptOnlyFromAmong("fp32", "bf16", "int8");
+
+    /// <summary>A list option that takes its values space- or comma-separated alike (`--tasks report vqa`,
+    /// `--tasks report,vqa`, `--tasks report, vqa`); read it with <see cref="Values"/>.</summary>
+    public static Option<string[]> List(string name, string description, string[] defaults) => new(name)
+    {
+        Description = description + " (space- or comma-separated)",
+        DefaultValueFactory = _ => defaults,
+        AllowMultipleArgumentsPerToken = true,
+    };
+
+    /// <summary>The values of a <see cref="List"/> option: each token split at commas, trimmed, empty ones dropped.</summary>
+    public static string[] Values(ParseResult parse, Option<string[]> option) =>
+        [.. (parse.GetValue(option) ?? []).SelectMany(v => v.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))];
+
+    /// <summary>Refuses values below <paramref name="minimum"/> at parse time, naming the flag (not the setting it feeds).</summary>
+    public static Option<T> AtLeast<T>(this Option<T> option, T minimum) where T : struct, IComparable<T>
+    {
+        option.Validators.Add(result =>
+        {
+            T value;
+            try { value = result.GetValueOrDefault<T>(); }
+            catch (InvalidOperationException) { return; }   // not a number at all: the parser reports that itself
+            if (value.CompareTo(minimum) < 0) result.AddError($"{option.Name} must be at least {minimum} (got {value})");
+        });
+        return option;
+    }
 }

@@ -54,15 +54,18 @@ public static class DataCommand
         var manifest = new Argument<string>("manifest") { Description = "manifest.jsonl from `xrayvl data build`" };
         var output = new Option<string>("--out", "-o") { Description = "Output JSONL of conversations", Required = true };
         var seed = new Option<int>("--seed") { Description = "Seed for phrasings and question choice", DefaultValueFactory = _ => 0 };
-        var languages = new Option<string[]>("--languages") { Description = "Conversation languages", DefaultValueFactory = _ => ["en", "zh"], AllowMultipleArgumentsPerToken = true };
-        var tasks = new Option<string[]>("--tasks") { Description = $"Tasks: {string.Join(", ", Instructions.Tasks)}", DefaultValueFactory = _ => [.. Instructions.Tasks], AllowMultipleArgumentsPerToken = true };
+        var languages = CommonOptions.List("--languages", "Conversation languages: en, zh", ["en", "zh"]);
+        var tasks = CommonOptions.List("--tasks", $"Tasks: {string.Join(", ", Instructions.Tasks)}", [.. Instructions.Tasks]);
         var command = new Command("instructions", "Build training conversations (report, VQA, findings, grounding, multi-turn) from a manifest")
             { manifest, output, seed, languages, tasks };
         command.SetAction(parse =>
         {
-            var unknown = parse.GetValue(tasks)!.Except(Instructions.Tasks).ToList();
-            if (unknown.Count > 0) throw new XrayVLException($"unknown task(s) {string.Join(", ", unknown)} (tasks: {string.Join(", ", Instructions.Tasks)})");
-            var options = new InstructionOptions { Seed = parse.GetValue(seed), Languages = parse.GetValue(languages)!, Tasks = parse.GetValue(tasks)! };
+            string[] taskNames = CommonOptions.Values(parse, tasks), languageNames = CommonOptions.Values(parse, languages);
+            var unknown = taskNames.Except(Instructions.Tasks).ToList();
+            if (unknown.Count > 0) throw new XrayVLException($"--tasks: unknown task(s) {string.Join(", ", unknown)} (tasks: {string.Join(", ", Instructions.Tasks)})");
+            var unknownLanguages = languageNames.Except(["en", "zh"]).ToList();
+            if (unknownLanguages.Count > 0) throw new XrayVLException($"--languages: unknown language(s) {string.Join(", ", unknownLanguages)} (en, zh)");
+            var options = new InstructionOptions { Seed = parse.GetValue(seed), Languages = languageNames, Tasks = taskNames };
             var summary = Instructions.BuildFile(parse.GetValue(manifest)!, parse.GetValue(output)!, options);
             io.Out.WriteLine(summary.ToTable());
             return 0;

@@ -14,11 +14,11 @@ public static class EvalCommand
         var dtype = CommonOptions.DType();
         var manifest = new Option<string>("--manifest") { Description = "manifest.jsonl from `xrayvl data build`", Required = true };
         var split = new Option<string>("--split") { Description = "Split to evaluate", DefaultValueFactory = _ => "test" };
-        var tasks = new Option<string?>("--tasks") { Description = "Comma-separated: report,vqa,classify,ground [default: all four; report with --without-images]" };
+        var tasks = CommonOptions.List("--tasks", "report, vqa, classify, ground [default: all four; report with --without-images]", []);
         var output = new Option<string>("--out", "-o") { Description = "Output folder: predictions.jsonl, metrics.json, report.md, plots", DefaultValueFactory = _ => "eval-out" };
-        var batch = new Option<int>("--batch-size") { Description = "Prompts generated together", DefaultValueFactory = _ => 8 };
+        var batch = new Option<int>("--batch-size") { Description = "Prompts generated together", DefaultValueFactory = _ => 8 }.AtLeast(1);
         var maxStudies = new Option<int?>("--max-studies") { Description = "Evaluate at most this many studies of the split" };
-        var beams = new Option<int>("--beams") { Description = "Beam width for reports (1 = greedy)", DefaultValueFactory = _ => 1 };
+        var beams = new Option<int>("--beams") { Description = "Beam width for reports (1 = greedy)", DefaultValueFactory = _ => 1 }.AtLeast(1);
         var withoutImages = new Option<bool>("--without-images")
         {
             Description = "Ask for reports with no image, on the studies of the split that have a report but none of whose image files is at hand (report task only): for report collections whose images are missing",
@@ -31,7 +31,8 @@ public static class EvalCommand
             var options = new EvalOptions
             {
                 Split = parse.GetValue(split)!,
-                Tasks = parse.GetValue(tasks) is { } named ? EvalTasks.Parse(named) : parse.GetValue(withoutImages) ? [EvalTasks.Report] : EvalTasks.All,
+                Tasks = CommonOptions.Values(parse, tasks) is { Length: > 0 } named ? EvalTasks.Parse(string.Join(',', named))
+                    : parse.GetValue(withoutImages) ? [EvalTasks.Report] : EvalTasks.All,
                 BatchSize = parse.GetValue(batch),
                 MaxStudies = parse.GetValue(maxStudies),
                 WithoutImages = parse.GetValue(withoutImages),

@@ -15,7 +15,7 @@ public static class ReportCommand
         var dtype = CommonOptions.DType();
         var lang = CommonOptions.Language();
         var json = CommonOptions.Json("Print one JSON object per image: image, report, language, labels, evidence, boxes, finish_reason, model, seconds, disclaimer");
-        var beams = new Option<int>("--beams") { Description = "Beam search width (1 = greedy; R2Gen uses 3)", DefaultValueFactory = _ => 1 };
+        var beams = new Option<int>("--beams") { Description = "Beam search width (1 = greedy; R2Gen uses 3)", DefaultValueFactory = _ => 1 }.AtLeast(1);
         var maxTokens = CommonOptions.MaxTokens();
         var command = new Command("report", "Write a report for each chest X-ray") { images, model, dtype, lang, json, beams, maxTokens };
         command.SetAction(async (parse, cancel) =>

@@ -34,7 +34,18 @@ public static class TrainCommand
             };
             io.Err.WriteLine($"training {recipe.Stages.Count} stage(s) from {parse.GetValue(config)} into {options.OutDir}; Ctrl-C saves a checkpoint and stops");
             var view = new TrainView(io);
-            TrainResult result = await view.RunAsync(progress => Trainer.Run(recipe, options, progress, cancel), cancel);
+            TrainResult result;
+            try
+            {
+                result = await view.RunAsync(progress => Trainer.Run(recipe, options, progress, cancel), cancel);
+            }
+            catch (OperationCanceledException) when (cancel.IsCancellationRequested)
+            {
+                // Ctrl-C: the trainer saved a checkpoint after the step it was on; say how to go on from there.
+                io.Err.WriteLine($"stopped. Continue from the last checkpoint with: xrayvl train --config {Quote(parse.GetValue(config)!)} " +
+                    $"--out {Quote(options.OutDir)} --resume");
+                return 130;
+            }
             io.Out.WriteLine($"model: {result.ModelDirectory}" + (result.BestDirectory is null ? "" : $"   best by validation loss: {result.BestDirectory}"));
             foreach (var s in result.Stages)
                 io.Out.WriteLine($"  {s.Name}: {s.Steps} steps in {s.Elapsed:hh\\:mm\\:ss} ({s.StepsPerSecond:0.00} steps/s, {s.TokensPerSecond:0} tokens/s), " +
@@ -44,11 +55,15 @@ public static class TrainCommand
         return command;
     }
 
+    /// <summary>A path as a shell reads it back: quoted when it holds anything but plain path characters.</summary>
+    public static string Quote(string path) =>
+        path.All(c => char.IsAsciiLetterOrDigit(c) || c is '/' or '.' or '_' or '-' or '~' or '$' or '{' or '}') ? path : "'" + path.Replace("'", "'\\''") + "'";
+
     /// <summary>
     /// Draws training events: a live Spectre progress bar (step, loss, tokens/s, ETA) on a terminal, plain lines otherwise
     /// (CI logs). Notes, evaluations and samples print between bars, since a live display cannot share the console.
     /// </summary>
-    private sealed class TrainView(CliIO io)
+    public sealed class TrainView(CliIO io)
     {
         private readonly object gate = new();
         private ProgressTask? bar;
@@ -61,7 +76,9 @@ public static class TrainCommand
             TrainResult result = null!;
             await io.Ui.Progress()
                 .AutoClear(false)
-                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                // One remaining time: the ETA in the description (from the trainer's step times, the same figure the
+                // plain log prints), not also Spectre's estimate from the bar's own rate.
+                .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn())
                 .StartAsync(async ctx =>
                 {
                     lock (gate) context = ctx;
@@ -129,8 +146,26 @@ public static class TrainCommand
 
         private void Line(string text)
         {
-            if (context != null) io.Ui.MarkupLine(Markup.Escape(text));
+            if (context != null) io.Ui.MarkupLine(Markup.Escape(Fit(text, io.Ui.Profile.Width)));
             else io.Err.WriteLine(text);
+        }
+
+        /// <summary>One terminal line: above a live bar, a line that wraps leaves its tail where the bar is redrawn, so
+        /// long lines (sample reports) end with "…" at the width of the terminal. Newlines inside become spaces.</summary>
+        public static string Fit(string text, int width)
+        {
+            text = text.ReplaceLineEndings(" ");
+            if (width < 8) return text;
+            var info = new System.Globalization.StringInfo(text);
+            int cells = 0, i = 0;
+            for (; i < info.LengthInTextElements; i++)
+            {
+                string element = info.SubstringByTextElements(i, 1);
+                int w = element.GetCellWidth();   // CJK characters take two cells
+                if (cells + w > width - 2) break;     // one cell for "…", one spare: a full line would wrap on some terminals
+                cells += w;
+            }
+            return i == info.LengthInTextElements ? text : info.SubstringByTextElements(0, i).TrimEnd() + "…";
         }
     }
 

@@ -10,28 +10,49 @@ using static TorchSharp.torch;
 
 namespace XrayVL.Benchmarks;
 
-/// <summary>One measured figure: what, how fast, in which unit, and the conditions that matter for reading it.</summary>
-public sealed record BenchFigure(string Name, double Value, string Unit, string Note = "");
-
-/// <summary>All figures of one run; ratios are computed from figures measured in this same run.</summary>
-public sealed record BenchReport(string Model, long Parameters, int Threads, IReadOnlyList<BenchFigure> Figures, IReadOnlyDictionary<string, double> Ratios)
+/// <summary>One measured figure: what, how fast (min / median / max of the repeats), in which unit, and the
+/// conditions that matter for reading it.</summary>
+public sealed record BenchFigure(string Name, Spread Range, string Unit, string Note = "")
 {
+    public double Value => Range.Median;
+}
+
+/// <summary>All figures of one run; ratios are computed from figures measured in this same run, each with the range
+/// its two figures' spreads allow (min of one over max of the other, and so on).</summary>
+public sealed record BenchReport(string Model, long Parameters, int Threads, IReadOnlyList<BenchFigure> Figures, IReadOnlyDictionary<string, Spread> Ratios)
+{
+    /// <summary>A figure whose repeats differ by more than this share of their median was measured on a busy machine:
+    /// its ratios can be off by as much, so the report says so.</summary>
+    public const double SpreadWarning = 0.25;
+
+    /// <summary>Figures whose (max − min) / median exceeds <see cref="SpreadWarning"/>.</summary>
+    public IReadOnlyList<BenchFigure> Unsteady => [.. Figures.Where(f => f.Range.Median > 0 && (f.Range.Max - f.Range.Min) / f.Range.Median > SpreadWarning)];
+
+    /// <summary>One line for stderr when some figures are unsteady, else null.</summary>
+    public string? Warning => Unsteady.Count == 0 ? null
+        : $"warning: {Unsteady.Count} of {Figures.Count} figures varied by more than {SpreadWarning * 100:0}% between repeats " +
+          $"(most: {Unsteady.MaxBy(f => (f.Range.Max - f.Range.Min) / f.Range.Median)!.Name}); the machine is busy or the repeats too few: " +
+          "read the ratios with their ranges, or rerun with more --repeats on an idle machine";
+
     public string ToMarkdown()
     {
         var sb = new StringBuilder();
-        sb.AppendLine($"Model `{Model}` ({Parameters:N0} parameters), {Threads} threads, medians after a warm-up.");
+        sb.AppendLine($"Model `{Model}` ({Parameters:N0} parameters), {Threads} threads, after a warm-up; min / **median** / max of the repeats.");
         sb.AppendLine();
-        sb.AppendLine("| figure | value | unit | note |");
-        sb.AppendLine("|---|---:|---|---|");
-        foreach (var f in Figures) sb.AppendLine($"| {f.Name} | {Format(f.Value)} | {f.Unit} | {f.Note} |");
+        sb.AppendLine("| figure | min / **median** / max | unit | note |");
+        sb.AppendLine("|---|---|---|---|");
+        foreach (var f in Figures) sb.AppendLine($"| {f.Name} | {f.Range} | {f.Unit} | {f.Note} |");
         sb.AppendLine();
-        sb.AppendLine("| ratio (same run) | value |");
-        sb.AppendLine("|---|---:|");
-        foreach (var (name, value) in Ratios) sb.AppendLine($"| {name} | {value:0.00}x |");
+        sb.AppendLine("| ratio (same run) | min / **median** / max |");
+        sb.AppendLine("|---|---|");
+        foreach (var (name, value) in Ratios) sb.AppendLine($"| {name} | {value} |");
+        if (Warning is { } warning)
+        {
+            sb.AppendLine();
+            sb.AppendLine($"**{warning}**");
+        }
         return sb.ToString();
     }
-
-    private static string Format(double v) => v >= 100 ? v.ToString("0") : v >= 10 ? v.ToString("0.0") : v.ToString("0.000");
 }
 
 /// <summary>
@@ -67,7 +88,7 @@ public static class Bench
         try
         {
             var figures = new List<BenchFigure>();
-            var ratios = new Dictionary<string, double>();
+            var ratios = new Dictionary<string, Spread>();
             var model = loaded.Model;
             var lm = model.LanguageModel;
             int maxContext = lm.Config.MaxPositionEmbeddings;
@@ -75,44 +96,45 @@ public static class Bench
             // 1. Image decode + preprocess (file bytes already in memory: this measures decoding, not the disk).
             log?.Invoke("image decode + preprocess");
             byte[] bytes = File.ReadAllBytes(sampleImage);
-            double decodeMs = Median(options.Repeats * 3, () => Time(() => Preprocess.ToArray(ImageFile.Decode(bytes, sampleImage), loaded.Preprocess)));
-            figures.Add(new("image decode + preprocess", 1000 / decodeMs, "images/s", $"{Path.GetFileName(sampleImage)} → {loaded.Preprocess.ImageSize}px"));
+            var decodeMs = Measure(options.Repeats * 3, () => Time(() => Preprocess.ToArray(ImageFile.Decode(bytes, sampleImage), loaded.Preprocess)));
+            figures.Add(new("image decode + preprocess", Per(1000, decodeMs), "images/s", $"{Path.GetFileName(sampleImage)} → {loaded.Preprocess.ImageSize}px"));
 
             // 2. Vision encoder + projector, batch 8.
             log?.Invoke("vision encoder");
             var pixels = Preprocess.Batch(Enumerable.Repeat(ImageFile.Decode(bytes, sampleImage), 8), loaded.Preprocess);
-            double visionMs32 = Median(options.Repeats, () => Time(() => { using var _ = no_grad(); model.EncodeImages(pixels).Dispose(); }));
-            figures.Add(new("vision encoder + projector (fp32)", 8000 / visionMs32, "images/s", "batch 8"));
+            var vision32 = Per(8000, Measure(options.Repeats, () => Time(() => { using var _ = no_grad(); model.EncodeImages(pixels).Dispose(); })));
+            figures.Add(new("vision encoder + projector (fp32)", vision32, "images/s", "batch 8"));
 
             // 3–4. Prefill and decoding at each context, fp32.
             var contexts = options.Contexts.Select(c => Math.Min(c, maxContext - 1)).Where(c => c > options.DecodeTokens).Distinct().ToArray();
             using var random = new torch.Generator(0);
-            var decode32 = new Dictionary<int, double>();
+            var decode32 = new Dictionary<int, Spread>();
             foreach (int context in contexts)
             {
                 log?.Invoke($"prefill and decoding at context {context} (fp32)");
                 using var ids = torch.randint(0, lm.Config.VocabSize, [1, context], ScalarType.Int64, generator: random);
-                double prefillMs = Median(options.Repeats, () => Prefill(lm, ids));
-                double cached = Median(options.Repeats, () => CachedDecode(lm, ids, options.DecodeTokens));
-                double recompute = Median(options.Repeats, () => RecomputeDecode(lm, ids, options.RecomputeTokens));
+                var prefillMs = Measure(options.Repeats, () => Prefill(lm, ids));
+                var cached = Measure(options.Repeats, () => CachedDecode(lm, ids, options.DecodeTokens));
+                var recompute = Measure(options.Repeats, () => RecomputeDecode(lm, ids, options.RecomputeTokens));
                 decode32[context] = cached;
-                figures.Add(new($"prefill, context {context} (fp32)", context * 1000 / prefillMs, "tokens/s"));
+                figures.Add(new($"prefill, context {context} (fp32)", Per(context * 1000.0, prefillMs), "tokens/s"));
                 figures.Add(new($"decode with KV cache, context {context} (fp32)", cached, "tokens/s"));
                 figures.Add(new($"decode by full recompute, context {context} (fp32)", recompute, "tokens/s"));
-                ratios[$"KV cache vs full recompute, context {context}"] = cached / recompute;
+                ratios[$"KV cache vs full recompute, context {context}"] = Ratio(cached, recompute);
             }
 
             // 5. Seconds per report, end to end: image file → decoded, encoded, prompted, generated, detokenised text.
             log?.Invoke("report end to end");
             var reportOptions = InferencePipeline.Decoding(loaded.Tokenizer) with { MaxNewTokens = options.ReportTokens };
             int reportTokens = 0;
-            double reportSeconds = Median(options.Repeats, () => Time(() =>
+            var reportMs = Measure(options.Repeats, () => Time(() =>
             {
                 var session = new ChatSession(new InferencePipeline(loaded), "en");
                 session.AddImage(ImageFile.Load(sampleImage));
                 string report = session.AskAllAsync(InstructionPhrases.ReportRequest("en"), reportOptions).GetAwaiter().GetResult();
                 reportTokens = loaded.Tokenizer.Encode(report).Length;
-            })) / 1000;
+            }));
+            var reportSeconds = new Spread(reportMs.Min / 1000, reportMs.Median / 1000, reportMs.Max / 1000);
             figures.Add(new("report end to end (fp32)", reportSeconds, "s/report", $"greedy, {reportTokens} tokens written, at most {options.ReportTokens}"));
 
             // 6. Achieved GFLOP/s of the forward pass (prefill at the longest context) vs a plain matmul.
@@ -121,11 +143,11 @@ public static class Bench
             using (var ids = torch.randint(0, lm.Config.VocabSize, [1, longest], ScalarType.Int64, generator: random))
             {
                 log?.Invoke("forward GFLOP/s vs matmul (fp32)");
-                double forwardGflops = flops / (Median(options.Repeats, () => Prefill(lm, ids)) / 1000) / 1e9;
-                double matmulGflops = MatmulGflops(ScalarType.Float32, options.Repeats);
+                var forwardGflops = Per(flops / 1e6, Measure(options.Repeats, () => Prefill(lm, ids)));
+                var matmulGflops = MatmulGflopsSpread(ScalarType.Float32, options.Repeats);
                 figures.Add(new($"LM forward, context {longest} (fp32)", forwardGflops, "GFLOP/s", $"{flops / 1e9:0.00} GFLOP per pass"));
                 figures.Add(new("plain 2048² matmul (fp32)", matmulGflops, "GFLOP/s"));
-                ratios["LM forward vs plain matmul (fp32)"] = forwardGflops / matmulGflops;
+                ratios["LM forward vs plain matmul (fp32)"] = Ratio(forwardGflops, matmulGflops);
 
                 if (options.IncludeBf16)
                 {
@@ -134,23 +156,22 @@ public static class Bench
                     try
                     {
                         var pixels16 = pixels.to(ScalarType.BFloat16);
-                        double visionMs16 = Median(options.Repeats, () => Time(() => { using var _ = no_grad(); model.EncodeImages(pixels16).Dispose(); }));
-                        figures.Add(new("vision encoder + projector (bf16)", 8000 / visionMs16, "images/s", "batch 8"));
-                        ratios["vision encoder bf16 vs fp32"] = visionMs32 / visionMs16;
-                        double prefill16 = Median(options.Repeats, () => Prefill(lm, ids));
-                        double forward16 = flops / (prefill16 / 1000) / 1e9;
+                        var vision16 = Per(8000, Measure(options.Repeats, () => Time(() => { using var _ = no_grad(); model.EncodeImages(pixels16).Dispose(); })));
+                        figures.Add(new("vision encoder + projector (bf16)", vision16, "images/s", "batch 8"));
+                        ratios["vision encoder bf16 vs fp32"] = Ratio(vision16, vision32);
+                        var forward16 = Per(flops / 1e6, Measure(options.Repeats, () => Prefill(lm, ids)));
                         figures.Add(new($"LM forward, context {longest} (bf16)", forward16, "GFLOP/s"));
-                        ratios[$"LM forward bf16 vs fp32, context {longest}"] = forward16 / forwardGflops;
+                        ratios[$"LM forward bf16 vs fp32, context {longest}"] = Ratio(forward16, forwardGflops);
                         foreach (int context in contexts)
                         {
                             using var ctxIds = torch.randint(0, lm.Config.VocabSize, [1, context], ScalarType.Int64, generator: random);
-                            double cached16 = Median(options.Repeats, () => CachedDecode(lm, ctxIds, options.DecodeTokens));
+                            var cached16 = Measure(options.Repeats, () => CachedDecode(lm, ctxIds, options.DecodeTokens));
                             figures.Add(new($"decode with KV cache, context {context} (bf16)", cached16, "tokens/s"));
-                            ratios[$"decode bf16 vs fp32, context {context}"] = cached16 / decode32[context];
+                            ratios[$"decode bf16 vs fp32, context {context}"] = Ratio(cached16, decode32[context]);
                         }
-                        double matmul16 = MatmulGflops(ScalarType.BFloat16, options.Repeats);
+                        var matmul16 = MatmulGflopsSpread(ScalarType.BFloat16, options.Repeats);
                         figures.Add(new("plain 2048² matmul (bf16)", matmul16, "GFLOP/s"));
-                        ratios["plain matmul bf16 vs fp32"] = matmul16 / matmulGflops;
+                        ratios["plain matmul bf16 vs fp32"] = Ratio(matmul16, matmulGflops);
                     }
                     finally
                     {
@@ -180,14 +201,28 @@ public static class Bench
         return c.NumHiddenLayers * perLayer + 2 * d * c.VocabSize;
     }
 
-    public static double MatmulGflops(ScalarType dtype, int repeats, int n = 2048)
+    public static double MatmulGflops(ScalarType dtype, int repeats, int n = 2048) => MatmulGflopsSpread(dtype, repeats, n).Median;
+
+    public static Spread MatmulGflopsSpread(ScalarType dtype, int repeats, int n = 2048)
     {
         using var scope = NewDisposeScope();
         var a = randn(n, n).to(dtype);
         var b = randn(n, n).to(dtype);
-        double ms = Median(repeats, () => Time(() => torch.matmul(a, b).Dispose()));
-        return 2.0 * n * n * n / (ms / 1000) / 1e9;
+        return Per(2.0 * n * n * n / 1e6, Measure(repeats, () => Time(() => torch.matmul(a, b).Dispose())));
     }
+
+    /// <summary>Runs once to warm up, then <paramref name="repeats"/> times: min, median and max of the measured values.</summary>
+    public static Spread Measure(int repeats, Func<double> measure)
+    {
+        measure();
+        return Spread.Of(Enumerable.Range(0, Math.Max(1, repeats)).Select(_ => measure()));
+    }
+
+    /// <summary>A rate from durations: <paramref name="work"/> ÷ each, so the longest duration gives the lowest rate.</summary>
+    public static Spread Per(double work, Spread durations) => new(work / durations.Max, work / durations.Median, work / durations.Min);
+
+    /// <summary>a ÷ b, with the range the two spreads allow.</summary>
+    public static Spread Ratio(Spread a, Spread b) => new(a.Min / b.Max, a.Median / b.Median, a.Max / b.Min);
 
     /// <summary>Milliseconds to prefill the whole context (last-position logits only, as generation does).</summary>
     public static double Prefill(LanguageModel model, Tensor ids)

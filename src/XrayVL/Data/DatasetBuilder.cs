@@ -51,6 +51,21 @@ public static class DatasetBuilder
         // MIMIC reads its own split CSV; for the other sources a split file is an R2Gen-style annotation.json.
         var result = source.Read(sourceName == "mimic" ? options : options with { SplitFile = null });
         List<Study> studies = result.Studies;
+        // Nothing to write is a failed build, not an empty manifest with a split method to claim.
+        if (studies.Count == 0)
+        {
+            string why = result.Records == 0 ? "it holds no records"
+                : result.ImagesChecked && result.MissingImages > 0
+                    ? $"none of its {result.Records} records has an image in {options.Images} (looked for e.g. " +
+                      $"{string.Join(", ", result.MissingImageExamples.Take(3))}); check --images, or keep such studies with --keep-missing-images"
+                    : $"none of its {result.Records} records has a report";
+            // R2Gen's IU images are its own PNG export ({images}/CXR2384_IM-0942/0.png), which no other layout names.
+            string hint = sourceName == "r2gen" && result.MissingImages > 0
+                ? ". R2Gen's annotation expects R2Gen's image export ({images}/ID/0.png); for IU images in another layout, build with " +
+                  "--source iu-csv --split-file ANNOTATION.json, which keeps the annotation's official split"
+                : "";
+            throw new XrayVLException($"{options.Input}: no studies to write: {why}{hint}");
+        }
 
         string method;
         if (options.SplitFile != null && sourceName != "mimic")

@@ -45,6 +45,10 @@ public sealed record DicomDataset
     public DicomLut? ModalityLut { get; init; }
     /// <summary>VOI LUT Sequence (0028,3010), used when the file gives no window.</summary>
     public DicomLut? VoiLut { get; init; }
+    /// <summary>Float (32-bit) or Double Float (64-bit) Pixel Data (7FE0,0008 / 0009) rather than integer samples.</summary>
+    public bool FloatPixels { get; init; }
+    /// <summary>The colour LUTs of a PALETTE COLOR image.</summary>
+    public DicomPalette? Palette { get; init; }
 
     public bool Signed => PixelRepresentation == 1;
 }
@@ -60,13 +64,13 @@ public sealed record DicomLut(int First, int Bits, int[] Data)
 /// The project's own DICOM reader (PS3.5 / PS3.10): a Part-10 file (128-byte preamble, "DICM", group-0002 meta in
 /// explicit VR little endian) or a bare data set; transfer syntaxes implicit VR little endian (1.2.840.10008.1.2),
 /// explicit VR little endian (1.2.840.10008.1.2.1), deflated explicit VR little endian, explicit VR big endian, RLE
-/// lossless, and the JPEG processes of <see cref="JpegDecoder"/> (baseline, 12-bit extended, lossless); JPEG 2000 and
-/// JPEG-LS are refused with their names. Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
+/// lossless, the JPEG processes of <see cref="JpegDecoder"/> (baseline, 12-bit extended, lossless), JPEG-LS
+/// (<see cref="CharLs"/>) and JPEG 2000 (<see cref="OpenJpeg"/>); others are refused with their names. Sequences of defined or undefined length are skipped; only a fixed set of image attributes is
 /// read, so patient-identifying values are never decoded, kept, printed or put in an exception message.
 /// Rendering: stored value → mask to BitsStored (→ sign) → rescale slope/intercept → VOI window (the file's, else a
 /// robust 0.5–99.5 percentile window) → [0, 1] → inverted for MONOCHROME1. The first frame is used.
 /// </summary>
-public static class Dicom
+public static partial class Dicom
 {
     public const string ImplicitVrLittleEndian = "1.2.840.10008.1.2";
     public const string ExplicitVrLittleEndian = "1.2.840.10008.1.2.1";
@@ -79,7 +83,8 @@ public static class Dicom
     public const string RleLossless = "1.2.840.10008.1.2.5";
 
     /// <summary>Transfer syntaxes whose pixel data are encapsulated fragments this reader decodes.</summary>
-    private static readonly HashSet<string> EncapsulatedSyntaxes = [JpegBaseline, JpegExtended, JpegLossless, JpegLosslessSv1, RleLossless];
+    private static readonly HashSet<string> EncapsulatedSyntaxes =
+        [JpegBaseline, JpegExtended, JpegLossless, JpegLosslessSv1, RleLossless, JpegLsLossless, JpegLsNearLossless, Jpeg2000Lossless, Jpeg2000];
 
     private const uint Undefined = 0xFFFFFFFF;
     private const uint ItemTag = 0xFFFEE000, ItemDelimitationTag = 0xFFFEE00D, SequenceDelimitationTag = 0xFFFEE0DD;
@@ -112,6 +117,13 @@ public static class Dicom
         [0x00281052] = "RescaleIntercept",
         [0x00281053] = "RescaleSlope",
         [0x00281056] = "VOILUTFunction",
+        [RedDescriptorTag] = "RedPaletteColorLookupTableDescriptor",
+        [GreenDescriptorTag] = "GreenPaletteColorLookupTableDescriptor",
+        [BlueDescriptorTag] = "BluePaletteColorLookupTableDescriptor",
+        [RedDataTag] = "RedPaletteColorLookupTableData",
+        [GreenDataTag] = "GreenPaletteColorLookupTableData",
+        [BlueDataTag] = "BluePaletteColorLookupTableData",
+        [SegmentedRedDataTag] = "SegmentedRedPaletteColorLookupTableData",
     };
 
     private static readonly HashSet<string> ValueRepresentations =
@@ -126,10 +138,6 @@ public static class Dicom
     /// <summary>Standard syntaxes without a decoder here (see docs/images.md for why), named in the refusal.</summary>
     private static readonly Dictionary<string, string> UnsupportedSyntaxes = new()
     {
-        ["1.2.840.10008.1.2.4.80"] = "JPEG-LS Lossless",
-        ["1.2.840.10008.1.2.4.81"] = "JPEG-LS Near-Lossless",
-        ["1.2.840.10008.1.2.4.90"] = "JPEG 2000 Lossless",
-        ["1.2.840.10008.1.2.4.91"] = "JPEG 2000",
         ["1.2.840.10008.1.2.4.92"] = "JPEG 2000 Part 2 Lossless",
         ["1.2.840.10008.1.2.4.93"] = "JPEG 2000 Part 2",
         ["1.2.840.10008.1.2.4.201"] = "HTJ2K Lossless",
@@ -175,9 +183,15 @@ public static class Dicom
             byte[] native = Rle.DecodeFrame(FirstFrameBytes(data, pixelData, ds.NumberOfFrames, isFrameStart: null), ds, name, limits);
             var nativeData = new PixelData(0, native.Length, null, null, 0);
             var nativeDs = ds with { PlanarConfiguration = 0, BigEndian = false };
-            pixels = ds.SamplesPerPixel == 1
-                ? DicomRendering.Monochrome(ReadStoredValues(native, nativeData, nativeDs), nativeDs, DicomRendering.MinStored(ds), DicomRendering.MaxStored(ds))
-                : RenderColour(native, nativeData, nativeDs);
+            pixels = ds.SamplesPerPixel != 1 ? RenderColour(native, nativeData, nativeDs)
+                : ds.Palette is { } palette ? RenderPalette(ReadStoredValues(native, nativeData, nativeDs), palette)
+                : DicomRendering.Monochrome(ReadStoredValues(native, nativeData, nativeDs), nativeDs, DicomRendering.MinStored(ds), DicomRendering.MaxStored(ds));
+        }
+        else if (IsNativeCodec(ds.TransferSyntaxUid))
+        {
+            var frame = DecodeNativeCodecFrame(data, pixelData, ds, name, limits);
+            (width, height, bitDepth) = (frame.Width, frame.Height, frame.Precision);
+            pixels = RenderNativeCodecFrame(frame, ds);
         }
         else if (ds.Encapsulated)
         {
@@ -204,9 +218,16 @@ public static class Dicom
                 data = swapped;
                 pixelData = pixelData with { Offset = 0 };
             }
-            pixels = ds.SamplesPerPixel == 1
-                ? DicomRendering.Monochrome(ReadStoredValues(data, pixelData, ds), ds, DicomRendering.MinStored(ds), DicomRendering.MaxStored(ds))
-                : RenderColour(data, pixelData, ds);
+            pixels = (ds.SamplesPerPixel, ds.BitsAllocated) switch
+            {
+                (1, _) when IsWide(ds) => RenderWide(ReadWideValues(data, pixelData, ds), ds),
+                (1, 1) => DicomRendering.Monochrome(ReadBitValues(data, pixelData, ds), ds, 0, 1),
+                (1, _) when ds.Palette is { } palette => RenderPalette(ReadStoredValues(data, pixelData, ds), palette),
+                (1, _) => DicomRendering.Monochrome(ReadStoredValues(data, pixelData, ds), ds, DicomRendering.MinStored(ds), DicomRendering.MaxStored(ds)),
+                (_, 32) => RenderWideColour(data, pixelData, ds),
+                _ when ds.PhotometricInterpretation is "YBR_FULL" or "YBR_FULL_422" => RenderYbrLuma(data, pixelData, ds),
+                _ => RenderColour(data, pixelData, ds),
+            };
         }
         var source = new ImageSourceInfo(ImageFormat.Dicom, bitDepth, ds.SamplesPerPixel, ds.ViewPosition, ds.Modality);
         return new GrayImage(width, height, pixels, source);
@@ -225,10 +246,11 @@ public static class Dicom
             byte[] native = Rle.DecodeFrame(FirstFrameBytes(data, pixelData, ds.NumberOfFrames, null), ds, name, limits);
             return ReadStoredValues(native, new PixelData(0, native.Length, null, null, 0), ds with { BigEndian = false });
         }
+        if (IsNativeCodec(ds.TransferSyntaxUid)) return StoredValuesOf(DecodeNativeCodecFrame(data, pixelData, ds, name, limits), ds).Stored;
         if (ds.Encapsulated)
             return StoredValuesOfJpeg(Jpeg.DecodeFrame(FirstFrameBytes(data, pixelData, ds.NumberOfFrames, f => Jpeg.HasSignature(f)), name, limits), ds);
         CheckFrameLength(pixelData, ds, name);
-        return ReadStoredValues(data, pixelData, ds);
+        return ds.BitsAllocated == 1 ? ReadBitValues(data, pixelData, ds) : ReadStoredValues(data, pixelData, ds);
     }
 
     /// <summary>Monochrome stored values from a JPEG frame: lossless samples are the stored bit patterns (sign-extended
@@ -289,7 +311,7 @@ public static class Dicom
         bool native = transferSyntax is ImplicitVrLittleEndian or ExplicitVrLittleEndian or ExplicitVrBigEndian or DeflatedExplicitVrLittleEndian;
         if (!encapsulated && !native)
             throw new XrayVLException($"{name}: DICOM transfer syntax {DescribeSyntax(transferSyntax)} is not supported " +
-                "(supported: uncompressed little or big endian, deflated, RLE lossless, JPEG baseline, 12-bit extended and lossless; see docs/images.md)");
+                "(supported: uncompressed little or big endian, deflated, RLE lossless, JPEG baseline, 12-bit extended and lossless, JPEG-LS, JPEG 2000; see docs/images.md)");
         byte[]? inflated = null;
         if (transferSyntax == DeflatedExplicitVrLittleEndian)
         {
@@ -311,8 +333,22 @@ public static class Dicom
                 break;
             }
             if (h.Tag is FloatPixelDataTag or DoubleFloatPixelDataTag)
-                throw Invalid(name, "floating-point pixel data (a parametric map, not a radiograph) is not supported");
-            if (h.Tag >> 16 == 0xFFFE) throw Corrupt(name, start, $"item or delimiter ({Tag(h.Tag)}) outside a sequence");
+            {
+                // Parametric maps: IEEE floats, always native (PS3.5 A.4 allows no compression of them).
+                pixelData = ReadPixelData(data, ref pos, h.Length, encapsulated: false, name, start, h.Vr);
+                values[FloatPixelsMarker] = [h.Tag == DoubleFloatPixelDataTag ? (byte)64 : (byte)32];
+                break;
+            }
+            if (h.Tag >> 16 == 0xFFFE)
+            {
+                // An item of defined length whose sequence header an encoder left out (seen in ultrasound exports):
+                // its content is a nested data set, none of it wanted, so it is skipped as pydicom and DCMTK do.
+                // Anything else here (a delimiter, an item of undefined length) leaves the structure unknowable.
+                if (h.Tag != ItemTag || h.Length == Undefined) throw Corrupt(name, start, $"item or delimiter ({Tag(h.Tag)}) outside a sequence");
+                CheckFits(data, pos, h.Length, name, start);
+                pos += (int)h.Length;
+                continue;
+            }
             if (h.Tag is ModalityLutSequenceTag or VoiLutSequenceTag)
             {
                 var lut = ReadLutSequence(data, pos, h.Length, explicitVr && h.Vr != "UN", big, name);
@@ -328,7 +364,7 @@ public static class Dicom
             CheckFits(data, pos, h.Length, name, start);
             if (Wanted.TryGetValue(h.Tag, out string? attribute))
             {
-                if (h.Length > MaxWantedValueLength) throw Corrupt(name, start, $"{attribute} {Tag(h.Tag)} is {h.Length} bytes long");
+                if (h.Length > MaxValueLength(h.Tag)) throw Corrupt(name, start, $"{attribute} {Tag(h.Tag)} is {h.Length} bytes long");
                 values[h.Tag] = data.Slice(pos, (int)h.Length).ToArray();
             }
             pos += (int)h.Length;
@@ -560,10 +596,11 @@ public static class Dicom
         int rows = UShort(v, 0x00280010, name) ?? throw Missing(name, "Rows (0028,0010)");
         int columns = UShort(v, 0x00280011, name) ?? throw Missing(name, "Columns (0028,0011)");
         int samplesPerPixel = UShort(v, 0x00280002, name) ?? 1;
-        int bitsAllocated = UShort(v, 0x00280100, name) ?? (encapsulated ? 8 : throw Missing(name, "BitsAllocated (0028,0100)"));
-        int bitsStored = UShort(v, 0x00280101, name) ?? bitsAllocated;
-        int highBit = UShort(v, 0x00280102, name) ?? bitsStored - 1;
-        int pixelRepresentation = UShort(v, 0x00280103, name) ?? 0;
+        int floatBits = v.TryGetValue(FloatPixelsMarker, out var floatMarker) ? floatMarker[0] : 0;
+        int bitsAllocated = floatBits > 0 ? floatBits : UShort(v, 0x00280100, name) ?? (encapsulated ? 8 : throw Missing(name, "BitsAllocated (0028,0100)"));
+        int bitsStored = floatBits > 0 ? floatBits : UShort(v, 0x00280101, name) ?? bitsAllocated;
+        int highBit = floatBits > 0 ? floatBits - 1 : UShort(v, 0x00280102, name) ?? bitsStored - 1;
+        int pixelRepresentation = floatBits > 0 ? 0 : UShort(v, 0x00280103, name) ?? 0;
         int planar = UShort(v, 0x00280006, name) ?? 0;
         string? photometric = CodeString(v, 0x00280004);
         int frames = (int)Math.Round(Number(v, 0x00280008, "NumberOfFrames (0028,0008)", name) ?? 1);
@@ -576,7 +613,12 @@ public static class Dicom
         if (rows == 0 || columns == 0) throw Invalid(name, $"image size {columns}×{rows}");
         if (samplesPerPixel is not (1 or 3)) throw Invalid(name, $"SamplesPerPixel {samplesPerPixel} (1 or 3 supported)");
         bool rle = transferSyntax == RleLossless;
-        if ((!encapsulated || rle) && bitsAllocated is not (8 or 16)) throw Invalid(name, $"BitsAllocated {bitsAllocated} (8 or 16 supported)");
+        // Native samples: 1 bit (segmentation masks, monochrome only), 8, 16 or 32 bits; floats 32 or 64; RLE 8 or 16.
+        bool bitsSupported = rle ? bitsAllocated is 8 or 16
+            : floatBits > 0 ? samplesPerPixel == 1
+            : bitsAllocated is 8 or 16 or 32 || (bitsAllocated == 1 && samplesPerPixel == 1);
+        if ((!encapsulated || rle) && !bitsSupported)
+            throw Invalid(name, $"BitsAllocated {bitsAllocated}{(floatBits > 0 ? " float" : "")} with {samplesPerPixel} sample(s) per pixel (1, 8, 16 or 32 supported; 1 for monochrome only)");
         if (bitsStored < 1 || bitsStored > bitsAllocated) throw Invalid(name, $"BitsStored {bitsStored} with BitsAllocated {bitsAllocated}");
         if (highBit < bitsStored - 1 || highBit >= bitsAllocated) throw Invalid(name, $"HighBit {highBit} with BitsStored {bitsStored}");
         if (pixelRepresentation is not (0 or 1)) throw Invalid(name, $"PixelRepresentation {pixelRepresentation}");
@@ -585,9 +627,14 @@ public static class Dicom
         photometric ??= samplesPerPixel == 1 ? "MONOCHROME2" : "RGB";
         // Only standard terms are echoed in messages: whatever else a corrupt file put there stays unprinted.
         string shown = Array.IndexOf(KnownPhotometric, photometric) >= 0 ? photometric : "(unrecognised value)";
+        // PALETTE COLOR needs exact indices: native, RLE, JPEG-LS or JPEG 2000 stored values (not JPEG's decoded samples).
+        bool nativeCodec = IsNativeCodec(transferSyntax);
+        bool paletteOk = (!encapsulated || rle || nativeCodec) && floatBits == 0 && bitsAllocated is 8 or 16;
         bool supported = samplesPerPixel == 1
-            ? photometric is "MONOCHROME1" or "MONOCHROME2"
-            : photometric == "RGB" || (encapsulated && !rle && photometric is "YBR_FULL" or "YBR_FULL_422");
+            ? photometric is "MONOCHROME1" or "MONOCHROME2" || (photometric == "PALETTE COLOR" && paletteOk)
+            : photometric == "RGB" || (encapsulated && !rle && !nativeCodec && photometric is "YBR_FULL" or "YBR_FULL_422")
+              || (IsJpeg2000(transferSyntax) && photometric is "YBR_RCT" or "YBR_ICT")
+              || (!encapsulated && bitsAllocated is 8 or 16 && photometric is "YBR_FULL" or "YBR_FULL_422");
         if (!supported) throw Invalid(name, $"PhotometricInterpretation {shown} with {samplesPerPixel} sample(s) per pixel is not supported");
         // A window needs a positive width (LINEAR: at least 1); otherwise the percentile window is used.
         bool windowUsable = center is { } c && width is { } w && double.IsFinite(c) && double.IsFinite(w) && (voiFunction == "LINEAR" ? w >= 1 : w > 0);
@@ -616,6 +663,8 @@ public static class Dicom
             Modality = CodeString(v, 0x00080060),
             BigEndian = v.ContainsKey(BigEndianMarker),
             Padding = PaddingRange(v, pixelRepresentation == 1, name),
+            FloatPixels = floatBits > 0,
+            Palette = photometric == "PALETTE COLOR" ? ReadPalette(v, pixelRepresentation == 1, name) : null,
         };
     }
 
@@ -632,8 +681,10 @@ public static class Dicom
 
     /// <summary>A key no element has (group FFFF is invalid), set in the value map of a big-endian data set.</summary>
     private const uint BigEndianMarker = 0xFFFFFFFF;
+    /// <summary>Likewise, set to 32 or 64 when the pixel data are Float or Double Float Pixel Data.</summary>
+    private const uint FloatPixelsMarker = 0xFFFFFFFE;
 
-    private static long FrameBytes(DicomDataset ds) => (long)ds.Rows * ds.Columns * ds.SamplesPerPixel * (ds.BitsAllocated / 8);
+    private static long FrameBytes(DicomDataset ds) => ((long)ds.Rows * ds.Columns * SamplesStored(ds) * ds.BitsAllocated + 7) / 8;
 
     private static void CheckFrameLength(PixelData p, DicomDataset ds, string name)
     {

@@ -16,7 +16,8 @@ public static class Charts
     private static readonly SKColor[] Palette =
         [new(0x1f, 0x77, 0xb4), new(0xff, 0x7f, 0x0e), new(0x2c, 0xa0, 0x2c), new(0xd6, 0x27, 0x28), new(0x94, 0x67, 0xbd), new(0x8c, 0x56, 0x4b)];
 
-    /// <summary>Line chart of one or more series sharing the axes (e.g. train and validation loss against step).</summary>
+    /// <summary>Line chart of one or more series sharing the axes (e.g. train and validation loss against step). A point
+    /// that is not a number (or, with <paramref name="logY"/>, not positive) breaks its series' line there.</summary>
     public static void Line(string path, string title, string xLabel, string yLabel, IReadOnlyList<Series> series, bool logY = false)
     {
         var points = series.SelectMany(s => s.X.Zip(s.Y)).Where(p => double.IsFinite(p.First) && double.IsFinite(p.Second) && (!logY || p.Second > 0)).ToList();
@@ -35,17 +36,23 @@ public static class Charts
                 for (int i = 0; i < Math.Min(series[s].X.Count, series[s].Y.Count); i++)
                 {
                     double x = series[s].X[i], y = series[s].Y[i];
-                    if (!double.IsFinite(x) || !double.IsFinite(y) || (logY && y <= 0)) continue;
+                    if (!double.IsFinite(x) || !double.IsFinite(y) || (logY && y <= 0))
+                    {
+                        started = false;
+                        continue;
+                    }
                     var p = Map(plot, x, Y(y), x0, x1, y0, y1);
                     if (started) pathLine.LineTo(p); else pathLine.MoveTo(p);
                     started = true;
                 }
                 canvas.DrawPath(pathLine, paint);
-                if (series[s].X.Count == 1)
-                {
-                    using var dot = new SKPaint { Color = paint.Color, IsAntialias = true };
-                    canvas.DrawCircle(Map(plot, series[s].X[0], Y(series[s].Y[0]), x0, x1, y0, y1), 4, dot);
-                }
+                // A point with no drawable neighbour (a single measurement, or one alone between breaks) is a dot.
+                using var dot = new SKPaint { Color = paint.Color, IsAntialias = true };
+                int n = Math.Min(series[s].X.Count, series[s].Y.Count);
+                bool Drawable(int i) => i >= 0 && i < n && double.IsFinite(series[s].X[i]) && double.IsFinite(series[s].Y[i]) && (!logY || series[s].Y[i] > 0);
+                for (int i = 0; i < n; i++)
+                    if (Drawable(i) && !Drawable(i - 1) && !Drawable(i + 1))
+                        canvas.DrawCircle(Map(plot, series[s].X[i], Y(series[s].Y[i]), x0, x1, y0, y1), 4, dot);
             }
             Legend(canvas, plot, series.Select(s => s.Name).ToList());
         });
@@ -197,17 +204,34 @@ public static class Charts
         }
     }
 
+    /// <summary>Swatches and names in the top right corner, on a white box as wide as the longest name (so a name is
+    /// never cut; past 60 characters it is shortened with "…").</summary>
     private static void Legend(SKCanvas canvas, SKRect plot, IReadOnlyList<string> names)
     {
         using var font = Font(12);
         using var ink = new SKPaint { Color = SKColors.Black, IsAntialias = true };
+        var shown = names.Select(n => Short(n, 60)).ToList();
+        float textWidth = shown.Select(n => font.MeasureText(n)).DefaultIfEmpty(0).Max();
+        float left = Math.Max(plot.Left + 4, plot.Right - textWidth - 30);
+        using var box = new SKPaint { Color = SKColors.White.WithAlpha(220) };
+        canvas.DrawRect(new SKRect(left - 4, plot.Top + 4, plot.Right - 2, plot.Top + 12 + names.Count * 18), box);
         for (int i = 0; i < names.Count; i++)
         {
             using var swatch = new SKPaint { Color = Palette[i % Palette.Length] };
             float y = plot.Top + 8 + i * 18;
-            canvas.DrawRect(new SKRect(plot.Right - 150, y, plot.Right - 138, y + 12), swatch);
-            canvas.DrawText(Short(names[i], 18), plot.Right - 132, y + 11, SKTextAlign.Left, font, ink);
+            canvas.DrawRect(new SKRect(left, y, left + 12, y + 12), swatch);
+            canvas.DrawText(shown[i], left + 18, y + 11, SKTextAlign.Left, font, ink);
         }
+    }
+
+    /// <summary>Where <see cref="Legend"/> starts its text for these names (for tests: it must fit inside the plot).</summary>
+    internal static (float Left, float Right) LegendTextSpan(IReadOnlyList<string> names)
+    {
+        using var font = Font(12);
+        var plot = new SKRect(Left, Top, Width - Right, Height - Bottom);
+        float textWidth = names.Select(n => font.MeasureText(Short(n, 60))).DefaultIfEmpty(0).Max();
+        float left = Math.Max(plot.Left + 4, plot.Right - textWidth - 30);
+        return (left + 18, left + 18 + textWidth);
     }
 
     private static SKPoint Map(SKRect plot, double x, double y, double x0, double x1, double y0, double y1) =>

@@ -52,8 +52,7 @@ public sealed record TrainRecipe
         try { recipe = JsonSerializer.Deserialize<TrainRecipe>(json, ReadOptions); }
         catch (JsonException e)
         {
-            string where = e.Path is { Length: > 0 } p ? $" at {p}" : "";
-            throw new XrayVLException($"{name}: not a valid recipe{where} ({FirstLine(e.Message)})", e);
+            throw new XrayVLException($"{name}: not a valid recipe{Json.Where(e)}: {Json.Problem(e)}", e);
         }
         if (recipe is null) throw new XrayVLException($"{name}: empty recipe");
         return (recipe with { SourcePath = sourcePath }).Validate();
@@ -187,7 +186,6 @@ public sealed record TrainRecipe
     private static bool SamePath(string a, string b) =>
         string.Equals(Path.TrimEndingDirectorySeparator(a), Path.TrimEndingDirectorySeparator(b), StringComparison.Ordinal);
 
-    private static string FirstLine(string s) => s.Split('\n')[0].Trim();
 }
 
 /// <summary>Where the model comes from: a fresh architecture or an existing checkpoint folder.</summary>

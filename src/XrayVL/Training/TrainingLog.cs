@@ -96,23 +96,42 @@ public sealed class TrainingLog
         File.AppendAllText(Path.Combine(folder, TextFile),
             $"{DateTime.Now.ToString("yyyy-MM-dd HH:mm:ss", CultureInfo.InvariantCulture)} {message}\n", Encoding.UTF8);
 
-    /// <summary>Redraws loss.png: training loss (a moving average over 20 steps, to be readable) and validation loss.</summary>
+    /// <summary>Redraws loss.png: training loss (a moving average over 20 steps, to be readable) and validation loss.
+    /// Stages train different parts on different data, so neither curve runs on from one stage into the next: the
+    /// average restarts and both lines break at each stage boundary (a NaN point is a break for <see cref="Charts.Line"/>).</summary>
     public void DrawLossChart()
     {
         if (lines.Count == 0) return;
-        var x = lines.Select(l => (double)l.Step).ToList();
-        var smoothed = new List<double>(lines.Count);
-        double windowSum = 0;
-        for (int i = 0; i < lines.Count; i++)
+        List<double> x = [], smoothed = [], valX = [], valY = [];
+        foreach (var stage in StageRuns(lines))
         {
-            windowSum += lines[i].Loss;
-            if (i >= 20) windowSum -= lines[i - 20].Loss;
-            smoothed.Add(windowSum / Math.Min(i + 1, 20));
+            if (x.Count > 0) { x.Add(double.NaN); smoothed.Add(double.NaN); }
+            if (valX.Count > 0 && stage.Any(l => l.ValLoss is not null)) { valX.Add(double.NaN); valY.Add(double.NaN); }
+            double windowSum = 0;
+            for (int i = 0; i < stage.Count; i++)
+            {
+                windowSum += stage[i].Loss;
+                if (i >= 20) windowSum -= stage[i - 20].Loss;
+                x.Add(stage[i].Step);
+                smoothed.Add(windowSum / Math.Min(i + 1, 20));
+                if (stage[i].ValLoss is { } v) { valX.Add(stage[i].Step); valY.Add(v); }
+            }
         }
-        var val = lines.Where(l => l.ValLoss is not null).ToList();
         var series = new List<Series> { new("train (mean of 20 steps)", x, smoothed) };
-        if (val.Count > 0) series.Add(new Series("validation", val.Select(l => (double)l.Step).ToList(), val.Select(l => l.ValLoss!.Value).ToList()));
+        if (valX.Count > 0) series.Add(new Series("validation", valX, valY));
         Charts.Line(Path.Combine(folder, LossChartFile), "Loss", "step", "cross-entropy", series, logY: true);
+    }
+
+    /// <summary>Consecutive lines of the same stage.</summary>
+    private static List<List<MetricsLine>> StageRuns(IReadOnlyList<MetricsLine> lines)
+    {
+        var runs = new List<List<MetricsLine>>();
+        foreach (var line in lines)
+        {
+            if (runs.Count == 0 || runs[^1][^1].Stage != line.Stage) runs.Add([]);
+            runs[^1].Add(line);
+        }
+        return runs;
     }
 
     private static void TrimJsonl(string path, long keepUpToStep)

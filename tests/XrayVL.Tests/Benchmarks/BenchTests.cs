@@ -31,7 +31,7 @@ public class BenchTests
             Assert.Contains(report.Figures, f => f.Name == expected);
         Assert.Contains("KV cache vs full recompute, context 48", report.Ratios.Keys);
         Assert.Contains("LM forward bf16 vs fp32, context 48", report.Ratios.Keys);
-        Assert.Contains("| ratio (same run) | value |", report.ToMarkdown());
+        Assert.Contains("| ratio (same run) | min / **median** / max |", report.ToMarkdown());
         Assert.Equal(TorchSharp.torch.ScalarType.Float32, loaded.Model.LanguageModel.DType);   // restored after the bf16 figures
     }
 

@@ -205,9 +205,8 @@ public class DicomTests
     }
 
     [Theory]
-    [InlineData("1.2.840.10008.1.2.4.90", "JPEG 2000")]
-    [InlineData("1.2.840.10008.1.2.4.80", "JPEG-LS")]
-    [InlineData("1.2.840.10008.1.2.4.81", "JPEG-LS Near-Lossless")]
+    [InlineData("1.2.840.10008.1.2.4.92", "JPEG 2000 Part 2 Lossless")]
+    [InlineData("1.2.840.10008.1.2.4.93", "JPEG 2000 Part 2")]
     [InlineData("1.2.840.10008.1.2.4.201", "HTJ2K")]
     public void UnsupportedTransferSyntaxIsNamed(string uid, string label)
     {

@@ -98,6 +98,19 @@ public class FuzzTests
         Run(seeds, "dcm", seed: 303, (dicom, random) => Mutations.Mutate(dicom, random, hotRegion: 800), ownDecoder: true);
     }
 
+    /// <summary>JPEG 2000 and JPEG-LS frames go to native code (OpenJPEG, CharLS): corrupt codestreams must come back
+    /// as one-line refusals, never crash or hang the process. Mutations fall anywhere, the codestream included.</summary>
+    [Fact]
+    public void MutatedJpeg2000AndJpegLsDicoms()
+    {
+        if (!OpenJpeg.IsAvailable || !CharLs.IsAvailable)
+            Assert.Skip("the native codecs are not installed on this machine (apt-get install libopenjp2-7 libcharls2)");
+        string Suite(string file) => Path.Combine(AppContext.BaseDirectory, "Imaging", "Conformance", "dicom", file);
+        byte[][] seeds = [.. new[] { "pydicom__MR_small_jp2klossless.dcm", "pydicom__693_J2KI.dcm", "pydicom__MR_small_jpeg_ls_lossless.dcm",
+            "pydicom__SC_rgb_jls_lossy_line.dcm" }.Select(f => File.ReadAllBytes(Suite(f)))];
+        Run(seeds, "dcm", seed: 404, (dicom, random) => Mutations.Mutate(dicom, random, hotRegion: dicom.Length), ownDecoder: false);
+    }
+
     /// <param name="ownDecoder">For the project's own decoders even a wrapped internal exception (index out of range,
     /// overflow...) is a failure: every bad input must be caught by an explicit check.</param>
     private static void Run(byte[][] seeds, string extension, int seed, Func<byte[], Random, byte[]> mutate, bool ownDecoder)

@@ -126,6 +126,13 @@ public class RecipeTests
         Assert.Contains("exactly one of config", Invalid(Recipe(ok, model: "\"model\": {}")).Message);
         Assert.Contains("model.config", Invalid(Recipe(ok, model: """ "model": { "config": { "projector_type": "qformer" } } """)).Message);
         Assert.Contains("not a valid recipe", Invalid("{ \"seed\": ").Message);
+        // Recipe paths and kinds of value, never .NET types or members.
+        var wrongKind = Invalid(Recipe("""[ { "name": "t", "kind": "text", "steps": "ten" } ]""")).Message;
+        Assert.Matches(@"not a valid recipe at \$\.stages\[0\]\.steps \(line \d+\): expected a whole number$", wrongKind);
+        var unknown = Invalid(Recipe("""[ { "name": "t", "kind": "text", "steps": 1, "lrr": 3 } ]""")).Message;
+        Assert.EndsWith("unknown field 'lrr'", unknown);
+        Assert.DoesNotContain("System.", wrongKind + unknown);
+        Assert.DoesNotContain("XrayVL.", wrongKind + unknown);
         Assert.Contains("recipe file not found", Assert.Throws<XrayVLException>(() => TrainRecipe.Load("/no/such/recipe.json")).Message);
     }
 }

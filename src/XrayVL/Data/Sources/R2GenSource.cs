@@ -34,7 +34,7 @@ public sealed class R2GenSource : IReportSource
                 result.NoteEmptyReport($"{e.Id} ({Path.GetFileName(options.Input)})");
                 continue;
             }
-            var images = e.ImagePaths.Select(p => IuCommon.Resolve(folder, p, projections?.ViewOf(p))).ToList();
+            var images = e.ImagePaths.Select(p => IuCommon.Resolve(folder, p, projections?.ViewOf(p), Alternatives(e, p, projections))).ToList();
             var study = new Study
             {
                 StudyId = studyId,
@@ -48,6 +48,17 @@ public sealed class R2GenSource : IReportSource
             result.Add(study, images, options.KeepMissingImages);
         }
         return result;
+    }
+
+    /// <summary>Other names the same IU image has in folders other sources read: the k-th image of report uid U in
+    /// iu_projections.csv is also stored as XrayGLM's "U_k.png" (as the iu-csv and xrayglm sources look it up).</summary>
+    private static string[] Alternatives(Entry e, string imagePath, IuProjections? projections)
+    {
+        if (projections is null || e.StudyId != null || IuCommon.UidOf(e.Id) is not { } uid) return [];
+        string key = IuImageFolder.Key(imagePath);
+        var files = projections.ForUid(uid).Select(p => IuImageFolder.Key(p.File)).Distinct().ToList();
+        int k = files.IndexOf(key);
+        return k >= 0 ? [$"{uid}_{k + 1}.png"] : [];
     }
 
     /// <summary>The entries of an annotation.json, in file order (train, then val, then test).</summary>
