@@ -30,14 +30,16 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
         // Same initialisation as torch.nn.Linear: kaiming-uniform(a = √5) weight, bias ~ U(−1/√in, 1/√in).
+        // (Left uninitialised inside Layers.SkipInitialisation: the caller fills every weight from a file.)
+        bool initialise = !Layers.InitialisationSkipped;
         var w = torch.empty([outFeatures, inFeatures], dtype, device);
-        nn.init.kaiming_uniform_(w, a: Math.Sqrt(5));
+        if (initialise) nn.init.kaiming_uniform_(w, a: Math.Sqrt(5));
         weight = new Parameter(w);
         if (hasBias)
         {
             double bound = inFeatures > 0 ? 1.0 / Math.Sqrt(inFeatures) : 0.0;
             var b = torch.empty([outFeatures], dtype, device);
-            nn.init.uniform_(b, -bound, bound);
+            if (initialise) nn.init.uniform_(b, -bound, bound);
             bias = new Parameter(b);
         }
         RegisterComponents();

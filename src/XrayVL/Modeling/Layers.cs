@@ -51,6 +51,23 @@ public static class Layers
         return new Restore(() => insideLanguageModel.Value = previous);
     }
 
+    private static readonly AsyncLocal<bool> skipInitialisation = new();
+
+    /// <summary>True while a <see cref="SkipInitialisation"/> scope is open on this flow.</summary>
+    public static bool InitialisationSkipped => skipInitialisation.Value;
+
+    /// <summary>
+    /// While the returned scope is open, linears made by <see cref="Linear"/> leave their weights uninitialised: for a model
+    /// whose every weight is about to be read from a file, drawing billions of random numbers first only costs time
+    /// (VisualGLM-6B's loader).
+    /// </summary>
+    public static IDisposable SkipInitialisation()
+    {
+        bool previous = skipInitialisation.Value;
+        skipInitialisation.Value = true;
+        return new Restore(() => skipInitialisation.Value = previous);
+    }
+
     private sealed class Restore(Action restore) : IDisposable
     {
         public void Dispose() => restore();
