@@ -10,7 +10,7 @@ public sealed record ServerOptions
 {
     /// <summary>The model folder to load (ignored when <see cref="Model"/> is given).</summary>
     public string? ModelDir { get; init; }
-    /// <summary>How <see cref="ModelDir"/>'s weights are held: fp32, bf16 or int8 (see WeightFormats).</summary>
+    /// <summary>How <see cref="ModelDir"/>'s weights are held: fp32, bf16, int8 or int4 (see WeightFormats).</summary>
     public string DType { get; init; } = "fp32";
     /// <summary>An already loaded model (tests, or a host that loads once); the server does not dispose it.</summary>
     public LoadedModel? Model { get; init; }

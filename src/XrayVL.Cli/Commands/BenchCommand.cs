@@ -24,9 +24,9 @@ public static class BenchCommand
         };
         var shape = new Option<string?>("--shape")
         {
-            Description = $"Benchmark a published decoder shape with random weights (no model folder): {string.Join(", ", ShapeBenchmark.Shapes.Keys)}",
-        }.AcceptOnlyFromAmong([.. ShapeBenchmark.Shapes.Keys]);
-        var dtypes = CommonOptions.List("--dtype", "With --shape: dtypes to measure, each with its own peak RSS: fp32, bf16, int8", ["fp32", "bf16", "int8"]);
+            Description = $"Benchmark a published decoder shape with random weights (no model folder): {string.Join(", ", ShapeBenchmark.ShapeNames)}",
+        }.AcceptOnlyFromAmong([.. ShapeBenchmark.ShapeNames]);
+        var dtypes = CommonOptions.List("--dtype", "With --shape: dtypes to measure, each with its own peak RSS: fp32, bf16, int8, int4", ["fp32", "bf16", "int8"]);
         var promptTokens = new Option<int>("--prompt-tokens") { Description = "With --shape: prompt length for prefill", DefaultValueFactory = _ => 128 };
         var decodeTokens = new Option<int>("--decode-tokens") { Description = "With --shape: tokens decoded per measurement", DefaultValueFactory = _ => 16 };
         var command = new Command("bench", "Measure throughput: image decode, vision encoder, prefill, decoding (KV cache vs recompute), fp32 vs bf16, seconds per report; or, with --shape, a published decoder shape per dtype against the memory-bandwidth roofline")

@@ -23,6 +23,10 @@ public static class ChatCommand
         {
             string? first = parse.GetValue(image);
             var firstImage = first is null ? null : ImageFile.Load(first);
+            // A folder from `xrayvl import xrayglm` speaks XrayGLM's prompt format (Chinese unless --lang is given).
+            if (XrayGlmFrontEnd.Resolve(parse.GetValue(model)) is { } glm)
+                return await XrayGlmFrontEnd.ChatAsync(io, glm, parse.GetValue(dtype)!, XrayGlmFrontEnd.Language(parse, lang), firstImage,
+                    parse.GetValue(maxTokens), parse.GetValue(temperature), parse.GetValue(seed), cancel);
             var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
             var pipeline = new InferencePipeline(loaded);
             var session = new ChatSession(pipeline, parse.GetValue(lang)!);

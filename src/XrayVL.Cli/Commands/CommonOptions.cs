@@ -35,9 +35,9 @@ public static class CommonOptions
     /// <summary>`--dtype`: how weights are held for inference (see WeightFormats); fp32 by default.</summary>
     public static Option<string> DType() => new Option<string>("--dtype")
     {
-        Description = "Weights for inference: fp32 (default), bf16, or int8 (bf16 with Q8_0 int8 decoder linears)",
+        Description = "Weights for inference: fp32 (default), bf16, int8 (bf16 with Q8_0 int8 decoder linears) or int4 (bf16 with Q4_0 4-bit decoder linears)",
         DefaultValueFactory = _ => "fp32",
-    }.AcceptOnlyFromAmong("fp32", "bf16", "int8");
+    }.AcceptOnlyFromAmong("fp32", "bf16", "int8", "int4");
 
     /// <summary>A list option that takes its values space- or comma-separated alike (`--tasks report vqa`,
     /// `--tasks report,vqa`, `--tasks report, vqa`); read it with <see cref="Values"/>.</summary>

@@ -16,6 +16,7 @@ public static class ImportCommand
         var command = new Command("import", "Convert a seed system's released checkpoint files into an XrayVL model folder");
         command.Subcommands.Add(Family(io, "xraygpt", "xraygpt", "XrayGPT (MiniGPT-4: EVA ViT-g, BLIP-2 Q-Former, Vicuna)"));
         command.Subcommands.Add(Family(io, "minigpt-med", "minigpt_med", "MiniGPT-Med (MiniGPT-v2: EVA ViT-g at 448 px, LLaMA-2-chat + LoRA)"));
+        command.Subcommands.Add(ImportXrayGlmCommand.Create(io));
         return command;
     }
 

@@ -24,6 +24,10 @@ public static class ReportCommand
             bool asJson = parse.GetValue(json);
             // Read every image first: a bad file fails in a second, before the model loads.
             var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
+            // A folder from `xrayvl import xrayglm` speaks XrayGLM's prompt format (Chinese unless --lang is given).
+            if (XrayGlmFrontEnd.Resolve(parse.GetValue(model)) is { } glm)
+                return await XrayGlmFrontEnd.ReportAsync(io, glm, parse.GetValue(dtype)!, XrayGlmFrontEnd.Language(parse, lang), asJson,
+                    loadedImages, parse.GetValue(maxTokens), cancel);
             var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
             var pipeline = new InferencePipeline(loaded);
             var reports = new ReportWriter(pipeline, loaded.Name);

@@ -4,6 +4,7 @@ using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using System.Text;
 using TorchSharp;
+using XrayVL.IO;
 using XrayVL.Kernels;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
@@ -70,10 +71,8 @@ public sealed record ShapeBenchmarkReport(string Shape, long Parameters, int Thr
 /// </summary>
 public static class ShapeBenchmark
 {
-    /// <summary>Published shapes in this project's LLaMA-style decoder. chatglm-6b keeps GLM-6B's sizes (28 layers, hidden
-    /// 4096, vocabulary 130,528, MLP 4096→16384→4096 = 2 matrices) with a SwiGLU MLP of the same weight count (3 × 10,944
-    /// wide): the bytes read per token match, GLM's own block layout is not modelled.</summary>
-    public static IReadOnlyDictionary<string, LanguageModelConfig> Shapes { get; } = new Dictionary<string, LanguageModelConfig>
+    /// <summary>Published LLaMA-style shapes, run in this project's <see cref="LanguageModel"/>.</summary>
+    public static IReadOnlyDictionary<string, LanguageModelConfig> LlamaShapes { get; } = new Dictionary<string, LanguageModelConfig>
     {
         ["qwen2-0.5b"] = new()
         {
@@ -85,12 +84,33 @@ public static class ShapeBenchmark
             VocabSize = 32000, HiddenSize = 4096, IntermediateSize = 11008, NumHiddenLayers = 32, NumAttentionHeads = 32,
             NumKeyValueHeads = 32, MaxPositionEmbeddings = 4096, RmsNormEps = 1e-5, TieWordEmbeddings = false,
         },
-        ["chatglm-6b"] = new()
-        {
-            VocabSize = 130528, HiddenSize = 4096, IntermediateSize = 10944, NumHiddenLayers = 28, NumAttentionHeads = 32,
-            NumKeyValueHeads = 32, MaxPositionEmbeddings = 2048, RmsNormEps = 1e-5, TieWordEmbeddings = false,
-        },
     };
+
+    /// <summary>
+    /// GLM shapes, run in the real GLM block (<see cref="GlmDecoder"/>: post-LN with α-scaled residuals, fused QKV with
+    /// biases, 2D rotary, GELU MLP 4096 → 16384 → 4096). chatglm-6b is GlmConfig's defaults: ChatGLM-6B's sizes.
+    /// </summary>
+    public static IReadOnlyDictionary<string, GlmConfig> GlmShapes { get; } = new Dictionary<string, GlmConfig>
+    {
+        ["chatglm-6b"] = new(),
+    };
+
+    /// <summary>Every shape name, LLaMA-style first.</summary>
+    public static IReadOnlyList<string> ShapeNames { get; } = [.. LlamaShapes.Keys, .. GlmShapes.Keys];
+
+    /// <summary>The parameter count of a named shape.</summary>
+    public static long CountParameters(string shape) =>
+        LlamaShapes.TryGetValue(shape, out var c) ? LanguageModel.CountParameters(c)
+        : GlmShapes.TryGetValue(shape, out var g) ? GlmDecoder.CountParameters(g)
+        : throw new XrayVLException($"unknown --shape '{shape}': use {string.Join(", ", ShapeNames)}");
+
+    /// <summary>
+    /// A model under test, whatever its block: its prefill (ms for the whole prompt, last-position logits) and cached
+    /// greedy decoding (tokens/s over n tokens after the rest of the ids as prompt), bytes one decoded token reads from
+    /// its weights, and KV-cache bytes per cached position.
+    /// </summary>
+    private sealed record Subject(nn.Module Module, long VocabSize, Func<Tensor, double> PrefillMs, Func<Tensor, int, double> DecodeTokensPerSecond,
+        long WeightBytesPerToken, long KvBytesPerPosition);
 
     public sealed record Options
     {
@@ -100,9 +120,64 @@ public static class ShapeBenchmark
         public int DecodeTokens { get; init; } = 16;
     }
 
-    public static LanguageModelConfig Shape(string name) => Shapes.TryGetValue(name, out var c)
-        ? c
-        : throw new XrayVLException($"unknown --shape '{name}': use {string.Join(", ", Shapes.Keys)}");
+    /// <summary>Builds the named shape with random weights made directly in <paramref name="format"/>.</summary>
+    private static Subject Create(string shape, WeightFormat format)
+    {
+        if (LlamaShapes.TryGetValue(shape, out var c))
+        {
+            var model = WeightFormats.CreateRandom(c, format);
+            long kv = 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadSize * (format == WeightFormat.Fp32 ? 4 : 2);
+            return new Subject(model, c.VocabSize, ids => Bench.Prefill(model, ids), (ids, n) => Bench.CachedDecode(model, ids, n),
+                WeightFormats.DecodeBytesPerToken(model), kv);
+        }
+        if (GlmShapes.TryGetValue(shape, out var g))
+        {
+            var model = ModelLoading.Build(format, languageModelOnly: false, () => new GlmDecoder(g));
+            long kv = 2L * g.NumLayers * g.NumAttentionHeads * g.HeadSize * (format == WeightFormat.Fp32 ? 4 : 2);
+            // One decoded token reads every weight but the embedding table (the head is its own matrix in ChatGLM).
+            long bytes = model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).Concat(model.named_buffers())
+                .Where(p => !p.Item1.EndsWith("word_embeddings.weight", StringComparison.Ordinal) || g.TieWordEmbeddings)
+                .Sum(p => p.Item2.numel() * p.Item2.element_size());
+            return new Subject(model, g.VocabSize, ids => GlmPrefill(model, ids), (ids, n) => GlmDecode(model, ids, n), bytes, kv);
+        }
+        throw new XrayVLException($"unknown --shape '{shape}': use {string.Join(", ", ShapeNames)}");
+    }
+
+    /// <summary>GLM prompt inputs for T random ids: [gMASK] at T − 2 and &lt;sop&gt; at T − 1, as a chat prompt ends.</summary>
+    private static (Tensor PositionIds, Tensor Mask) GlmInputs(long length) => GlmDecoder.Inputs(length, length - 2, length - 1);
+
+    internal static double GlmPrefill(GlmDecoder model, Tensor ids)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        long length = ids.shape[1];
+        var (positions, mask) = GlmInputs(length);
+        var embeds = model.Embed(ids);
+        var watch = Stopwatch.StartNew();
+        using var cache = model.NewCache(1, (int)length);
+        model.Logits(model.ForwardHidden(embeds, positions, mask, cache).narrow(1, length - 1, 1));
+        return watch.Elapsed.TotalMilliseconds;
+    }
+
+    /// <summary>Tokens/s of cached greedy GLM decoding (each new token at the [gMASK] position, block positions 2, 3, …).</summary>
+    internal static double GlmDecode(GlmDecoder model, Tensor ids, int tokens)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        long length = ids.shape[1] - tokens;
+        var (positions, mask) = GlmInputs(length);
+        using var cache = model.NewCache(1, (int)length + tokens);
+        var logits = model.Logits(model.ForwardHidden(model.Embed(ids.narrow(1, 0, length)), positions, mask, cache).narrow(1, length - 1, 1));
+        var watch = Stopwatch.StartNew();
+        for (int step = 0; step < tokens; step++)
+        {
+            using var stepScope = NewDisposeScope();
+            var next = logits.argmax(-1).view(1, 1);                                                           // (1, 1)
+            var position = torch.tensor(new[] { length - 2, step + 2L }).view(1, 2, 1);
+            logits = model.Logits(model.ForwardHidden(model.Embed(next), position, mask: null, cache)).MoveToOuterDisposeScope();
+        }
+        return tokens / watch.Elapsed.TotalSeconds;
+    }
 
     public static ShapeBenchmarkReport Run(string shape, IReadOnlyList<WeightFormat> formats, Options? options = null, Action<string>? log = null)
     {
@@ -110,11 +185,11 @@ public static class ShapeBenchmark
         Bench.CheckCounts(options.Threads, options.Repeats);
         if (options.PromptTokens < 2 || options.DecodeTokens < 1)
             throw new XrayVLException("benchmark needs a prompt of at least 2 tokens and at least 1 decoded token");
-        var config = Shape(shape);
+        long parameters = CountParameters(shape);
         long available = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         foreach (var format in formats)
         {
-            double bytes = LanguageModel.CountParameters(config) * format switch { WeightFormat.Fp32 => 4.0, WeightFormat.Bf16 => 2.0, _ => 1.2 };
+            double bytes = parameters * format switch { WeightFormat.Fp32 => 4.0, WeightFormat.Bf16 => 2.0, WeightFormat.Int8 => 1.2, _ => 0.7 };
             if (bytes > 0.9 * available)
                 throw new XrayVLException($"{shape} in {format.Name()} needs about {bytes / 1e9:0.0} GB of weights, more than this machine's {available / 1e9:0.0} GB: choose another --dtype");
         }
@@ -129,11 +204,12 @@ public static class ShapeBenchmark
                 ResetPeakRss();
                 log?.Invoke($"{shape} {format.Name()}: creating random weights");
                 var watch = Stopwatch.StartNew();
-                using var model = WeightFormats.CreateRandom(config, format);
+                var subject = Create(shape, format);
+                using var model = subject.Module;
                 double loadSeconds = watch.Elapsed.TotalSeconds;
-                rows.Add(Measure(model, format, loadSeconds, options, log));
+                rows.Add(Measure(subject, format, loadSeconds, options, log));
             }
-            return new ShapeBenchmarkReport(shape, LanguageModel.CountParameters(config), options.Threads, options.PromptTokens,
+            return new ShapeBenchmarkReport(shape, parameters, options.Threads, options.PromptTokens,
                 options.DecodeTokens, MatVec.Best.ToString(), rows);
         }
         finally
@@ -142,24 +218,23 @@ public static class ShapeBenchmark
         }
     }
 
-    private static ShapeFigures Measure(LanguageModel model, WeightFormat format, double loadSeconds, Options options, Action<string>? log)
+    private static ShapeFigures Measure(Subject subject, WeightFormat format, double loadSeconds, Options options, Action<string>? log)
     {
         using var scope = NewDisposeScope();
-        var c = model.Config;
+        var model = subject.Module;
         int context = options.PromptTokens + options.DecodeTokens;
         using var random = new torch.Generator(0);
-        var ids = torch.randint(0, c.VocabSize, [1, context], ScalarType.Int64, generator: random);
+        var ids = torch.randint(0, subject.VocabSize, [1, context], ScalarType.Int64, generator: random);
         var prompt = ids.narrow(1, 0, options.PromptTokens);
 
         long weightBytes = model.parameters().Sum(p => p.numel() * p.element_size()) + model.buffers().Sum(b => b.numel() * b.element_size());
         // KV cache read per token at the mean context of the decoded tokens.
-        long kvBytes = (long)c.NumHiddenLayers * 2 * c.NumKeyValueHeads * c.HeadSize * (options.PromptTokens + options.DecodeTokens / 2)
-            * (format == WeightFormat.Fp32 ? 4 : 2);
-        long bytesPerToken = WeightFormats.DecodeBytesPerToken(model) + kvBytes;
+        long kvBytes = subject.KvBytesPerPosition * (options.PromptTokens + options.DecodeTokens / 2);
+        long bytesPerToken = subject.WeightBytesPerToken + kvBytes;
 
         log?.Invoke($"{format.Name()}: prefill {options.PromptTokens} tokens");
-        double firstMs = Bench.Prefill(model, prompt);    // the first forward after load: warm-up and time to first token
-        var prefill = Spread.Of(Enumerable.Range(0, options.Repeats).Select(_ => options.PromptTokens * 1000 / Bench.Prefill(model, prompt)));
+        double firstMs = subject.PrefillMs(prompt);    // the first forward after load: warm-up and time to first token
+        var prefill = Spread.Of(Enumerable.Range(0, options.Repeats).Select(_ => options.PromptTokens * 1000 / subject.PrefillMs(prompt)));
 
         // Bandwidth and decoding alternate, so that both see the same load from whatever else runs on the machine.
         log?.Invoke($"{format.Name()}: memory read bandwidth and decode {options.DecodeTokens} tokens, alternating");
@@ -167,7 +242,7 @@ public static class ShapeBenchmark
         for (int i = 0; i < options.Repeats; i++)
         {
             bandwidths.Add(ReadBandwidth(model, options.Threads));
-            decodes.Add(Bench.CachedDecode(model, ids, options.DecodeTokens));
+            decodes.Add(subject.DecodeTokensPerSecond(ids, options.DecodeTokens));
         }
         bandwidths.Add(ReadBandwidth(model, options.Threads));
         var (bandwidth, decode) = (Spread.Of(bandwidths), Spread.Of(decodes));

@@ -75,9 +75,14 @@ public static class Checkpoint
     /// Loads a composed model folder with its tokenizer and preprocessing: one written by <see cref="Save"/>, or a
     /// transformers LLaVA folder (either key layout; see <see cref="LoadModel"/>).
     /// </summary>
-    public static LoadedModel Load(string dir, ScalarType? dtype = null)
+    public static LoadedModel Load(string dir, ScalarType? dtype = null) => Load(dir, LoadModel(dir, dtype));
+
+    /// <summary>
+    /// The folder's tokenizer and preprocessing around <paramref name="model"/>, already loaded from it (e.g. straight into
+    /// a quantized format by <see cref="ModelLoading"/>); the model is disposed when they do not fit it.
+    /// </summary>
+    public static LoadedModel Load(string dir, VisionLanguageModel model)
     {
-        var model = LoadModel(dir, dtype);
         var config = model.Config;
         try
         {

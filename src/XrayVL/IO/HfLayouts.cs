@@ -24,22 +24,32 @@ public static class HfLayouts
     /// </summary>
     public static Dictionary<string, Tensor> ToModuleKeys(Dictionary<string, Tensor> tensors)
     {
+        var rename = ModuleKeyOf(tensors.Keys);
+        var renamed = new Dictionary<string, Tensor>(tensors.Count);
+        foreach (var (key, tensor) in tensors) renamed[rename(key)] = tensor;
+        return renamed;
+    }
+
+    /// <summary>
+    /// The renaming <see cref="ToModuleKeys"/> applies to a file holding <paramref name="keys"/>, as a function of one key,
+    /// so a loader can rename tensors it has not read yet.
+    /// </summary>
+    public static Func<string, string> ModuleKeyOf(IReadOnlyCollection<string> keys)
+    {
         bool IsNewer(string key) => LlavaPrefixes.Any(p => key.StartsWith(p.Newer, StringComparison.Ordinal));
-        int newer = tensors.Keys.Count(IsNewer);
-        if (newer == 0 || !tensors.Keys.Any(k => k.StartsWith("model.vision_tower.", StringComparison.Ordinal) ||
-                                                 k.StartsWith("model.language_model.", StringComparison.Ordinal)))
-            return tensors;
-        if (newer != tensors.Count)
+        int newer = keys.Count(IsNewer);
+        if (newer == 0 || !keys.Any(k => k.StartsWith("model.vision_tower.", StringComparison.Ordinal) ||
+                                         k.StartsWith("model.language_model.", StringComparison.Ordinal)))
+            return key => key;
+        if (newer != keys.Count)
         {
-            string odd = tensors.Keys.First(k => !IsNewer(k));
+            string odd = keys.First(k => !IsNewer(k));
             throw new XrayVLException($"the weights mix two LLaVA key layouts ('{odd}' next to 'model.language_model.*')");
         }
-        var renamed = new Dictionary<string, Tensor>(tensors.Count);
-        foreach (var (key, tensor) in tensors)
+        return key =>
         {
             var (from, to) = LlavaPrefixes.First(p => key.StartsWith(p.Newer, StringComparison.Ordinal));
-            renamed[to + key[from.Length..]] = tensor;
-        }
-        return renamed;
+            return to + key[from.Length..];
+        };
     }
 }

@@ -86,6 +86,32 @@ public static class ModuleWeights
         return parts.Count == 0 ? "all keys match" : string.Join("; ", parts);
     }
 
+    /// <summary>
+    /// Copies (name, tensor) pairs into the module's parameters of the same name (cast to their dtype), disposing each
+    /// source as soon as it is copied. Unknown names, shape mismatches and parameters left unfilled are errors.
+    /// </summary>
+    public static void StreamInto(nn.Module module, IEnumerable<(string Name, Tensor Tensor)> tensors, string source)
+    {
+        var targets = module.state_dict();
+        var filled = new HashSet<string>();
+        using var noGrad = torch.no_grad();
+        foreach (var (name, tensor) in tensors)
+        {
+            using (tensor)
+            {
+                if (!targets.TryGetValue(name, out var target))
+                    throw new XrayVLException($"{source}: '{name}' has no place in {module.GetType().Name}");
+                if (!target.shape.SequenceEqual(tensor.shape))
+                    throw new XrayVLException($"{source}: '{name}' is {FormatShape(tensor.shape)} but the model's is {FormatShape(target.shape)}");
+                target.copy_(tensor);
+                filled.Add(name);
+            }
+        }
+        var missing = targets.Keys.Where(k => !filled.Contains(k)).ToList();
+        if (missing.Count > 0)
+            throw new XrayVLException($"{source}: {missing.Count} weight(s) of {module.GetType().Name} missing, e.g. {string.Join(", ", missing.Take(5))}");
+    }
+
     public static string FormatShape(long[] shape) => "(" + string.Join(", ", shape) + ")";
 
     private static string NormalisePrefix(string prefix) =>

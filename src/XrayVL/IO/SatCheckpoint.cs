@@ -70,78 +70,41 @@ public sealed partial class SatCheckpoint
 
     private static readonly string[] KnownGlmClasses = ["ChatGLMModel", "VisualGLMModel", "FineTuneVisualGLMModel"];
 
-    // ------------------------------------------------------------------ SAT names → GlmDecoder names (the one key table)
-
     /// <summary>
-    /// The GlmDecoder state dict from a SAT module: `transformer.*` keep their names; the LM head lives in SAT's
-    /// `mixins.chatglm-final.lm_head.weight`; XrayGLM's LoRA layers store `….original.{weight,bias}` with
-    /// `matrix_A.i` / `matrix_B.i`, which are merged into the weight (<see cref="XrayGlmLora"/>). Dropped: SAT's
-    /// unused `transformer.position_embeddings.weight` (ChatGLM's position_embedding_forward returns None), the rotary
-    /// `inv_freq` buffer (SAT ignores it on load and recomputes it), and the vision side under `mixins.eva.` (not
-    /// a decoder part). Anything else is an error, so a new SAT layout is not silently half-loaded.
-    /// The returned tensors are new or the module's own: dispose <paramref name="module"/> and the result both.
+    /// Reads the folder's config and ChatGLM weights into a <see cref="GlmDecoder"/> in eval mode, LoRA merged; the vision
+    /// side under `mixins.eva.` is skipped. Names go through the VisualGLM key table (<see cref="ToVisualGlm"/>) tensor by
+    /// tensor into a decoder created in <paramref name="dtype"/>, so the peak is the decoder plus the largest tensor.
+    /// <paramref name="mergedLora"/> names the merged layers (`transformer.layers.N.attention.…`).
     /// </summary>
-    public static Dictionary<string, Tensor> ToGlmDecoder(IReadOnlyDictionary<string, Tensor> module, GlmConfig config, out IReadOnlyList<string> mergedLora)
-    {
-        var result = new Dictionary<string, Tensor>();
-        var merged = new List<string>();
-        var loraParts = new Dictionary<string, (SortedDictionary<int, Tensor> A, SortedDictionary<int, Tensor> B)>();
-        foreach (var (name, tensor) in module)
-        {
-            if (name is "transformer.position_embeddings.weight" or "mixins.chatglm-attn.rotary_emb.inv_freq" || name.StartsWith("mixins.eva.", StringComparison.Ordinal))
-                continue;
-            if (name == "mixins.chatglm-final.lm_head.weight") { result["lm_head.weight"] = tensor; continue; }
-            var lora = LoraKey().Match(name);
-            if (lora.Success)
-            {
-                string layer = lora.Groups["layer"].Value;
-                if (lora.Groups["part"].Value == "original") result[$"{layer}.{lora.Groups["kind"].Value}"] = tensor;
-                else
-                {
-                    if (!loraParts.TryGetValue(layer, out var parts)) loraParts[layer] = parts = (new(), new());
-                    (lora.Groups["part"].Value == "matrix_A" ? parts.A : parts.B)[int.Parse(lora.Groups["kind"].Value)] = tensor;
-                }
-                continue;
-            }
-            if (name.StartsWith("transformer.", StringComparison.Ordinal)) { result[name] = tensor; continue; }
-            throw new XrayVLException($"SAT checkpoint key '{name}' is not part of a ChatGLM decoder");
-        }
-
-        foreach (var (layer, (a, b)) in loraParts)
-        {
-            string weightKey = layer + ".weight";
-            if (!result.TryGetValue(weightKey, out var weight)) throw new XrayVLException($"LoRA matrices for '{layer}' without its original weight");
-            if (!a.Keys.SequenceEqual(b.Keys) || !a.Keys.SequenceEqual(Enumerable.Range(0, a.Count)))
-                throw new XrayVLException($"'{layer}': LoRA partitions matrix_A [{string.Join(", ", a.Keys)}] and matrix_B [{string.Join(", ", b.Keys)}] do not pair up");
-            // XrayGLM's LoraMixin builds its layers with lora_alpha = 1, so the scale is 1 / rank.
-            double scaling = 1.0 / a[0].shape[0];
-            bool fusedQkv = layer.EndsWith(".query_key_value", StringComparison.Ordinal);
-            result[weightKey] = XrayGlmLora.Merge(weight, [.. a.Values], [.. b.Values], scaling, fusedQkv ? config.NumAttentionHeads : 0);
-            merged.Add(layer);
-        }
-        if (config.TieWordEmbeddings) result.Remove("lm_head.weight");
-        mergedLora = merged;
-        return result;
-    }
-
-    /// <summary>Reads the folder's config and weights into a float32 <see cref="GlmDecoder"/> in eval mode, LoRA merged.</summary>
-    public GlmDecoder LoadGlmDecoder(out IReadOnlyList<string> mergedLora)
+    public GlmDecoder LoadGlmDecoder(out IReadOnlyList<string> mergedLora, ScalarType dtype = ScalarType.Float32)
     {
         var config = GlmConfig();
-        var module = ReadModule();
-        Dictionary<string, Tensor>? weights = null;
+        // Built in float32 with its linears uninitialised (never written, so they take no memory), then converted: the
+        // process's default dtype is global and is left alone.
+        GlmDecoder decoder;
+        using (Layers.SkipInitialisation()) decoder = new GlmDecoder(config);
+        if (dtype != ScalarType.Float32) decoder.to(dtype);
         try
         {
-            weights = ToGlmDecoder(module, config, out mergedLora);
-            var decoder = new GlmDecoder(config);
-            ModuleWeights.LoadInto(decoder, weights);
+            const string Prefix = "language_model.";
+            var merged = new List<string>();
+            using var file = TorchCheckpoint.Open(ModelStatesPath);
+            var decoderTensors = file.ReadStateDict("module").Where(e =>
+            {
+                bool vision = e.Name.StartsWith("mixins.eva.", StringComparison.Ordinal);
+                if (vision) e.Tensor.Dispose();
+                return !vision;
+            });
+            ModuleWeights.StreamInto(decoder, ToVisualGlm(decoderTensors, new VisualGlmConfig { TextConfig = config }, SatLoraHandling.Merge, merged)
+                .Select(e => (e.Name[Prefix.Length..], e.Tensor)), ModelStatesPath);
+            mergedLora = [.. merged.Select(n => n[Prefix.Length..])];
             decoder.eval();
             return decoder;
         }
-        finally
+        catch
         {
-            foreach (var t in module.Values) t.Dispose();
-            if (weights is not null) foreach (var t in weights.Values) t.Dispose();
+            decoder.Dispose();
+            throw;
         }
     }
 

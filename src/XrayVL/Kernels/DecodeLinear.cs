@@ -6,8 +6,8 @@ namespace XrayVL.Kernels;
 
 /// <summary>
 /// Linear layers at decode time on tensors: y = x Wᵀ + b through <see cref="MatVec"/> when x has at most
-/// <see cref="MatVec.MaxBatch"/> rows (one new token per sequence), with W in bf16 or Q8_0; prefill and training keep
-/// libtorch's GEMM, for which a Q8_0 weight is widened one layer at a time. Also the Q8_0 quantizer.
+/// <see cref="MatVec.MaxBatch"/> rows (one new token per sequence), with W in bf16, Q8_0 or Q4_0; prefill and training keep
+/// libtorch's GEMM, for which a quantized weight is widened a block of rows at a time. Also the Q8_0 and Q4_0 quantizers.
 /// </summary>
 public static class DecodeLinear
 {
@@ -16,15 +16,15 @@ public static class DecodeLinear
 
     /// <summary>
     /// True when the kernels take this product: x (…, K) with 1..8 rows, on the CPU, and no gradient wanted
-    /// (the kernels have no backward).
+    /// (the kernels have no backward). <paramref name="inFeatures"/> is K when the weight's own width is not (Q4_0 packs two a byte).
     /// </summary>
-    public static bool Applies(Tensor x, Tensor weight)
+    public static bool Applies(Tensor x, Tensor weight, long? inFeatures = null)
     {
         if (x.device_type != DeviceType.CPU || weight.device_type != DeviceType.CPU || x.dim() == 0) return false;
         if (torch.is_grad_enabled() && (x.requires_grad || weight.requires_grad)) return false;
         long k = x.shape[^1];
         long rows = k == 0 ? 0 : x.numel() / k;
-        return rows >= 1 && rows <= MatVec.MaxBatch && k == weight.shape[1];
+        return rows >= 1 && rows <= MatVec.MaxBatch && k == (inFeatures ?? weight.shape[1]);
     }
 
     /// <summary>x (…, K) any float dtype, weight (N, K) bf16 → (…, N) in x's dtype.</summary>
@@ -59,8 +59,14 @@ public static class DecodeLinear
     /// </summary>
     private const long ChunkBytes = 8 << 20;
 
-    /// <summary>Rows of an (N, K) matrix per chunk so that a float32 chunk stays under <see cref="ChunkBytes"/>.</summary>
-    private static long ChunkRows(long n, long k) => Math.Clamp(ChunkBytes / (4 * Math.Max(1, k)), 1, Math.Max(1, n));
+    /// <summary>
+    /// The quantizers' float32 blocks stay under this: each block has a few same-sized transients (absolute values,
+    /// quotients, levels), and a quantizing load's peak memory is the model plus these.
+    /// </summary>
+    private const long QuantizeChunkBytes = 1 << 20;
+
+    /// <summary>Rows of an (N, K) matrix per chunk so that a float32 chunk stays under <paramref name="bytes"/>.</summary>
+    private static long ChunkRows(long n, long k, long bytes = ChunkBytes) => Math.Clamp(bytes / (4 * Math.Max(1, k)), 1, Math.Max(1, n));
 
     /// <summary>
     /// Q8_0 of a float weight (N, K): each group of 32 along K becomes int8 q = round(w / scale), scale = max|w| / 127
@@ -68,14 +74,24 @@ public static class DecodeLinear
     /// </summary>
     public static (Tensor Q, Tensor Scales) QuantizeQ8(Tensor weight)
     {
-        if (weight.dim() != 2 || weight.shape[1] % MatVec.GroupSize != 0)
-            throw new XrayVLException($"Q8_0 needs a matrix with rows divisible by {MatVec.GroupSize}, got ({string.Join(", ", weight.shape)})");
-        using var scope = NewDisposeScope();
+        CheckQuantizable(weight, "Q8_0");
+        var q = torch.empty(weight.shape[0], weight.shape[1], ScalarType.Int8);                          // (N, K)
+        var scales = torch.empty(weight.shape[0], weight.shape[1] / MatVec.GroupSize, ScalarType.Float32);  // (N, K/32)
+        QuantizeQ8Into(weight, q, scales);
+        return (q, scales);
+    }
+
+    /// <summary>
+    /// <see cref="QuantizeQ8"/> into existing tensors q (N, K) int8 and scales (N, K / 32) float32, e.g. the storage of a
+    /// layer built quantized while a checkpoint streams in: the only transients are a few float32 blocks of at most 1 MB.
+    /// </summary>
+    public static void QuantizeQ8Into(Tensor weight, Tensor q, Tensor scales)
+    {
+        CheckQuantizable(weight, "Q8_0");
         using var noGrad = torch.no_grad();
         long n = weight.shape[0], k = weight.shape[1], groupsPerRow = k / MatVec.GroupSize;
-        var q = torch.empty(n, k, ScalarType.Int8);                       // (N, K)
-        var scales = torch.empty(n, groupsPerRow, ScalarType.Float32);    // (N, K/32)
-        long step = ChunkRows(n, k);
+        CheckTargets(q, [n, k], ScalarType.Int8, scales, [n, groupsPerRow]);
+        long step = ChunkRows(n, k, QuantizeChunkBytes);
         for (long first = 0; first < n; first += step)
         {
             using var chunkScope = NewDisposeScope();
@@ -86,7 +102,6 @@ public static class DecodeLinear
             q.narrow(0, first, rows).copy_(groups.div(divisor).round_().clamp_(-127, 127).view(rows, k));   // div: groups may be the caller's own float32 weight
             scales.narrow(0, first, rows).copy_(s);
         }
-        return (q.MoveToOuterDisposeScope(), scales.MoveToOuterDisposeScope());
     }
 
     /// <summary>q (N, K) int8, scales (N, K / 32) → w (N, K) in <paramref name="dtype"/> (products in float32).</summary>
@@ -98,24 +113,112 @@ public static class DecodeLinear
         return w.view(n, k).to(dtype).MoveToOuterDisposeScope();
     }
 
+    /// <summary>x (…, K) any float dtype, packed (N, K / 2) uint8 Q4_0, scales (N, K / 32) float32 → (…, N) in x's dtype.</summary>
+    public static Tensor Q4(Tensor x, Tensor packed, Tensor scales, Tensor? bias)
+    {
+        if (packed.dtype != ScalarType.Byte || scales.dtype != ScalarType.Float32)
+            throw new ArgumentException($"expected uint8 packed weights and float32 scales, got {packed.dtype} and {scales.dtype}");
+        using var scope = NewDisposeScope();
+        long k = x.shape[^1], n = packed.shape[0];
+        if (k != 2 * packed.shape[1]) throw new ArgumentException($"input has {k} features, the weight takes {2 * packed.shape[1]}");
+        int rows = (int)(x.numel() / k);
+        var x32 = x.reshape(rows, k).to(ScalarType.Float32).contiguous();   // (B, K)
+        var y = torch.empty(rows, n, ScalarType.Float32);                   // (B, N)
+        var qc = packed.contiguous();
+        var sc = scales.contiguous();
+        MatVec.Q4(qc.bytes, MemoryMarshal.Cast<byte, float>(sc.bytes), (int)n, (int)k, MemoryMarshal.Cast<byte, float>(x32.bytes), rows,
+            MemoryMarshal.Cast<byte, float>(y.bytes), threads: ThreadCount());
+        return Finish(x, y, bias, n).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Q4_0 of a float weight (N, K) (layout in <see cref="MatVec"/>'s Q4 part): per group of 32 along K, m is the weight
+    /// of largest magnitude (with its sign), scale = m / −8, level = clamp(round(w / scale), −8, 7), so m itself is
+    /// exactly level −8 and every level is used; an all-zero group gets scale 0 and level 0. Returns packed (N, K / 2)
+    /// uint8 and scales (N, K / 32) float32.
+    /// </summary>
+    public static (Tensor Packed, Tensor Scales) QuantizeQ4(Tensor weight)
+    {
+        CheckQuantizable(weight, "Q4_0");
+        var packed = torch.empty(weight.shape[0], weight.shape[1] / 2, ScalarType.Byte);                    // (N, K/2)
+        var scales = torch.empty(weight.shape[0], weight.shape[1] / MatVec.GroupSize, ScalarType.Float32);  // (N, K/32)
+        QuantizeQ4Into(weight, packed, scales);
+        return (packed, scales);
+    }
+
+    /// <summary><see cref="QuantizeQ4"/> into existing tensors packed (N, K / 2) uint8 and scales (N, K / 32) float32.</summary>
+    public static void QuantizeQ4Into(Tensor weight, Tensor packed, Tensor scales)
+    {
+        CheckQuantizable(weight, "Q4_0");
+        using var noGrad = torch.no_grad();
+        long n = weight.shape[0], k = weight.shape[1], groupsPerRow = k / MatVec.GroupSize, half = MatVec.Q4GroupBytes;
+        CheckTargets(packed, [n, k / 2], ScalarType.Byte, scales, [n, groupsPerRow]);
+        long step = ChunkRows(n, k, QuantizeChunkBytes);
+        for (long first = 0; first < n; first += step)
+        {
+            using var chunkScope = NewDisposeScope();
+            long rows = Math.Min(step, n - first);
+            var groups = weight.detach().narrow(0, first, rows).to(ScalarType.Float32).view(rows, groupsPerRow, MatVec.GroupSize); // (r, K/32, 32)
+            var extreme = groups.gather(-1, groups.abs().argmax(-1, keepdim: true));                            // (r, K/32, 1) signed
+            var s = extreme.div(-8);                                                                               // (r, K/32, 1)
+            var divisor = torch.where(s.ne(0), s, torch.ones_like(s));
+            var nibbles = groups.div(divisor).round_().clamp_(-8, 7).add_(8).to(ScalarType.Int32);              // (r, K/32, 32) in 0..15
+            var bytes = nibbles.narrow(-1, 0, half).add(nibbles.narrow(-1, half, half).mul(16));                // (r, K/32, 16): low | high << 4
+            packed.narrow(0, first, rows).copy_(bytes.to(ScalarType.Byte).view(rows, k / 2));
+            scales.narrow(0, first, rows).copy_(s.squeeze(-1));
+        }
+    }
+
+    /// <summary>packed (N, K / 2) Q4_0, scales (N, K / 32) → w (N, K) in <paramref name="dtype"/> (products in float32).</summary>
+    public static Tensor DequantizeQ4(Tensor packed, Tensor scales, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        long n = packed.shape[0], k = 2 * packed.shape[1], groups = k / MatVec.GroupSize;
+        var bytes = packed.to(ScalarType.Int32).view(n, groups, MatVec.Q4GroupBytes);                           // (N, K/32, 16)
+        var levels = torch.cat([bytes.remainder(16), bytes.div(16, RoundingMode.floor)], dim: -1).sub_(8);           // (N, K/32, 32): low, high nibbles
+        var w = levels.to(ScalarType.Float32).mul_(scales.unsqueeze(-1));
+        return w.view(n, k).to(dtype).MoveToOuterDisposeScope();
+    }
+
     /// <summary>
     /// y = x Wᵀ + b for a Q8_0 weight and any number of rows (prefill): libtorch's GEMM on the weight widened to x's dtype,
     /// a block of output rows at a time, so the widened copy never exists whole (a 7B MLP matrix would be 90 MB in bf16).
     /// </summary>
-    public static Tensor Q8Prefill(Tensor x, Tensor q, Tensor scales, Tensor? bias)
+    public static Tensor Q8Prefill(Tensor x, Tensor q, Tensor scales, Tensor? bias) =>
+        WidenedPrefill(x, q.shape[0], q.shape[1], bias, (first, rows) => DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), x.dtype));
+
+    /// <summary>As <see cref="Q8Prefill"/> for a Q4_0 weight (N, K / 2).</summary>
+    public static Tensor Q4Prefill(Tensor x, Tensor packed, Tensor scales, Tensor? bias) =>
+        WidenedPrefill(x, packed.shape[0], 2 * packed.shape[1], bias, (first, rows) => DequantizeQ4(packed.narrow(0, first, rows), scales.narrow(0, first, rows), x.dtype));
+
+    private static Tensor WidenedPrefill(Tensor x, long n, long k, Tensor? bias, Func<long, long, Tensor> widen)
     {
         using var scope = NewDisposeScope();
-        long n = q.shape[0], k = q.shape[1], step = ChunkRows(n, k);
+        long step = ChunkRows(n, k);
         var parts = new List<Tensor>();
         for (long first = 0; first < n; first += step)
         {
             long rows = Math.Min(step, n - first);
-            using var w = DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), x.dtype);   // (r, K)
-            parts.Add(nn.functional.linear(x, w));                                                          // (…, r)
+            using var w = widen(first, rows);                  // (r, K)
+            parts.Add(nn.functional.linear(x, w));             // (…, r)
         }
         var y = parts.Count == 1 ? parts[0] : torch.cat(parts, dim: -1);                                   // (…, N)
         if (bias is not null) y = y.add_(bias.to(y.dtype));
         return y.MoveToOuterDisposeScope();
+    }
+
+    private static void CheckQuantizable(Tensor weight, string format)
+    {
+        if (weight.dim() != 2 || weight.shape[1] % MatVec.GroupSize != 0)
+            throw new XrayVLException($"{format} needs a matrix with rows divisible by {MatVec.GroupSize}, got ({string.Join(", ", weight.shape)})");
+    }
+
+    private static void CheckTargets(Tensor q, long[] qShape, ScalarType qType, Tensor scales, long[] scaleShape)
+    {
+        if (q.dtype != qType || !q.shape.SequenceEqual(qShape) || !q.is_contiguous())
+            throw new ArgumentException($"quantized weight must be a contiguous {qType} ({string.Join(", ", qShape)}), got {q.dtype} ({string.Join(", ", q.shape)})");
+        if (scales.dtype != ScalarType.Float32 || !scales.shape.SequenceEqual(scaleShape))
+            throw new ArgumentException($"scales must be float32 ({string.Join(", ", scaleShape)}), got {scales.dtype} ({string.Join(", ", scales.shape)})");
     }
 
     private static int ThreadCount() => Threads > 0 ? Threads : Math.Max(1, torch.get_num_threads());

@@ -16,7 +16,7 @@ public enum KernelIsa { Scalar, Avx2, Avx512 }
 /// it with all B rows of x (which stay in cache). Rows of W are split across threads.
 /// Each instruction-set path is compared against the scalar reference (<see cref="KernelIsa.Scalar"/>) by the tests.
 /// </summary>
-public static unsafe class MatVec
+public static unsafe partial class MatVec
 {
     /// <summary>Largest activation batch the kernels take: beyond it the product is compute-bound and libtorch's GEMM wins.</summary>
     public const int MaxBatch = 8;

@@ -22,7 +22,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     private double loraScale;   // alpha / r (or alpha / sqrt(r) with rsLoRA)
     private double loraDropout; // probability, applied to the adapter's input only, in training mode
     private bool merged;        // adapter folded into weight: forward skips the adapter path
-    private Tensor? weight_scale; // (out, in / 32) float32 when weight is stored as Q8_0 int8 (QuantizeQ8); else null
+    private Tensor? weight_scale; // (out, in / 32) float32 when weight is stored as Q8_0 int8 or Q4_0 packed uint8 (Quantize); else null
 
     public AdaptableLinear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null, ScalarType? dtype = null)
         : base(nameof(AdaptableLinear))
@@ -30,14 +30,16 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
         // Same initialisation as torch.nn.Linear: kaiming-uniform(a = √5) weight, bias ~ U(−1/√in, 1/√in).
+        // (Left uninitialised inside Layers.SkipInitialisation: the caller fills every weight from a file.)
+        bool initialise = !Layers.InitialisationSkipped;
         var w = torch.empty([outFeatures, inFeatures], dtype, device);
-        nn.init.kaiming_uniform_(w, a: Math.Sqrt(5));
+        if (initialise) nn.init.kaiming_uniform_(w, a: Math.Sqrt(5));
         weight = new Parameter(w);
         if (hasBias)
         {
             double bound = inFeatures > 0 ? 1.0 / Math.Sqrt(inFeatures) : 0.0;
             var b = torch.empty([outFeatures], dtype, device);
-            nn.init.uniform_(b, -bound, bound);
+            if (initialise) nn.init.uniform_(b, -bound, bound);
             bias = new Parameter(b);
         }
         RegisterComponents();
@@ -71,15 +73,25 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     /// <summary>B (out, r); null without an adapter.</summary>
     public Parameter? LoraB => lora_B?.weight;
 
-    /// <summary>True when the weight is stored as Q8_0: <c>weight</c> int8 (out, in) and <c>weight_scale</c> (out, in / 32).</summary>
+    /// <summary>
+    /// True when the weight is stored quantized, with <c>weight_scale</c> (out, in / 32) float32 beside it: Q8_0
+    /// (<c>weight</c> int8 (out, in)) or Q4_0 (<c>weight</c> uint8 (out, in / 2), two 4-bit levels a byte).
+    /// </summary>
     public bool IsQuantized => weight_scale is not null;
-    /// <summary>The Q8_0 group scales (out, in / 32), or null when the weight is not quantized.</summary>
+    /// <summary>How the weight is stored: <see cref="LinearQuantization.None"/> (a float dtype), Q8 or Q4.</summary>
+    public LinearQuantization Quantization => weight_scale is null ? LinearQuantization.None
+        : weight.dtype == ScalarType.Byte ? LinearQuantization.Q4 : LinearQuantization.Q8;
+    /// <summary>The group scales (out, in / 32), or null when the weight is not quantized.</summary>
     public Tensor? WeightScale => weight_scale;
 
     public override Tensor forward(Tensor input)
     {
-        // input (…, in) → (…, out). Decoding (≤ 8 rows, no gradient) takes the C# kernels for bf16 and Q8_0 weights;
-        // longer inputs go to libtorch, a Q8_0 weight widened to the input's dtype a block of rows at a time.
+        // input (…, in) → (…, out). Decoding (≤ 8 rows, no gradient) takes the C# kernels for bf16, Q8_0 and Q4_0
+        // weights; longer inputs go to libtorch, a quantized weight widened to the input's dtype a block of rows at a time.
+        if (weight_scale is not null && weight.dtype == ScalarType.Byte)
+            return DecodeLinear.Applies(input, weight, InFeatures)
+                ? DecodeLinear.Q4(input, weight, weight_scale, bias)
+                : DecodeLinear.Q4Prefill(input, weight, weight_scale, bias);
         if (weight_scale is not null)
             return DecodeLinear.Applies(input, weight)
                 ? DecodeLinear.Q8(input, weight, weight_scale, bias)
@@ -104,17 +116,70 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     /// buffer <c>weight_scale</c> (out, in / 32) float32 joins the state dict; the float weight is released. For inference
     /// only (no gradient flows to int8 weights); a LoRA adapter must be merged first. No-op when already quantized.
     /// </summary>
-    public void QuantizeQ8()
+    public void QuantizeQ8() => Quantize(LinearQuantization.Q8);
+
+    /// <summary>
+    /// Stores the weight as Q4_0 (see <see cref="DecodeLinear.QuantizeQ4"/>): <c>weight</c> becomes uint8 (out, in / 2),
+    /// two 4-bit levels per byte, with <c>weight_scale</c> (out, in / 32) float32; otherwise as <see cref="QuantizeQ8"/>.
+    /// </summary>
+    public void QuantizeQ4() => Quantize(LinearQuantization.Q4);
+
+    /// <summary>Stores the weight in <paramref name="kind"/>; None, or an already quantized layer, is a no-op.</summary>
+    public void Quantize(LinearQuantization kind)
     {
-        if (weight_scale is not null) return;
+        if (weight_scale is not null || kind == LinearQuantization.None) return;
         if (lora_A is not null) throw new XrayVLException("a linear layer with a LoRA adapter cannot be quantized: merge it first (Lora.MergeAndUnload)");
-        var (q, scales) = DecodeLinear.QuantizeQ8(weight);
+        var (q, scales) = kind == LinearQuantization.Q4 ? DecodeLinear.QuantizeQ4(weight) : DecodeLinear.QuantizeQ8(weight);
         var old = weight;
         weight = new Parameter(q, requires_grad: false);
         ConditionallyRegisterParameter("weight", weight);   // replaces the registered float weight
         weight_scale = scales;
         ConditionallyRegisterBuffer("weight_scale", scales);
         old.Dispose();
+    }
+
+    /// <summary>
+    /// Gives a layer built on the META device (shapes only) real storage in <paramref name="kind"/>, drawn directly: levels
+    /// uniform over the format's range and one scale per group such that weights span nn.Linear's U(±1/√in); the bias (if
+    /// any) U(±1/√in) in the default dtype. For models made quantized (random benchmark weights, or the target a
+    /// checkpoint streams into), so that no float copy of the weight is ever allocated.
+    /// </summary>
+    internal void CreateQuantized(LinearQuantization kind, Device device)
+    {
+        if (weight.device_type != DeviceType.META) throw new InvalidOperationException("CreateQuantized needs a layer built on the META device");
+        if (kind == LinearQuantization.None) throw new ArgumentException("no quantization given", nameof(kind));
+        double bound = InFeatures > 0 ? 1.0 / Math.Sqrt(InFeatures) : 0.0;
+        var levels = kind == LinearQuantization.Q4
+            ? torch.randint(0, 256, [OutFeatures, InFeatures / 2], ScalarType.Byte, device)     // two 4-bit levels a byte
+            : torch.randint(-127, 128, [OutFeatures, InFeatures], ScalarType.Int8, device);
+        var scales = torch.full([OutFeatures, InFeatures / MatVec.GroupSize], bound / (kind == LinearQuantization.Q4 ? 8 : 127), ScalarType.Float32, device);
+        var old = weight;
+        weight = new Parameter(levels, requires_grad: false);
+        ConditionallyRegisterParameter("weight", weight);
+        weight_scale = scales;
+        ConditionallyRegisterBuffer("weight_scale", scales);
+        old.Dispose();
+        if (bias is not null)
+        {
+            var oldBias = bias;
+            bias = new Parameter(torch.empty([OutFeatures], device: device).uniform_(-bound, bound), requires_grad: false);
+            ConditionallyRegisterParameter("bias", bias);
+            oldBias.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Overwrites a quantized layer's weight and scales with the quantization of <paramref name="source"/> (out, in), a
+    /// float weight in any dtype, e.g. a checkpoint tensor streamed into a model built quantized. The layer keeps its format.
+    /// </summary>
+    public void QuantizeInto(Tensor source)
+    {
+        if (weight_scale is null) throw new InvalidOperationException("layer is not quantized");
+        if (source.dim() != 2 || source.shape[0] != OutFeatures || source.shape[1] != InFeatures)
+            throw new ArgumentException($"expected a ({OutFeatures}, {InFeatures}) weight, got ({string.Join(", ", source.shape)})");
+        using var contiguous = source.contiguous();
+        if (Quantization == LinearQuantization.Q4) DecodeLinear.QuantizeQ4Into(contiguous, weight, weight_scale);
+        else DecodeLinear.QuantizeQ8Into(contiguous, weight, weight_scale);
     }
 
     /// <summary>
@@ -127,7 +192,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         if (lora_A is not null)
             throw new XrayVLException("layer already has a LoRA adapter; call Lora.MergeAndUnload first");
         if (weight_scale is not null)
-            throw new XrayVLException("cannot attach a LoRA adapter to a quantized (int8) layer: load the model in fp32 or bf16 to train");
+            throw new XrayVLException("cannot attach a LoRA adapter to a quantized (int8/int4) layer: load the model in fp32 or bf16 to train");
         var dtype = weight.dtype is ScalarType.BFloat16 or ScalarType.Float16 ? ScalarType.Float32 : weight.dtype;
         var device = weight.device;
 

@@ -88,7 +88,8 @@ public static class GlmRotary
         using var scope = NewDisposeScope();
         long half = x.shape[^1] / 2;
         var rotated = torch.cat([x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], dim: -1);
-        return (x * cos + rotated * sin).MoveToOuterDisposeScope();
+        // cos/sin are float32: a bf16 x is rotated in float32 and returned in its own dtype (a no-op for float32).
+        return (x * cos + rotated * sin).to(x.dtype).MoveToOuterDisposeScope();
     }
 }
 
@@ -138,12 +139,12 @@ public sealed class GlmAttention : nn.Module
         return dense.call(merged).MoveToOuterDisposeScope();
     }
 
-    /// <summary>First half of each head rotated by position, second half by block position.</summary>
+    /// <summary>First half of each head rotated by position, second half by block position; back in x's dtype (cos/sin are float32).</summary>
     private static Tensor RotateHalves(Tensor x, (Tensor Cos, Tensor Sin) position, (Tensor Cos, Tensor Sin) block)
     {
         long half = x.shape[^1] / 2;
         return torch.cat([GlmRotary.Apply(x.narrow(-1, 0, half), position.Cos, position.Sin),
-                          GlmRotary.Apply(x.narrow(-1, half, half), block.Cos, block.Sin)], dim: -1);
+                          GlmRotary.Apply(x.narrow(-1, half, half), block.Cos, block.Sin)], dim: -1).to(x.dtype);
     }
 }
 

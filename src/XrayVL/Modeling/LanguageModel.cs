@@ -334,8 +334,11 @@ public sealed class LanguageModel : nn.Module
     public LanguageModel(LanguageModelConfig config) : base(nameof(LanguageModel))
     {
         Config = config.Validate();
-        model = new DecoderStack(config);
-        lm_head = config.TieWordEmbeddings ? null : Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        using (Layers.LanguageModelLayers())
+        {
+            model = new DecoderStack(config);
+            lm_head = config.TieWordEmbeddings ? null : Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
+        }
         RegisterComponents();
         InitializeWeights();
     }

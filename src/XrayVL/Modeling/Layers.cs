@@ -1,3 +1,5 @@
+using TorchSharp;
+using XrayVL.Kernels;
 using static TorchSharp.torch;
 
 namespace XrayVL.Modeling;
@@ -12,22 +14,58 @@ public static class Layers
 {
     public static nn.Module<Tensor, Tensor> Linear(long inFeatures, long outFeatures, bool hasBias = true, Device? device = null)
     {
-        var linear = new AdaptableLinear(inFeatures, outFeatures, hasBias, device);
-        if (quantizeOnCreation.Value) linear.QuantizeQ8();
+        var kind = quantizeOnCreation.Value;
+        if (kind == LinearQuantization.None || (quantizeLanguageModelOnly.Value && !insideLanguageModel.Value)
+            || inFeatures % MatVec.GroupSize != 0)
+            return new AdaptableLinear(inFeatures, outFeatures, hasBias, device);
+        // Shapes on META (no memory), then the quantized storage drawn directly: no float weight ever exists, not even
+        // one layer's, so neither a transient nor the allocator's leftovers of one add to the peak.
+        var linear = new AdaptableLinear(inFeatures, outFeatures, hasBias, torch.META);
+        linear.CreateQuantized(kind, device ?? torch.CPU);
         return linear;
     }
 
-    private static readonly AsyncLocal<bool> quantizeOnCreation = new();
+    private static readonly AsyncLocal<LinearQuantization> quantizeOnCreation = new();
+    private static readonly AsyncLocal<bool> quantizeLanguageModelOnly = new();
+    private static readonly AsyncLocal<bool> insideLanguageModel = new();
 
     /// <summary>
-    /// While the returned scope is open, every linear made by <see cref="Linear"/> on this flow is stored as Q8_0 as soon as
-    /// it is created, so a large model is never whole in a float dtype (see WeightFormats.CreateRandom).
+    /// While the returned scope is open, every linear made by <see cref="Linear"/> on this flow (with an input width
+    /// divisible by 32) is stored as <paramref name="kind"/> as soon as it is created, so a large model is never whole in a
+    /// float dtype (see WeightFormats.CreateRandom and ModelLoading). With <paramref name="languageModelOnly"/>, only the
+    /// linears of a <see cref="LanguageModel"/> are (the vision tower and projector of a composed model stay float).
     /// </summary>
-    public static IDisposable QuantizeLinearsOnCreation(bool enabled = true)
+    public static IDisposable QuantizeLinearsOnCreation(LinearQuantization kind = LinearQuantization.Q8, bool languageModelOnly = false)
     {
-        bool previous = quantizeOnCreation.Value;
-        quantizeOnCreation.Value = enabled;
-        return new Restore(() => quantizeOnCreation.Value = previous);
+        var (previousKind, previousScope) = (quantizeOnCreation.Value, quantizeLanguageModelOnly.Value);
+        quantizeOnCreation.Value = kind;
+        quantizeLanguageModelOnly.Value = languageModelOnly;
+        return new Restore(() => (quantizeOnCreation.Value, quantizeLanguageModelOnly.Value) = (previousKind, previousScope));
+    }
+
+    /// <summary>Marks the layers created while the scope is open as a language model's (LanguageModel's constructor opens it).</summary>
+    internal static IDisposable LanguageModelLayers()
+    {
+        bool previous = insideLanguageModel.Value;
+        insideLanguageModel.Value = true;
+        return new Restore(() => insideLanguageModel.Value = previous);
+    }
+
+    private static readonly AsyncLocal<bool> skipInitialisation = new();
+
+    /// <summary>True while a <see cref="SkipInitialisation"/> scope is open on this flow.</summary>
+    public static bool InitialisationSkipped => skipInitialisation.Value;
+
+    /// <summary>
+    /// While the returned scope is open, linears made by <see cref="Linear"/> leave their weights uninitialised: for a model
+    /// whose every weight is about to be read from a file, drawing billions of random numbers first only costs time
+    /// (VisualGLM-6B's loader).
+    /// </summary>
+    public static IDisposable SkipInitialisation()
+    {
+        bool previous = skipInitialisation.Value;
+        skipInitialisation.Value = true;
+        return new Restore(() => skipInitialisation.Value = previous);
     }
 
     private sealed class Restore(Action restore) : IDisposable

@@ -1,10 +1,12 @@
 using System.Text.Json;
+using XrayVL.Tests.Modeling;
 using XrayVL.Tests.Support;
 using XrayVL.Tests.Text;
 
 namespace XrayVL.Tests.Cli;
 
 /// <summary>report / chat / info on a tiny checkpoint folder written through the real save path.</summary>
+[Collection(nameof(ProcessWideTorchState))]   // loading in bf16/int8/int4 sets torch's process-wide default dtype while the model is built
 public class ModelCommandTests
 {
     private static string Sample(string name = "2_1.png") => SharedData.File("iu-xray", "images", name);

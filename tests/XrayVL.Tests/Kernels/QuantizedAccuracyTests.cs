@@ -4,6 +4,7 @@ using TorchSharp;
 using XrayVL.IO;
 using XrayVL.Kernels;
 using XrayVL.Modeling;
+using XrayVL.Tests.Modeling;
 using static TorchSharp.torch;
 
 namespace XrayVL.Tests.Kernels;
@@ -14,6 +15,7 @@ namespace XrayVL.Tests.Kernels;
 /// token-by-token decoding with the KV cache (the decode kernels), fed HF's own greedy tokens so every step is compared
 /// with HF's score for that step; the greedy choice must agree at every step.
 /// </summary>
+[Collection(nameof(ProcessWideTorchState))]   // loading in bf16/int8/int4 sets torch's process-wide default dtype while the model is built
 public class QuantizedAccuracyTests(ITestOutputHelper output)
 {
     private static readonly Lazy<string?> Root = new(() =>
@@ -47,12 +49,16 @@ public class QuantizedAccuracyTests(ITestOutputHelper output)
     private static double RelativeError(Tensor actual, Tensor expected) =>
         (actual.to(ScalarType.Float32) - expected).norm().item<float>() / expected.norm().item<float>();
 
+    /// <summary>
+    /// The fixture as `--dtype` loads it (streamed straight into the format); with <paramref name="fp32Activations"/>, the
+    /// fp32 model with only its linear weights quantized.
+    /// </summary>
     private static LanguageModel Load(string model, WeightFormat format, bool fp32Activations = false)
     {
+        if (!fp32Activations) return ModelLoading.LoadLanguageModel(Fixture("models", model), format);
         var lm = Checkpoint.LoadLanguageModel(Fixture("models", model));
         foreach (var p in lm.parameters()) p.requires_grad = false;
-        if (fp32Activations) WeightFormats.QuantizeLinears(lm);   // weight quantization alone
-        else WeightFormats.Apply(lm, lm, format);
+        WeightFormats.QuantizeLinears(lm, format.LinearQuantization());   // weight quantization alone
         return lm;
     }
 
@@ -66,6 +72,8 @@ public class QuantizedAccuracyTests(ITestOutputHelper output)
             logits.Add(lm.Forward(lm.Embed(tokens.narrow(1, i, 1)), null, cache));                                // (1, 1, V)
         return torch.cat(logits, dim: 1);
     }
+
+    private const double Int4Bound = 0.2;
 
     [Theory]
     [InlineData("llama_tied")]
@@ -86,11 +94,14 @@ public class QuantizedAccuracyTests(ITestOutputHelper output)
         double fp32Error = RelativeError(fp32.Forward(fp32.Embed(ids)), expected);
         Assert.True(fp32Error < 1e-5, $"fp32 does not reproduce the fixture ({fp32Error:E2}): the comparison below would mean nothing");
 
-        foreach (var (name, lm) in new[]
+        // int4 has 16 levels per group against int8's 255: its bound is looser (measured figures in the README).
+        foreach (var (name, lm, bound) in new[]
         {
-            ("int8 weights, fp32 activations", Load(model, WeightFormat.Int8, fp32Activations: true)),
-            ("int8 (bf16 + Q8_0 linears)", Load(model, WeightFormat.Int8)),
-            ("bf16", Load(model, WeightFormat.Bf16)),
+            ("int8 weights, fp32 activations", Load(model, WeightFormat.Int8, fp32Activations: true), 2e-2),
+            ("int8 (bf16 + Q8_0 linears)", Load(model, WeightFormat.Int8), 2e-2),
+            ("bf16", Load(model, WeightFormat.Bf16), 2e-2),
+            ("int4 weights, fp32 activations", Load(model, WeightFormat.Int4, fp32Activations: true), Int4Bound),
+            ("int4 (bf16 + Q4_0 linears)", Load(model, WeightFormat.Int4), Int4Bound),
         })
         {
             using var _ = lm;
@@ -108,10 +119,12 @@ public class QuantizedAccuracyTests(ITestOutputHelper output)
             long decidedAgree = agrees.logical_and(decided).sum().item<long>();
             output.WriteLine($"{model}, {name}: logits relative error {prefillError:E2} (prefill), {decodeError:E2} (decode); " +
                 $"greedy agrees at {agree}/{tokens.shape[1]} steps, {decidedAgree}/{decidedCount} of the decided ones");
-            Assert.True(prefillError <= 2e-2, $"{name}: prefill logits relative error {prefillError:E2} > 2e-2");
-            Assert.True(decodeError <= 2e-2, $"{name}: decode logits relative error {decodeError:E2} > 2e-2");
+            Assert.True(prefillError <= bound, $"{name}: prefill logits relative error {prefillError:E2} > {bound:E0}");
+            Assert.True(decodeError <= bound, $"{name}: decode logits relative error {decodeError:E2} > {bound:E0}");
             Assert.Equal(decidedCount, decidedAgree);
-            Assert.True(decidedCount >= tokens.shape[1] / 2, $"{name}: only {decidedCount} steps decided: the error is too large to judge greedy choices");
+            // int4's error is large enough on these O(1) weights that few steps are decided; those few must still agree.
+            if (bound < Int4Bound)
+                Assert.True(decidedCount >= tokens.shape[1] / 2, $"{name}: only {decidedCount} steps decided: the error is too large to judge greedy choices");
         }
     }
 }
