@@ -160,14 +160,7 @@ public sealed partial class Trainer
                 throw new XrayVLException($"stage {stage.Name}: the loss became {stepLoss} at step {step}; lower lr or raise warmup_steps");
 
             // 3c. Update: clip, AdamW step.
-            double gradNorm;
-            using (NewDisposeScope())
-            {
-                EnsureGradients(parameters);
-                gradNorm = torch.nn.utils.clip_grad_norm_(parameters, stage.MaxGradNorm > 0 ? stage.MaxGradNorm : double.PositiveInfinity);
-                optimizer.step();
-                optimizer.zero_grad();
-            }
+            double gradNorm = ClipAndStep(parameters, optimizer, stage.MaxGradNorm);
 
             // 3d. Speed, metrics, progress; validation loss every eval_every steps and at the end.
             double seconds = watch.Elapsed.TotalSeconds;

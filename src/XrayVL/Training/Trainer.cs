@@ -253,15 +253,7 @@ public sealed partial class Trainer
                                           $"(the last checkpoint is in {Path.Combine(outDir, CheckpointsFolder)})");
 
             // 5d. Update: clip the global gradient norm, AdamW step on the float32 master weights, copy back to the compute copy.
-            double gradNorm;
-            using (NewDisposeScope())
-            {
-                EnsureGradients(parameters);
-                gradNorm = torch.nn.utils.clip_grad_norm_(parameters, stage.MaxGradNorm > 0 ? stage.MaxGradNorm : double.PositiveInfinity);
-                optimizer.step();
-                optimizer.zero_grad();
-                compute.AfterStep();
-            }
+            double gradNorm = ClipAndStep(parameters, optimizer, stage.MaxGradNorm, compute.AfterStep);
 
             // 5e. Speed, metrics, progress.
             double seconds = watch.Elapsed.TotalSeconds;
@@ -458,6 +450,22 @@ public sealed partial class Trainer
             double bound = 1.0 / Math.Sqrt(layer.InFeatures);
             layer.LoraA!.uniform_(-bound, bound, generator);
         }
+    }
+
+    /// <summary>
+    /// One optimizer update: every trainable parameter gets a gradient (see <see cref="EnsureGradients"/>), the global
+    /// gradient norm is clipped to <paramref name="maxGradNorm"/> (0: not clipped), AdamW steps, the gradients are
+    /// cleared, then <paramref name="afterStep"/> runs (the compute copy takes the new weights). Returns the norm before clipping.
+    /// </summary>
+    private static double ClipAndStep(IList<Parameter> parameters, AdamW optimizer, double maxGradNorm, Action? afterStep = null)
+    {
+        using var scope = NewDisposeScope();
+        EnsureGradients(parameters);
+        double norm = torch.nn.utils.clip_grad_norm_(parameters, maxGradNorm > 0 ? maxGradNorm : double.PositiveInfinity);
+        optimizer.step();
+        optimizer.zero_grad();
+        afterStep?.Invoke();
+        return norm;
     }
 
     /// <summary>
