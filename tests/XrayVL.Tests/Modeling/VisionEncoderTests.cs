@@ -22,15 +22,17 @@ public class VisionEncoderTests
         module.state_dict().Select(kv => $"{kv.Key} ({string.Join(", ", kv.Value.shape)})").Order(StringComparer.Ordinal).ToList();
 
     /// <summary>Every parameter and floating buffer random, so zero biases / unit norms cannot hide a mistake.</summary>
+    /// <summary>Seeded weights from a generator of its own: torch's global one is shared with the tests running in parallel.</summary>
     private static void Randomize(nn.Module module, int seed)
     {
-        manual_seed(seed);
+        using var generator = new Generator((ulong)seed);
         using var _ = no_grad();
-        foreach (var (name, p) in module.named_parameters()) p.normal_(name.EndsWith("norm1.weight") || name.EndsWith("norm2.weight") ? 1.0 : 0.0, 0.3);
+        foreach (var (name, p) in module.named_parameters())
+            p.normal_(name.EndsWith("norm1.weight") || name.EndsWith("norm2.weight") ? 1.0 : 0.0, 0.3, generator);
         foreach (var (name, b) in module.named_buffers())
         {
-            if (name.EndsWith("running_mean")) b.normal_(0, 0.3);
-            if (name.EndsWith("running_var")) b.uniform_(0.5, 2.0);
+            if (name.EndsWith("running_mean")) b.normal_(0, 0.3, generator);
+            if (name.EndsWith("running_var")) b.uniform_(0.5, 2.0, generator);
         }
     }
 
@@ -443,8 +445,8 @@ public class VisionEncoderTests
         bf16.to(ScalarType.BFloat16);
         fp32.eval();
         bf16.eval();
-        manual_seed(17);
-        var x = randn(2, config.NumChannels, config.ImageSize, config.ImageSize);
+        using var inputs = new Generator(17);
+        var x = randn([2, config.NumChannels, config.ImageSize, config.ImageSize], ScalarType.Float32, generator: inputs);
         using var _ = no_grad();
         var reference = fp32.call(x);
         var low = bf16.call(x);
