@@ -1,4 +1,5 @@
 using TorchSharp;
+using XrayVL.Inference;
 using XrayVL.IO;
 using XrayVL.Kernels;
 
@@ -37,6 +38,13 @@ public static class ModelLocator
             $"no model given and no default model found ({DefaultRelative}/ is missing): pass --model DIR with a checkpoint " +
             "folder, e.g. OUT/model written by `xrayvl train --config configs/default.json --out OUT`");
     }
+
+    /// <summary>
+    /// The inference pipeline over the model folder the command uses, whatever its family (an XrayGLM import or any
+    /// other), its weights held as <paramref name="dtype"/> (`--dtype`); one generation at a time.
+    /// </summary>
+    public static LoadedPipeline LoadPipeline(string? modelDir, string dtype = "fp32") =>
+        LoadedPipeline.Load(Resolve(modelDir), WeightFormats.Parse(dtype));
 
     /// <summary>Loads the model for inference (no gradients anywhere), its weights held as <paramref name="dtype"/> (`--dtype`).</summary>
     public static LoadedModel Load(string? modelDir, string dtype = "fp32")

@@ -44,9 +44,9 @@ internal static class PageEndpoints
         var (bytes, form) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
         // "language" as the page sends it; "lang" as the CLI spells its flag.
         string languageField = form.ContainsKey("language") || !form.ContainsKey("lang") ? "language" : "lang";
-        string language = Language(form[languageField].ToString(), languageField);
+        string language = Language(form[languageField].ToString(), languageField, server);
         int maxTokens = MaxTokens(form["max_tokens"].ToString(), server.Options);
-        var image = await Uploads.DecodeAsync(bytes, server, full => Preprocess.ToModelSquare(full, server.Model.Preprocess), context.RequestAborted);
+        var image = await Uploads.DecodeAsync(bytes, server, server.Pipeline.ModelSquare, context.RequestAborted);
 
         var written = await server.Reports.WriteAsync(image, language, server.Pipeline.Decoding() with { MaxNewTokens = maxTokens }, context.RequestAborted);
         var json = written.ToJson();
@@ -58,7 +58,7 @@ internal static class PageEndpoints
     {
         // The body is optional ({"language": "zh"}); read whenever one is sent, with a length or chunked.
         var body = await ReadJsonObject(context, optional: true);
-        string language = Language(body is null ? null : StringField(body, "language"), "language");
+        string language = Language(body is null ? null : StringField(body, "language"), "language", server);
         string client = context.Connection.RemoteIpAddress?.ToString() ?? "unknown";
         var session = server.Sessions.Create(language, client);
         context.Response.StatusCode = StatusCodes.Status201Created;
@@ -97,7 +97,7 @@ internal static class PageEndpoints
     {
         var (bytes, _) = await Uploads.ReadImageFormAsync(context, server.Options.MaxUploadBytes);
         var (modelImage, preview, format, width, height) = await Uploads.DecodeAsync(bytes, server,
-            image => Shrink(image, server.Model.Preprocess), context.RequestAborted);
+            image => Shrink(image, server.Pipeline.ModelSquare), context.RequestAborted);
         await WithSession(session, () =>
         {
             session.Chat.Clear();
@@ -114,8 +114,8 @@ internal static class PageEndpoints
     /// <summary>What a conversation keeps of an upload: the model's square, a preview PNG, the format and size.</summary>
     internal sealed record ShrunkImage(GrayImage ModelImage, byte[] PreviewPng, ImageFormat Format, int Width, int Height);
 
-    internal static ShrunkImage Shrink(GrayImage image, PreprocessConfig preprocess) =>
-        new(Preprocess.ToModelSquare(image, preprocess), PngWriter.EncodeGray(Downscale(image, PreviewSide)), image.Source.Format, image.Width, image.Height);
+    internal static ShrunkImage Shrink(GrayImage image, Func<GrayImage, GrayImage> modelSquare) =>
+        new(modelSquare(image), PngWriter.EncodeGray(Downscale(image, PreviewSide)), image.Source.Format, image.Width, image.Height);
 
     private static Task Preview(HttpContext context, WebSession session)
     {
@@ -146,8 +146,8 @@ internal static class PageEndpoints
     {
         var body = await ReadJsonObject(context, optional: false) ?? new JsonObject();
         bool report = body["report"] is JsonValue r && r.TryGetValue(out bool isReport) && isReport;
-        string language = StringField(body, "language") is { } l ? Language(l, "language") : session.Chat.Language;
-        string text = report ? ReportWriter.Request(language)
+        string language = StringField(body, "language") is { } l ? Language(l, "language", server) : session.Chat.Language;
+        string text = report ? server.Pipeline.ReportRequest(language)
             : body["text"] is JsonValue t && t.TryGetValue(out string? question) && !string.IsNullOrWhiteSpace(question) ? question.Trim()
             : throw new ApiException(StatusCodes.Status400BadRequest, "text is missing: ask a question, or send \"report\": true", "text");
         if (text.Length > MaxQuestionLength) throw new ApiException(StatusCodes.Status400BadRequest, $"the question is longer than {MaxQuestionLength} characters", "text");
@@ -260,9 +260,10 @@ internal static class PageEndpoints
         _ => throw new ApiException(StatusCodes.Status400BadRequest, $"{name} must be a string", name),
     };
 
-    private static string Language(string? value, string param) => value switch
+    /// <summary>"en" or "zh" as sent; nothing sent: the model's own language (XrayGLM's is Chinese).</summary>
+    private static string Language(string? value, string param, XrayServer server) => value switch
     {
-        null or "" => "en",
+        null or "" => server.Pipeline.DefaultLanguage,
         "en" or "zh" => value,
         _ => throw new ApiException(StatusCodes.Status400BadRequest, $"language must be \"en\" or \"zh\", got {ApiErrors.Quote(value)}", param),
     };

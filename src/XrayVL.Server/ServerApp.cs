@@ -16,21 +16,25 @@ using XrayVL.Serving;
 
 namespace XrayVL.Server;
 
-/// <summary>What every endpoint shares: the model, the scheduler that runs it, the chat client over both, the sessions.</summary>
+/// <summary>What every endpoint shares: the model's pipeline, the chat client over it, the report writer, the sessions.</summary>
 public sealed class XrayServer : IDisposable
 {
-    private readonly bool ownsModel;
+    private readonly LoadedPipeline loaded;
 
     public XrayServer(ServerOptions options)
     {
         Options = options.Validate();
-        ownsModel = options.Model is null;
-        Model = options.Model ?? WeightFormats.LoadForInference(options.ModelDir!, WeightFormats.Parse(options.DType));
-        Scheduler = new BatchScheduler(Model.Model, Model.Preprocess, new BatchSchedulerOptions { MaxBatch = options.MaxBatch, MaxQueue = options.MaxQueue });
-        Pipeline = new InferencePipeline(Model, Scheduler);
-        Reports = new ReportWriter(Pipeline, Model.Name);
+        var batching = new BatchSchedulerOptions { MaxBatch = options.MaxBatch, MaxQueue = options.MaxQueue };
+        if (options.Model is { } given)
+        {
+            // A model the caller loaded (and disposes): the server owns only the scheduler it runs it with.
+            var scheduler = new BatchScheduler(given.Model, given.Preprocess, batching);
+            loaded = new LoadedPipeline(new InferencePipeline(given, scheduler), given.Name, scheduler);
+        }
+        else loaded = LoadedPipeline.Load(options.ModelDir!, WeightFormats.Parse(options.DType), batching);
+        Reports = new ReportWriter(Pipeline, ModelId);
         Decodes = new DecodeBudget(options.DecodeBudgetBytes);
-        ChatClient = new XrayChatClient(Model, Scheduler, new XrayChatClientOptions
+        ChatClient = new XrayChatClient(Pipeline, ModelId, new XrayChatClientOptions
         {
             ImageLimits = options.ImageLimits,
             MaxOutputTokensLimit = options.MaxOutputTokens,
@@ -43,10 +47,11 @@ public sealed class XrayServer : IDisposable
     }
 
     public ServerOptions Options { get; }
-    public LoadedModel Model { get; }
-    public BatchScheduler Scheduler { get; }
-    /// <summary>Every endpoint's way from a conversation to text: through <see cref="Scheduler"/>, shared by all clients.</summary>
-    public InferencePipeline Pipeline { get; }
+    /// <summary>
+    /// Every endpoint's way from a conversation to text, shared by all clients: through a batch scheduler for the
+    /// LLaVA-family models, one generation at a time for XrayGLM.
+    /// </summary>
+    public IInferencePipeline Pipeline => loaded.Pipeline;
     /// <summary>Reports for /api/report and the page, written apart from any chat.</summary>
     public ReportWriter Reports { get; }
     /// <summary>Every image decode of every endpoint reserves its memory here.</summary>
@@ -54,14 +59,14 @@ public sealed class XrayServer : IDisposable
     public XrayChatClient ChatClient { get; }
     public SessionStore Sessions { get; }
     public DateTimeOffset Started { get; }
-    public string ModelId => Model.Name;
+    /// <summary>The model folder's name: what /v1/models lists and every answer names.</summary>
+    public string ModelId => loaded.Name;
 
     public void Dispose()
     {
         Sessions.Dispose();
         ChatClient.Dispose();
-        Scheduler.Dispose();
-        if (ownsModel) Model.Model.Dispose();
+        loaded.Dispose();
     }
 }
 
@@ -133,7 +138,7 @@ public static class ServerApp
 
     private static Task Healthz(HttpContext context, XrayServer server)
     {
-        var stats = server.Scheduler.Stats;
+        var stats = server.Pipeline.Stats;
         return Results.Json(new
         {
             status = "ok",

@@ -42,11 +42,11 @@ public sealed class SessionStore : IDisposable
 
     private readonly Dictionary<string, WebSession> sessions = new(StringComparer.Ordinal);
     private readonly object gate = new();
-    private readonly InferencePipeline pipeline;
+    private readonly IInferencePipeline pipeline;
     private readonly TimeProvider clock;
     private readonly ITimer sweeper;
 
-    public SessionStore(InferencePipeline pipeline, ServerOptions options)
+    public SessionStore(IInferencePipeline pipeline, ServerOptions options)
     {
         this.pipeline = pipeline;
         clock = options.TimeProvider;

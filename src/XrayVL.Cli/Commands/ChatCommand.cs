@@ -23,13 +23,10 @@ public static class ChatCommand
         {
             string? first = parse.GetValue(image);
             var firstImage = first is null ? null : ImageFile.Load(first);
-            // A folder from `xrayvl import xrayglm` speaks XrayGLM's prompt format (Chinese unless --lang is given).
-            if (XrayGlmFrontEnd.Resolve(parse.GetValue(model)) is { } glm)
-                return await XrayGlmFrontEnd.ChatAsync(io, glm, parse.GetValue(dtype)!, XrayGlmFrontEnd.Language(parse, lang), firstImage,
-                    parse.GetValue(maxTokens), parse.GetValue(temperature), parse.GetValue(seed), cancel);
-            var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
-            var pipeline = new InferencePipeline(loaded);
-            var session = new ChatSession(pipeline, parse.GetValue(lang)!);
+            using var loaded = ModelLocator.LoadPipeline(parse.GetValue(model), parse.GetValue(dtype)!);
+            var pipeline = loaded.Pipeline;
+            string language = CommonOptions.LanguageOf(parse, lang, pipeline.DefaultLanguage);
+            var session = new ChatSession(pipeline, language);
             if (firstImage != null) session.AddImage(firstImage);
             double temp = parse.GetValue(temperature);
             var options = pipeline.Decoding() with
@@ -40,7 +37,8 @@ public static class ChatCommand
                 Seed = parse.GetValue(seed),
             };
 
-            io.Err.WriteLine($"XrayVL chat — model {loaded.Name}. {App.DisclaimerIn(parse.GetValue(lang)!)}");
+            string format = pipeline is XrayGlmPipeline ? " (XrayGLM prompt format; one X-ray per conversation)" : "";
+            io.Err.WriteLine($"XrayVL chat — model {loaded.Name}{format}. {App.DisclaimerIn(language)}");
             io.Err.WriteLine(Help + "; Ctrl-C stops an answer, and at the prompt ends the chat");
             // Ctrl-C while an answer is written stops that answer (the question is dropped, the conversation goes on);
             // at the prompt it ends the chat.
@@ -133,8 +131,8 @@ public static class ChatCommand
             case "/image" when parts.Length == 2:
                 try
                 {
-                    session.AddImage(ImageFile.Load(parts[1]));
-                    io.Err.WriteLine($"(image added: {parts[1]})");
+                    bool restarted = session.AddImage(ImageFile.Load(parts[1]));
+                    io.Err.WriteLine(restarted ? $"(image: {parts[1]}; a new conversation, as this model reads one X-ray per conversation)" : $"(image added: {parts[1]})");
                 }
                 catch (XrayVLException e)
                 {

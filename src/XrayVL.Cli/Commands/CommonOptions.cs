@@ -10,11 +10,18 @@ public static class CommonOptions
         Description = "Checkpoint folder (config.json + model.safetensors + tokenizer); default: $XRAYVL_MODEL or models/default",
     };
 
-    public static Option<string> Language(string defaultValue = "en", string description = "Language of prompts and answers: en or zh") => new Option<string>("--lang", "-l")
+    public static Option<string> Language(string defaultValue = "en", string description = "Language of prompts and answers: en or zh (default: en; zh for XrayGLM models)") => new Option<string>("--lang", "-l")
     {
         Description = description,
         DefaultValueFactory = _ => defaultValue,
     }.AcceptOnlyFromAmong("en", "zh");
+
+    /// <summary>
+    /// --lang as given; when the user did not give it, the model's own language (<paramref name="modelDefault"/>: Chinese
+    /// for XrayGLM, as its CLI speaks).
+    /// </summary>
+    public static string LanguageOf(ParseResult parse, Option<string> lang, string modelDefault) =>
+        parse.GetResult(lang) is { Implicit: false } ? parse.GetValue(lang)! : modelDefault;
 
     public static Option<bool> Json(string description = "Print JSON instead of text") => new("--json") { Description = description };
 

@@ -20,18 +20,14 @@ public static class ReportCommand
         var command = new Command("report", "Write a report for each chest X-ray") { images, model, dtype, lang, json, beams, maxTokens };
         command.SetAction(async (parse, cancel) =>
         {
-            string language = parse.GetValue(lang)!;
             bool asJson = parse.GetValue(json);
             // Read every image first: a bad file fails in a second, before the model loads.
             var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
-            // A folder from `xrayvl import xrayglm` speaks XrayGLM's prompt format (Chinese unless --lang is given).
-            if (XrayGlmFrontEnd.Resolve(parse.GetValue(model)) is { } glm)
-                return await XrayGlmFrontEnd.ReportAsync(io, glm, parse.GetValue(dtype)!, XrayGlmFrontEnd.Language(parse, lang), asJson,
-                    loadedImages, parse.GetValue(maxTokens), cancel);
-            var loaded = ModelLocator.Load(parse.GetValue(model), parse.GetValue(dtype)!);
-            var pipeline = new InferencePipeline(loaded);
+            using var loaded = ModelLocator.LoadPipeline(parse.GetValue(model), parse.GetValue(dtype)!);
+            var pipeline = loaded.Pipeline;
+            string language = CommonOptions.LanguageOf(parse, lang, pipeline.DefaultLanguage);
             var reports = new ReportWriter(pipeline, loaded.Name);
-            // The decoding every front end uses (repetition penalty, n-gram ban, chat stop tokens), with this command's width and length.
+            // The decoding every front end uses (the model family's repetition rules and stop tokens), with this command's width and length.
             var options = pipeline.Decoding() with { NumBeams = parse.GetValue(beams), MaxNewTokens = parse.GetValue(maxTokens) };
             foreach (var (path, image) in loadedImages)
             {

@@ -38,8 +38,6 @@ public static class ServeCommand
         command.SetAction(async (parse, cancel) =>
         {
             string modelDir = ModelLocator.Resolve(parse.GetValue(model));
-            if (XrayVL.IO.VisualGlmFolder.IsVisualGlm(modelDir))
-                throw new XrayVLException($"{modelDir} is a VisualGLM (XrayGLM) model, which `serve` does not run yet; use `xrayvl report` or `xrayvl chat --model {modelDir}`");
             string? key = parse.GetValue(apiKey) ?? NullIfEmpty(Environment.GetEnvironmentVariable(ApiKeyVariable));
             var options = new ServerOptions
             {

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using TorchSharp;
 using XrayVL.Imaging;
+using XrayVL.Kernels;
 using XrayVL.Modeling;
 using XrayVL.Text;
 using static TorchSharp.torch;
@@ -26,6 +27,9 @@ public sealed record XrayGlmImportResult(int Tensors, long Bytes, IReadOnlyList<
 /// <summary>A VisualGLM model folder loaded for inference: the model, its ChatGLM tokenizer and its image preprocessing.</summary>
 public sealed record LoadedVisualGlm(VisualGlmModel Model, ChatGlmTokenizer Tokenizer, PreprocessConfig Preprocess, string Directory) : IDisposable
 {
+    /// <summary>The folder's name: the model id reports and the API give.</summary>
+    public string Name => Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(Directory)));
+
     public void Dispose() => Model.Dispose();
 }
 
@@ -155,7 +159,18 @@ public static class VisualGlmFolder
     /// Loads a VisualGLM model folder with weights in <paramref name="dtype"/>: the model is created in that dtype and
     /// filled one tensor at a time (peak: the model plus its largest tensor). An adapter/ folder is attached and merged.
     /// </summary>
-    public static LoadedVisualGlm Load(string directory, ScalarType dtype = ScalarType.Float32)
+    public static LoadedVisualGlm Load(string directory, ScalarType dtype = ScalarType.Float32) => Load(directory, dtype, LinearQuantization.None);
+
+    /// <summary>
+    /// Loads a VisualGLM model folder as <paramref name="format"/> (`--dtype`): fp32 or bf16 as above; int8 and int4 load in
+    /// bf16 (an adapter merged there), then store each ChatGLM linear layer as Q8_0 / Q4_0, releasing its bf16 weight as
+    /// soon as the quantized copy exists. The peak is therefore the bf16 model (about 12 GB for ChatGLM-6B + EVA-CLIP),
+    /// and what stays is the quantized one. The vision side stays in bf16.
+    /// </summary>
+    public static LoadedVisualGlm Load(string directory, WeightFormat format) =>
+        Load(directory, format.ComputeDType(), format.LinearQuantization());
+
+    private static LoadedVisualGlm Load(string directory, ScalarType dtype, LinearQuantization quantization)
     {
         string configPath = Path.Combine(directory, Checkpoint.ConfigFileName);
         if (!File.Exists(configPath)) throw new XrayVLException($"{directory}: no {Checkpoint.ConfigFileName}: not a model folder");
@@ -181,6 +196,7 @@ public static class VisualGlmFolder
                 Lora.MergeAndUnload(model);
                 foreach (var p in model.parameters()) p.requires_grad = false;
             }
+            WeightFormats.QuantizeLinears(model.LanguageModel, quantization);
             model.eval();
             return new LoadedVisualGlm(model, tokenizer, preprocess, directory);
         }

@@ -96,15 +96,32 @@ public static class PilBicubic
     }
 
     /// <summary>
+    /// The S×S 8-bit image BLIP-2's eval processing normalises (the image rounded to 8 bits, then Pillow-bicubic resized to
+    /// S×S), as a <see cref="GrayImage"/>: <see cref="BlipEval"/> of it equals <see cref="BlipEval"/> of the original.
+    /// </summary>
+    public static GrayImage BlipEvalImage(GrayImage image, int size)
+    {
+        byte[] resized = Resize(ToBytes(image), image.Width, image.Height, size, size);
+        var pixels = new float[resized.Length];
+        for (int i = 0; i < pixels.Length; i++) pixels[i] = resized[i] / 255f;
+        return new GrayImage(size, size, pixels, image.Source);
+    }
+
+    private static byte[] ToBytes(GrayImage image)
+    {
+        var bytes = new byte[image.Pixels.Length];
+        for (int i = 0; i < bytes.Length; i++) bytes[i] = (byte)Math.Clamp(Math.Round(image.Pixels[i] * 255.0), 0, 255);
+        return bytes;
+    }
+
+    /// <summary>
     /// BLIP-2's eval preprocessing of a gray image: 8-bit (as Pillow's convert("RGB") gives it), bicubic to S×S, /255,
     /// (v − mean_c) / std_c for the three channels. Returns (1, 3, S, S) float32.
     /// </summary>
     public static Tensor BlipEval(GrayImage image, int size, float[] mean, float[] std)
     {
         if (mean.Length != 3 || std.Length != 3) throw new XrayVLException("BLIP preprocessing needs 3-channel mean and std");
-        var bytes = new byte[image.Pixels.Length];
-        for (int i = 0; i < bytes.Length; i++) bytes[i] = (byte)Math.Clamp(Math.Round(image.Pixels[i] * 255.0), 0, 255);
-        byte[] resized = Resize(bytes, image.Width, image.Height, size, size);
+        byte[] resized = Resize(ToBytes(image), image.Width, image.Height, size, size);
         var values = new float[3 * size * size];
         for (int c = 0; c < 3; c++)
             for (int i = 0; i < resized.Length; i++)

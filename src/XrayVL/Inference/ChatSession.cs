@@ -13,15 +13,16 @@ namespace XrayVL.Inference;
 /// </summary>
 public sealed class ChatSession
 {
-    private readonly InferencePipeline pipeline;
+    private readonly IInferencePipeline pipeline;
     private readonly List<Turn> turns = [];
     private readonly List<GrayImage> images = [];          // every image of the conversation, in order of appearance
     private int pendingImages;                             // images waiting for the next user turn
 
-    public ChatSession(InferencePipeline pipeline, string language = "en")
+    /// <param name="language">"en" or "zh"; null: the model's own (<see cref="IInferencePipeline.DefaultLanguage"/>).</param>
+    public ChatSession(IInferencePipeline pipeline, string? language = null)
     {
         this.pipeline = pipeline;
-        Language = Languages.Check(language);
+        Language = Languages.Check(language ?? pipeline.DefaultLanguage);
     }
 
     /// <summary>Why the last complete answer ended (null before the first, or when it was cancelled).</summary>
@@ -39,10 +40,17 @@ public sealed class ChatSession
     public IReadOnlyList<Turn> Messages => turns;
     public int ImageCount => images.Count;
 
-    public void AddImage(GrayImage image)
+    /// <summary>
+    /// Adds an X-ray for the next question. Returns true when this started a new conversation: a model that reads one
+    /// image per conversation (XrayGLM) forgets the earlier turns and image when given another, as its own chat does.
+    /// </summary>
+    public bool AddImage(GrayImage image)
     {
+        bool restarted = images.Count >= pipeline.MaxImagesPerConversation;
+        if (restarted) Clear();
         images.Add(image);
         pendingImages++;
+        return restarted;
     }
 
     /// <summary>Forgets the turns and images: a new conversation on the same model.</summary>
@@ -74,11 +82,11 @@ public sealed class ChatSession
         LastFinishReason = null;
         var stream = pipeline.Start(conversation, [.. images], pipeline.Decoding(options), cancellationToken);
 
-        var decoder = pipeline.Tokenizer.CreateStreamingDecoder(skipSpecial: true);
+        var decoder = pipeline.CreateTextDecoder();
         var answer = new StringBuilder();
         // A seed prompt format ends answers at stop strings too (XrayGPT's "###" may come as "##" + "#"): text that could
         // begin one is held back until the next piece shows whether it does.
-        string[] stops = pipeline.Tokenizer.PromptFormat?.StopStrings ?? [];
+        string[] stops = [.. pipeline.StopStrings];
         int emitted = 0;
         bool stopped = false;
         await foreach (int id in stream.WithCancellation(cancellationToken))

@@ -1,4 +1,5 @@
 using TorchSharp;
+using XrayVL.Data;
 using XrayVL.Imaging;
 using XrayVL.IO;
 using XrayVL.Modeling;
@@ -21,7 +22,7 @@ namespace XrayVL.Inference;
 /// </code>
 /// The decoding defaults every front end starts from live here too (<see cref="Decoding(GenerationOptions?)"/>).
 /// </summary>
-public sealed class InferencePipeline
+public sealed class InferencePipeline : IInferencePipeline
 {
     /// <summary>Divides the logits of tokens already present: compact models repeat phrases without it.</summary>
     public const double DefaultRepetitionPenalty = 1.1;
@@ -45,6 +46,29 @@ public sealed class InferencePipeline
     public PreprocessConfig Preprocess { get; }
     /// <summary>Null: each generation runs by itself, at once.</summary>
     public BatchScheduler? Scheduler { get; }
+
+    public string DefaultLanguage => "en";
+
+    public int MaxImagesPerConversation => int.MaxValue;
+
+    /// <summary>A seed prompt format's stop strings (XrayGPT's "###"); none for the project's own chat template.</summary>
+    public IReadOnlyList<string> StopStrings => Tokenizer.PromptFormat?.StopStrings ?? [];
+
+    /// <summary>A seed model is asked in its own words (its prompt format's report request); others in the project's, in <paramref name="language"/>.</summary>
+    public string ReportRequest(string language) =>
+        Tokenizer.PromptFormat?.ReportRequest is { Length: > 0 } own ? own : InstructionPhrases.ReportRequest(language);
+
+    /// <summary>Padded to a square and resized to the encoder's side: preprocessing it again changes nothing.</summary>
+    public GrayImage ModelSquare(GrayImage image) => Imaging.Preprocess.ToModelSquare(image, Preprocess);
+
+    public IStreamingDecoder CreateTextDecoder() => Tokenizer.CreateStreamingDecoder(skipSpecial: true);
+
+    private int aloneRunning;
+    private long aloneCompleted, aloneCancelled, aloneFailed, aloneSteps;
+
+    /// <summary>The scheduler's counters; without one, those of the generations run alone.</summary>
+    public SchedulerStats Stats => Scheduler?.Stats ?? new SchedulerStats(0, Volatile.Read(ref aloneRunning), Interlocked.Read(ref aloneCompleted),
+        Interlocked.Read(ref aloneCancelled), Interlocked.Read(ref aloneFailed), Interlocked.Read(ref aloneSteps), 1);
 
     // ---------------------------------------------------------------- decoding defaults
 
@@ -155,6 +179,7 @@ public sealed class InferencePipeline
     /// <summary>One generation by itself: greedy or sampling step by step (the stream's consumer may leave at any step), or beam search.</summary>
     private void RunAlone(GenerationStream stream)
     {
+        Interlocked.Increment(ref aloneRunning);
         try
         {
             var options = stream.Request.Options;
@@ -167,6 +192,7 @@ public sealed class InferencePipeline
                 var (tokens, reason) = new TokenGenerator(Model.LanguageModel).BeamSearchWithReason(prefix, options, stream.ExpandedIds, stream.WithdrawnToken);
                 foreach (int token in tokens) stream.Deliver(token);
                 stream.Finish(reason);
+                Interlocked.Increment(ref aloneCompleted);
                 return;
             }
             using var session = new DecodeSession(Model.LanguageModel, [prefix], [stream.ExpandedIds], options);
@@ -174,18 +200,25 @@ public sealed class InferencePipeline
             {
                 if (stream.IsWithdrawn) throw new OperationCanceledException("the request was withdrawn");
                 var step = session.Step();
+                Interlocked.Increment(ref aloneSteps);
                 if (step.Count == 0) throw new InvalidOperationException("a decode session ended without finishing its row");
                 if (step[0].Token >= 0) stream.Deliver(step[0].Token);
                 if (step[0].Finish is { } finish)
                 {
                     stream.Finish(finish);
+                    Interlocked.Increment(ref aloneCompleted);
                     return;
                 }
             }
         }
         catch (Exception e)
         {
+            Interlocked.Increment(ref e is OperationCanceledException ? ref aloneCancelled : ref aloneFailed);
             stream.Fail(e);
+        }
+        finally
+        {
+            Interlocked.Decrement(ref aloneRunning);
         }
     }
 

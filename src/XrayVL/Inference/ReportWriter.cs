@@ -61,7 +61,7 @@ public sealed record WrittenReport(string Report, string Language, ReportFinding
 /// a first turn on the image alone with the report request, then the report labelled and its boxes read.
 /// No earlier turn of any chat reaches it, so the same image always gets the same report.
 /// </summary>
-public sealed class ReportWriter(InferencePipeline pipeline, string modelName)
+public sealed class ReportWriter(IInferencePipeline pipeline, string modelName)
 {
     /// <summary>The conversation a report is written in: the image, and nothing said before.</summary>
     public ChatSession Conversation(GrayImage image, string language)
@@ -71,9 +71,6 @@ public sealed class ReportWriter(InferencePipeline pipeline, string modelName)
         return chat;
     }
 
-    /// <summary>The request a report is asked with, in the language of the report.</summary>
-    public static string Request(string language) => InstructionPhrases.ReportRequest(language);
-
     /// <summary>Writes the report of <paramref name="image"/> and reads back its findings and boxes.</summary>
     /// <param name="options">Decoding on top of the pipeline's defaults (null: the defaults).</param>
     public async Task<WrittenReport> WriteAsync(GrayImage image, string language, GenerationOptions? options = null,
@@ -81,9 +78,7 @@ public sealed class ReportWriter(InferencePipeline pipeline, string modelName)
     {
         var clock = Stopwatch.StartNew();
         var chat = Conversation(image, language);
-        // A seed model is asked in its own words (its prompt format's report request), in the language it was trained in.
-        string request = pipeline.Tokenizer.PromptFormat?.ReportRequest is { Length: > 0 } own ? own : Request(language);
-        string report = await chat.AskAllAsync(request, options, cancellationToken);
+        string report = await chat.AskAllAsync(pipeline.ReportRequest(language), options, cancellationToken);
         return new WrittenReport(report, language, ReportFindings.Read(report, language), chat.LastFinishReason, modelName, clock.Elapsed.TotalSeconds);
     }
 }

@@ -26,8 +26,8 @@ public sealed record XrayChatClientOptions
 
 /// <summary>
 /// XrayVL as a Microsoft.Extensions.AI <see cref="IChatClient"/>: a .NET program talks to the model in-process with the
-/// abstractions it uses for any chat model. Generation goes through a <see cref="BatchScheduler"/>, so many concurrent
-/// callers share the model one batch at a time.
+/// abstractions it uses for any chat model. Generation goes through an <see cref="IInferencePipeline"/>: with a
+/// <see cref="BatchScheduler"/> behind it, many concurrent callers share the model one batch at a time.
 /// <list type="bullet">
 /// <item>Images are <see cref="DataContent"/> in user messages (image/png, image/jpeg, application/dicom, or any
 /// image/* or application/octet-stream: the format is sniffed from the bytes, never taken from the media type).
@@ -40,39 +40,41 @@ public sealed record XrayChatClientOptions
 /// user message (Chinese when CJK characters dominate).</item>
 /// <item>Decoding: greedy unless a positive <see cref="ChatOptions.Temperature"/> (or a TopP below 1) asks for sampling;
 /// temperature 0 is greedy; TopK, Seed, MaxOutputTokens and StopSequences are honoured; the frequency and presence
-/// penalties are not supported and ignored (a repetition penalty of 1.1 and a 4-gram ban are always on).</item>
+/// penalties are not supported and ignored (the model family's own repetition rules are always on: a penalty of 1.1 and a
+/// 4-gram ban, XrayGLM's penalty of 1.2).</item>
 /// </list>
 /// </summary>
 public sealed class XrayChatClient : IChatClient
 {
     public const string LanguageProperty = "language";
 
-    private readonly LoadedModel loaded;
-    private readonly BatchScheduler scheduler;
-    private readonly InferencePipeline pipeline;
-    private readonly bool ownsScheduler;
+    private readonly IInferencePipeline pipeline;
+    private readonly IDisposable? owned;
     private readonly XrayChatClientOptions options;
 
-    public XrayChatClient(LoadedModel loaded, BatchScheduler scheduler, XrayChatClientOptions? options = null)
-        : this(loaded, scheduler, ownsScheduler: false, options) { }
+    /// <summary>A client over <paramref name="pipeline"/> (shared with other front ends; the caller disposes it), named <paramref name="modelId"/>.</summary>
+    public XrayChatClient(IInferencePipeline pipeline, string modelId, XrayChatClientOptions? options = null)
+        : this(pipeline, modelId, owned: null, options) { }
 
-    private XrayChatClient(LoadedModel loaded, BatchScheduler scheduler, bool ownsScheduler, XrayChatClientOptions? options)
+    private XrayChatClient(IInferencePipeline pipeline, string modelId, IDisposable? owned, XrayChatClientOptions? options)
     {
-        this.loaded = loaded;
-        this.scheduler = scheduler;
-        pipeline = new InferencePipeline(loaded, scheduler);
-        this.ownsScheduler = ownsScheduler;
+        this.pipeline = pipeline;
+        this.owned = owned;
         this.options = options ?? new XrayChatClientOptions();
-        Metadata = new ChatClientMetadata("xrayvl", defaultModelId: loaded.Name);
+        ModelId = modelId;
+        Metadata = new ChatClientMetadata("xrayvl", defaultModelId: modelId);
     }
 
-    /// <summary>A client with a scheduler of its own, disposed with the client.</summary>
-    public static XrayChatClient Create(LoadedModel loaded, BatchSchedulerOptions? schedulerOptions = null, XrayChatClientOptions? options = null) =>
-        new(loaded, new BatchScheduler(loaded.Model, loaded.Preprocess, schedulerOptions), ownsScheduler: true, options);
+    /// <summary>A client over a loaded model with a batch scheduler of its own, disposed with the client (the model is the caller's).</summary>
+    public static XrayChatClient Create(LoadedModel loaded, BatchSchedulerOptions? schedulerOptions = null, XrayChatClientOptions? options = null)
+    {
+        var scheduler = new BatchScheduler(loaded.Model, loaded.Preprocess, schedulerOptions);
+        return new(new InferencePipeline(loaded, scheduler), loaded.Name, scheduler, options);
+    }
 
     public ChatClientMetadata Metadata { get; }
 
-    public string ModelId => loaded.Name;
+    public string ModelId { get; }
 
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? chatOptions = null,
         CancellationToken cancellationToken = default)
@@ -101,10 +103,9 @@ public sealed class XrayChatClient : IChatClient
     {
         var (conversation, images) = await ReadConversationAsync(messages, chatOptions, cancellationToken);
         var decoding = Decoding(chatOptions);
-        var tokenizer = loaded.Tokenizer;
         // The caller's stop sequences, and a seed prompt format's own (XrayGPT's "###" may come as "##" + "#").
         var stops = (chatOptions?.StopSequences?.Where(s => !string.IsNullOrEmpty(s)) ?? [])
-            .Concat(tokenizer.PromptFormat?.StopStrings ?? []).Distinct().ToArray();
+            .Concat(pipeline.StopStrings).Distinct().ToArray();
 
         string responseId = "chatcmpl-" + Guid.NewGuid().ToString("N");
         var created = DateTimeOffset.UtcNow;
@@ -116,7 +117,7 @@ public sealed class XrayChatClient : IChatClient
         // Leaving the loop early (a stop sequence) withdraws the generation, which frees its row at once.
         using var stopped = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var stream = pipeline.Start(conversation, images, decoding, stopped.Token);
-        var decoder = tokenizer.CreateStreamingDecoder(skipSpecial: true);
+        var decoder = pipeline.CreateTextDecoder();
         var text = new StringBuilder();
         int emitted = 0;
         bool stoppedBySequence = false;
@@ -222,8 +223,10 @@ public sealed class XrayChatClient : IChatClient
         }
         if (turns.Count == 0 || turns[^1].Role != TurnRole.User) throw new XrayVLException("the last message must be the user's");
         if (parts.Count == 0) throw new XrayVLException(NoImageMessage);
-        if (parts.Count > options.MaxImages)
-            throw new XrayVLException($"{parts.Count} images: at most {options.MaxImages} per request (a study's frontal and lateral views)");
+        int maxImages = Math.Min(options.MaxImages, pipeline.MaxImagesPerConversation);
+        if (parts.Count > maxImages)
+            throw new XrayVLException($"{parts.Count} images: at most {maxImages} per request " +
+                                      (maxImages == 1 ? "(this model reads one X-ray per conversation)" : "(a study's frontal and lateral views)"));
         string language = chatOptions?.AdditionalProperties?.TryGetValue(LanguageProperty, out var value) == true && value is not null
             ? Languages.Check(value.ToString() ?? "")
             : Labeler.DetectLanguage(lastUserText);
@@ -251,7 +254,7 @@ public sealed class XrayChatClient : IChatClient
     private Task<GrayImage> DecodeToModelSquareAsync(DataContent data, int number, CancellationToken cancellationToken)
     {
         var bytes = data.Data;
-        GrayImage Work() => Preprocess.ToModelSquare(ImageFile.Decode(bytes.Span, $"image {number}", options.ImageLimits), loaded.Preprocess);
+        GrayImage Work() => pipeline.ModelSquare(ImageFile.Decode(bytes.Span, $"image {number}", options.ImageLimits));
         return options.DecodeBudget is { } budget
             ? budget.RunAsync(DecodeBudget.EstimateBytes(bytes.Span), Work, cancellationToken)
             : Task.FromResult(Work());
@@ -262,13 +265,9 @@ public sealed class XrayChatClient : IChatClient
         ArgumentNullException.ThrowIfNull(serviceType);
         if (serviceKey is not null) return null;
         if (serviceType == typeof(ChatClientMetadata)) return Metadata;
-        if (serviceType == typeof(LoadedModel)) return loaded;
-        if (serviceType == typeof(BatchScheduler)) return scheduler;
+        if (serviceType == typeof(IInferencePipeline)) return pipeline;
         return serviceType.IsInstanceOfType(this) ? this : null;
     }
 
-    public void Dispose()
-    {
-        if (ownsScheduler) scheduler.Dispose();
-    }
+    public void Dispose() => owned?.Dispose();
 }

@@ -176,6 +176,38 @@ public sealed partial class ChatGlmTokenizer
         }
     }
 
+    /// <summary>A streaming decoder for generated ids: each piece is complete text, and the pieces join to <see cref="Decode"/> of all ids.</summary>
+    public IStreamingDecoder CreateStreamingDecoder() => new StreamingChatGlmDecoder(this);
+
+    /// <summary>
+    /// Decodes everything so far at each id and hands out what was added. SentencePiece text is not a concatenation of
+    /// per-piece texts (byte pieces join into characters, the dummy prefix's space goes, blanks expand), so the whole is
+    /// decoded each time; an answer is a few hundred ids. Text ending inside a character (U+FFFD) is held back.
+    /// </summary>
+    private sealed class StreamingChatGlmDecoder(ChatGlmTokenizer tokenizer) : IStreamingDecoder
+    {
+        private readonly List<long> ids = [];
+        private string written = "";
+
+        public string Push(int id)
+        {
+            ids.Add(id);
+            string text = tokenizer.Decode(ids);
+            if (text.EndsWith('\uFFFD') || !text.StartsWith(written, StringComparison.Ordinal) || text.Length == written.Length) return "";
+            string piece = text[written.Length..];
+            written = text;
+            return piece;
+        }
+
+        public string Flush()
+        {
+            string text = tokenizer.Decode(ids);
+            string piece = text.StartsWith(written, StringComparison.Ordinal) ? text[written.Length..] : "";
+            written = text;
+            return piece;
+        }
+    }
+
     /// <summary>
     /// XrayGLM's prompt ids (its chat.py): the tokens of the text up to and including "&lt;img&gt;", then
     /// <paramref name="imageLength"/> pad placeholders, then the tokens of the rest, then [gMASK] &lt;sop&gt;.

@@ -2,13 +2,23 @@ using System.Text;
 
 namespace XrayVL.Text;
 
+/// <summary>Generated ids in, text out as soon as it is complete; what every decoder of a streamed answer does.</summary>
+public interface IStreamingDecoder
+{
+    /// <summary>Adds one id; returns the text it completes (often empty, never half a character).</summary>
+    string Push(int id);
+
+    /// <summary>Returns whatever is held back.</summary>
+    string Flush();
+}
+
 /// <summary>
-/// Turns generated ids, fed one at a time, into text as soon as it is complete. A Chinese character is three UTF-8
+/// <see cref="XrayTokenizer"/>'s streaming decoder: generated ids, fed one at a time, become text as soon as it is complete. A Chinese character is three UTF-8
 /// bytes and byte-level BPE may split it across tokens, so bytes of an unfinished character are held back until the
 /// rest arrives. The concatenation of everything returned by <see cref="Push"/> and <see cref="Flush"/> equals
 /// <see cref="XrayTokenizer.Decode"/> of the same ids.
 /// </summary>
-public sealed class StreamingDecoder
+public sealed class StreamingDecoder : IStreamingDecoder
 {
     private readonly XrayTokenizer tokenizer;
     private readonly bool skipSpecial;

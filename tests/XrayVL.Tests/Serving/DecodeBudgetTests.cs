@@ -122,7 +122,7 @@ public class DecodeBudgetTests
 
         var preprocess = ServingModel.Loaded.Preprocess;
         PageEndpoints.ShrunkImage? kept = null;
-        long allocated = Allocated(() => kept = PageEndpoints.Shrink(ImageFile.Decode(png, "big.png"), preprocess));
+        long allocated = Allocated(() => kept = PageEndpoints.Shrink(ImageFile.Decode(png, "big.png"), image => Preprocess.ToModelSquare(image, preprocess)));
         Assert.True(allocated <= reserved, $"decoding allocated {allocated / 1e6:0} MB, the server reserves {reserved / 1e6:0} MB");
         // What the conversation keeps afterwards is small: the model's square and a preview of at most 768 px a side.
         Assert.Equal(preprocess.ImageSize, kept!.ModelImage.Width);

@@ -52,7 +52,7 @@ public class LoadTests
 
         Assert.All(results, r => Assert.Equal(HttpStatusCode.OK, r.StatusCode));
         Assert.Equal(expected, results.Select(r => r.Item2));
-        var stats = live.Server.Scheduler.Stats;
+        var stats = live.Server.Pipeline.Stats;
         Assert.Equal(Requests, stats.Completed);
         Assert.Equal(0, stats.Failed + stats.Cancelled);
         Assert.InRange(stats.LargestBatch, 2, 8);

@@ -99,7 +99,7 @@ public class ServerLimitsTests
         response.Dispose();                                                                  // the client leaves
         var other = await http.PostAsync("/v1/chat/completions", LiveServer.Json(LiveServer.ChatRequest("short", png, maxTokens: 4)), Ct);
         Assert.Equal(HttpStatusCode.OK, other.StatusCode);
-        var stats = live.Server.Scheduler.Stats;
+        var stats = live.Server.Pipeline.Stats;
         Assert.True(stats.Cancelled == 1, $"{stats}: the long answer was not abandoned mid-way");
         Assert.Equal(1, stats.Completed);
         Assert.True(stats.Steps < 500, $"{stats.Steps} steps: the abandoned answer kept its row");
