@@ -365,10 +365,7 @@ public static class SafeTensors
 
         AtomicFile.Write(path, stream =>
         {
-            var lengthBytes = new byte[8];
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
-            stream.Write(lengthBytes);
-            stream.Write(header);
+            WriteHeader(stream, header);
             foreach (var (_, tensor, _) in entries)
                 WriteTensorBytes(stream, tensor);
         });
@@ -395,10 +392,7 @@ public static class SafeTensors
         byte[] header = BuildHeader(entries, metadata);
         AtomicFile.Write(path, stream =>
         {
-            var lengthBytes = new byte[8];
-            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(lengthBytes, (ulong)header.Length);
-            stream.Write(lengthBytes);
-            stream.Write(header);
+            WriteHeader(stream, header);
             foreach (var (name, type, shape) in entries)
             {
                 using var tensor = produce(name);
@@ -412,7 +406,26 @@ public static class SafeTensors
         });
     }
 
+    /// <summary>The header of tensors laid out back to back in <paramref name="entries"/>' order.</summary>
     private static byte[] BuildHeader(List<(string Name, ScalarType Type, long[] Shape)> entries,
+        IReadOnlyDictionary<string, string>? metadata)
+    {
+        long offset = 0;
+        var placed = new List<(string, ScalarType, long[], long, long)>(entries.Count);
+        foreach (var (name, type, shape) in entries)
+        {
+            long bytes = shape.Aggregate(1L, (n, d) => n * d) * ElementSize(type);
+            placed.Add((name, type, shape, offset, offset + bytes));
+            offset += bytes;
+        }
+        return BuildHeader(placed, metadata);
+    }
+
+    /// <summary>
+    /// The JSON header of every writer: metadata (keys sorted), then each tensor's dtype, shape and data offsets (relative
+    /// to the data section), compact, padded with spaces (valid JSON whitespace) so the data section starts 8-byte aligned.
+    /// </summary>
+    internal static byte[] BuildHeader(IReadOnlyList<(string Name, ScalarType Type, long[] Shape, long Begin, long End)> entries,
         IReadOnlyDictionary<string, string>? metadata)
     {
         using var buffer = new MemoryStream();
@@ -426,31 +439,37 @@ public static class SafeTensors
                     json.WriteString(key, value);
                 json.WriteEndObject();
             }
-            long offset = 0;
-            foreach (var (name, type, shape) in entries)
+            foreach (var (name, type, shape, begin, end) in entries)
             {
-                long bytes = shape.Aggregate(1L, (n, d) => n * d) * ElementSize(type);
                 json.WriteStartObject(name);
                 json.WriteString("dtype", DTypeNameOf(type));
                 json.WriteStartArray("shape");
                 foreach (long d in shape) json.WriteNumberValue(d);
                 json.WriteEndArray();
                 json.WriteStartArray("data_offsets");
-                json.WriteNumberValue(offset);
-                json.WriteNumberValue(offset + bytes);
+                json.WriteNumberValue(begin);
+                json.WriteNumberValue(end);
                 json.WriteEndArray();
                 json.WriteEndObject();
-                offset += bytes;
             }
             json.WriteEndObject();
         }
-        // Pad with spaces (valid JSON whitespace) so the data section starts 8-byte aligned.
         int padding = (int)((8 - buffer.Length % 8) % 8);
         for (int i = 0; i < padding; i++) buffer.WriteByte((byte)' ');
         return buffer.ToArray();
     }
 
-    private static void WriteTensorBytes(Stream stream, Tensor tensor)
+    /// <summary>The file's start: the header's length (8 bytes, little-endian), then the header.</summary>
+    internal static void WriteHeader(Stream stream, byte[] header)
+    {
+        Span<byte> length = stackalloc byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(length, (ulong)header.Length);
+        stream.Write(length);
+        stream.Write(header);
+    }
+
+    /// <summary>A tensor's bytes (a contiguous CPU copy when needed), written in chunks so no second full copy is made.</summary>
+    internal static void WriteTensorBytes(Stream stream, Tensor tensor)
     {
         using var scope = torch.NewDisposeScope();
         var flat = tensor.detach().cpu().contiguous().view(-1);

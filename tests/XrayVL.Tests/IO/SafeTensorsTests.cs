@@ -18,6 +18,34 @@ public sealed class SafeTensorsTests : IDisposable
 
     private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
 
+    [Fact]
+    public void StreamWriterWritesTheSameBytesAsSaveAndSaveStreamed()
+    {
+        // Save's order (largest element first, then name); a name outside ASCII checks that one encoder writes every header.
+        var tensors = new Dictionary<string, Tensor>
+        {
+            ["a.weight"] = torch.arange(12, ScalarType.Float32).view(3, 4),
+            ["b.层"] = torch.arange(5, ScalarType.Int64),
+            ["c.mask"] = torch.tensor(new[] { true, false, true }),
+            ["d.half"] = torch.arange(6, ScalarType.Float16).view(2, 3),
+        };
+        var metadata = new Dictionary<string, string> { ["format"] = "pt", ["source"] = "测试" };
+        SafeTensors.Save(PathOf("saved.safetensors"), tensors, metadata);
+        var order = tensors.OrderByDescending(kv => SafeTensors.ElementSize(kv.Value.dtype)).ThenBy(kv => kv.Key, StringComparer.Ordinal).ToList();
+        using (var writer = new SafeTensorsStreamWriter(PathOf("streamed.safetensors")))
+        {
+            foreach (var (name, tensor) in order) writer.Add(name, tensor);
+            writer.Commit(metadata);
+        }
+        SafeTensors.SaveStreamed(PathOf("laid-out.safetensors"), [.. tensors.Select(kv => (kv.Key, kv.Value.dtype, kv.Value.shape))],
+            name => tensors[name].clone(), metadata);
+        byte[] saved = File.ReadAllBytes(PathOf("saved.safetensors"));
+        Assert.Equal(saved, File.ReadAllBytes(PathOf("streamed.safetensors")));
+        Assert.Equal(saved, File.ReadAllBytes(PathOf("laid-out.safetensors")));
+        Assert.Contains("测试", Encoding.UTF8.GetString(saved));                  // written as it is, not \u-escaped
+        Assert.Empty(Directory.GetFiles(dir, "*.data-*"));                       // the stream writer's side file is gone
+    }
+
     // ---------------------------------------------------------------- round trips
 
     public static TheoryData<ScalarType> AllTypes =>
