@@ -31,7 +31,7 @@ public sealed class XrayServer : IDisposable
             var scheduler = new BatchScheduler(given.Model, given.Preprocess, batching);
             loaded = new LoadedPipeline(new InferencePipeline(given, scheduler), given.Name, scheduler);
         }
-        else loaded = LoadedPipeline.Load(options.ModelDir!, WeightFormats.Parse(options.DType), batching);
+        else loaded = LoadedPipeline.Load(options.ModelDir!, WeightFormats.Parse(options.DType), batching, options.LoadProgress);
         Reports = new ReportWriter(Pipeline, ModelId);
         Decodes = new DecodeBudget(options.DecodeBudgetBytes);
         ChatClient = new XrayChatClient(Pipeline, ModelId, new XrayChatClientOptions

@@ -14,6 +14,8 @@ public sealed record ServerOptions
     public string DType { get; init; } = "fp32";
     /// <summary>An already loaded model (tests, or a host that loads once); the server does not dispose it.</summary>
     public LoadedModel? Model { get; init; }
+    /// <summary>Gets (bytes read, bytes in all) while <see cref="ModelDir"/>'s weights load (the CLI's progress bar).</summary>
+    public Action<long, long>? LoadProgress { get; init; }
     /// <summary>Loopback only by default: a research tool should not be reachable from the network by accident.</summary>
     public IReadOnlyList<string> Urls { get; init; } = ["http://127.0.0.1:7860"];
     /// <summary>Non-loopback addresses are refused unless this is set (and then an API key is advised).</summary>

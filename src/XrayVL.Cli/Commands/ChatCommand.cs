@@ -23,7 +23,7 @@ public static class ChatCommand
         {
             string? first = parse.GetValue(image);
             var firstImage = first is null ? null : ImageFile.Load(first);
-            using var loaded = ModelLocator.LoadPipeline(parse.GetValue(model), parse.GetValue(dtype)!);
+            using var loaded = ModelLocator.LoadPipeline(io, parse.GetValue(model), parse.GetValue(dtype)!);
             var pipeline = loaded.Pipeline;
             string language = CommonOptions.LanguageOf(parse, lang, pipeline.DefaultLanguage);
             var session = new ChatSession(pipeline, language);

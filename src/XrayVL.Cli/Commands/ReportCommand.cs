@@ -23,7 +23,7 @@ public static class ReportCommand
             bool asJson = parse.GetValue(json);
             // Read every image first: a bad file fails in a second, before the model loads.
             var loadedImages = parse.GetValue(images)!.Select(path => (Path: path, Image: ImageFile.Load(path))).ToList();
-            using var loaded = ModelLocator.LoadPipeline(parse.GetValue(model), parse.GetValue(dtype)!);
+            using var loaded = ModelLocator.LoadPipeline(io, parse.GetValue(model), parse.GetValue(dtype)!);
             var pipeline = loaded.Pipeline;
             string language = CommonOptions.LanguageOf(parse, lang, pipeline.DefaultLanguage);
             var reports = new ReportWriter(pipeline, loaded.Name);

@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using XrayVL.Kernels;
 using XrayVL.Server;
 
 namespace XrayVL.Cli;
@@ -54,7 +55,8 @@ public static class ServeCommand
                 io.Err.WriteLine("warning: serving beyond this machine without an API key: anyone who can reach it can use it (set --api-key)");
 
             io.Err.WriteLine($"Loading {modelDir} ...");
-            var app = ServerApp.Build(options);
+            var app = ModelLocator.WithLoadingBar(io, modelDir, WeightFormats.Parse(options.DType),
+                progress => ServerApp.Build(options with { LoadProgress = progress }));
             await app.StartAsync(cancel);
             var addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses ?? [];
             io.Err.WriteLine($"XrayVL is serving {app.Services.GetRequiredService<XrayServer>().ModelId} at {string.Join(", ", addresses)}" +

@@ -50,11 +50,12 @@ public static class VisualGlmFolder
     {
         string path = Path.Combine(directory, Checkpoint.ConfigFileName);
         if (!File.Exists(path)) return false;
+        // A config that cannot be read is not claimed here: the other loader reports what is wrong with it.
         try
         {
-            return JsonNode.Parse(File.ReadAllText(path))?["model_type"]?.GetValue<string>() == ModelType;
+            return Json.ReadObject(path, "model config")["model_type"] is JsonValue type && type.TryGetValue(out string? name) && name == ModelType;
         }
-        catch (Exception e) when (e is JsonException or InvalidOperationException) { return false; }
+        catch (XrayVLException) { return false; }
     }
 
     /// <summary>
@@ -159,7 +160,7 @@ public static class VisualGlmFolder
     /// Loads a VisualGLM model folder with weights in <paramref name="dtype"/>: the model is created in that dtype and
     /// filled one tensor at a time (peak: the model plus its largest tensor). An adapter/ folder is attached and merged.
     /// </summary>
-    public static LoadedVisualGlm Load(string directory, ScalarType dtype = ScalarType.Float32) => Load(directory, dtype, LinearQuantization.None);
+    public static LoadedVisualGlm Load(string directory, ScalarType dtype = ScalarType.Float32) => Load(directory, dtype, LinearQuantization.None, null);
 
     /// <summary>
     /// Loads a VisualGLM model folder as <paramref name="format"/> (`--dtype`): fp32 or bf16 as above; int8 and int4 load in
@@ -167,10 +168,11 @@ public static class VisualGlmFolder
     /// soon as the quantized copy exists. The peak is therefore the bf16 model (about 12 GB for ChatGLM-6B + EVA-CLIP),
     /// and what stays is the quantized one. The vision side stays in bf16.
     /// </summary>
-    public static LoadedVisualGlm Load(string directory, WeightFormat format) =>
-        Load(directory, format.ComputeDType(), format.LinearQuantization());
+    /// <param name="progress">Gets (bytes read, bytes in all) after each tensor.</param>
+    public static LoadedVisualGlm Load(string directory, WeightFormat format, Action<long, long>? progress = null) =>
+        Load(directory, format.ComputeDType(), format.LinearQuantization(), progress);
 
-    private static LoadedVisualGlm Load(string directory, ScalarType dtype, LinearQuantization quantization)
+    private static LoadedVisualGlm Load(string directory, ScalarType dtype, LinearQuantization quantization, Action<long, long>? progress = null)
     {
         string configPath = Path.Combine(directory, Checkpoint.ConfigFileName);
         if (!File.Exists(configPath)) throw new XrayVLException($"{directory}: no {Checkpoint.ConfigFileName}: not a model folder");
@@ -187,8 +189,14 @@ public static class VisualGlmFolder
         var model = VisualGlmModel.Create(config, dtype);
         try
         {
-            var names = SafeTensors.ReadHeader(weights).Tensors.Select(t => t.Name).ToList();
-            ModuleWeights.StreamInto(model, names.Select(n => (n, SafeTensors.Load(weights, [n])[n])), weights);
+            var stored = SafeTensors.ReadHeader(weights).Tensors;
+            long total = stored.Sum(t => t.ByteLength), done = 0;
+            ModuleWeights.StreamInto(model, stored.Select(t =>
+            {
+                var tensor = SafeTensors.Load(weights, [t.Name])[t.Name];
+                progress?.Invoke(done += t.ByteLength, total);
+                return (t.Name, tensor);
+            }), weights);
             string adapter = Path.Combine(directory, AdapterFolder);
             if (System.IO.Directory.Exists(adapter))
             {
@@ -211,14 +219,10 @@ public static class VisualGlmFolder
     {
         string path = Path.Combine(directory, HfFiles.TokenizerConfigJson);
         if (!File.Exists(path)) return 0;
-        try
-        {
-            return JsonNode.Parse(File.ReadAllText(path))?["num_image_tokens"]?.GetValue<int>() ?? 0;
-        }
-        catch (Exception e) when (e is JsonException or InvalidOperationException or FormatException)
-        {
-            throw new XrayVLException($"{path}: not a valid tokenizer config ({e.Message})");
-        }
+        var node = Json.ReadObject(path, "tokenizer config")["num_image_tokens"];
+        if (node is null) return 0;
+        return node is JsonValue value && value.TryGetValue(out int count) && count >= 0 ? count
+            : throw new XrayVLException($"{path}: num_image_tokens must be a whole number ≥ 0, got {node.ToJsonString()}");
     }
 
     /// <summary>The tokenizer's special ids must be the ones the model was trained with (SAT's model_config.json names them).</summary>

@@ -63,15 +63,16 @@ public sealed class LoadedPipeline(IInferencePipeline pipeline, string name, IDi
     /// Loads <paramref name="dir"/> in <paramref name="format"/>: a VisualGLM folder (`xrayvl import xrayglm`) as an
     /// <see cref="XrayGlmPipeline"/>, any other model folder as an <see cref="InferencePipeline"/>, generating through a
     /// <see cref="BatchScheduler"/> when <paramref name="batching"/> is given (a server), else one generation at a time.
+    /// <paramref name="progress"/> gets (bytes read, bytes in all) as the weights are read.
     /// </summary>
-    public static LoadedPipeline Load(string dir, WeightFormat format, BatchSchedulerOptions? batching = null)
+    public static LoadedPipeline Load(string dir, WeightFormat format, BatchSchedulerOptions? batching = null, Action<long, long>? progress = null)
     {
         if (VisualGlmFolder.IsVisualGlm(dir))
         {
-            var glm = VisualGlmFolder.Load(dir, format);
+            var glm = VisualGlmFolder.Load(dir, format, progress);
             return new LoadedPipeline(new XrayGlmPipeline(glm), glm.Name, glm);
         }
-        var loaded = WeightFormats.LoadForInference(dir, format);
+        var loaded = WeightFormats.LoadForInference(dir, format, progress);
         try
         {
             var scheduler = batching is null ? null : new BatchScheduler(loaded.Model, loaded.Preprocess, batching);

@@ -65,8 +65,9 @@ public static class WeightFormats
     /// by tensor straight into a model built in that format (<see cref="ModelLoading"/>), so no float32 copy of a bf16,
     /// int8 or int4 model is ever made.
     /// </summary>
-    public static LoadedModel LoadForInference(string dir, WeightFormat format) =>
-        Checkpoint.Load(dir, ModelLoading.LoadModel(dir, format));
+    /// <param name="progress">Gets (bytes read, bytes in all) after each tensor.</param>
+    public static LoadedModel LoadForInference(string dir, WeightFormat format, Action<long, long>? progress = null) =>
+        Checkpoint.Load(dir, ModelLoading.LoadModel(dir, format, progress));
 
     /// <summary>
     /// Stores every linear layer of <paramref name="module"/> as <paramref name="kind"/> (Q8_0 unless told); returns how

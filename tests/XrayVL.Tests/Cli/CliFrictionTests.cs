@@ -4,6 +4,7 @@ using XrayVL.Cli;
 using XrayVL.Data;
 using XrayVL.Data.Sources;
 using XrayVL.Imaging;
+using XrayVL.Kernels;
 using XrayVL.Plotting;
 using XrayVL.Tests.Support;
 using XrayVL.Tests.Training;
@@ -13,6 +14,30 @@ namespace XrayVL.Tests.Cli;
 /// <summary>What a new user meets on the command line: names, messages, list options, Ctrl-C, progress output.</summary>
 public class CliFrictionTests
 {
+    [Fact]
+    public void LargeWeightsLoadUnderAProgressBarSmallOnesWithout()
+    {
+        using var dir = new TempDir();
+        string weights = Path.Combine(dir.Path, "model.safetensors");
+        int Load(Action<long, long> progress)
+        {
+            progress(1, 2);
+            progress(2, 2);
+            return 7;
+        }
+        using (var file = File.Create(weights)) file.SetLength(ModelLocator.LoadingBarBytes);   // sparse: no disk is used
+        var err = new StringWriter();
+        Assert.Equal(7, ModelLocator.WithLoadingBar(new CliIO(TextWriter.Null, err, TextReader.Null), dir.Path, WeightFormat.Bf16, Load));
+        Assert.Contains("loading", err.ToString());
+        Assert.Contains("0.5 GB of weights as bf16", err.ToString());
+        Assert.Contains("loaded in", err.ToString());
+
+        using (var file = File.OpenWrite(weights)) file.SetLength(1000);
+        var quiet = new StringWriter();
+        Assert.Equal(7, ModelLocator.WithLoadingBar(new CliIO(TextWriter.Null, quiet, TextReader.Null), dir.Path, WeightFormat.Bf16, Load));
+        Assert.Equal("", quiet.ToString());
+    }
+
     [Fact]
     public void UsageLinesNameTheProgram()
     {
