@@ -38,7 +38,7 @@ public static class ModelLoading
         RequireFolder(dir, "model");
         var config = ConfigFile.Read<VisionLanguageConfig>(Path.Combine(dir, Checkpoint.ConfigFileName));
         // Only the language model is quantized: the vision tower and projector stay in the compute dtype.
-        var model = Build(format, languageModelOnly: true, () => new VisionLanguageModel(config));
+        var model = Build(format, languageModelOnly: true, () => new VisionLanguageModel(config), initialise: false);
         try
         {
             bool tied = config.TextConfig.TieWordEmbeddings;
@@ -66,7 +66,7 @@ public static class ModelLoading
     {
         RequireFolder(dir, "language model");
         var config = ConfigFile.Read<LanguageModelConfig>(Path.Combine(dir, Checkpoint.ConfigFileName));
-        var model = Build(format, languageModelOnly: false, () => new LanguageModel(config));
+        var model = Build(format, languageModelOnly: false, () => new LanguageModel(config), initialise: false);
         try
         {
             bool tied = config.TieWordEmbeddings;
@@ -90,8 +90,10 @@ public static class ModelLoading
     /// Runs <paramref name="create"/> with the default dtype set to the format's compute dtype and (int8/int4) linear layers
     /// quantized on creation; the result is in eval mode with no gradients. torch's default dtype is process-wide: tensors
     /// other threads create meanwhile take it too, so models are built before serving starts, never beside other work.
+    /// Without <paramref name="initialise"/> the weights are left unwritten (the loaders, which then fill every one from
+    /// the files and refuse a folder that lacks any): drawing 6.7 B random values only to overwrite them took minutes.
     /// </summary>
-    public static T Build<T>(WeightFormat format, bool languageModelOnly, Func<T> create) where T : nn.Module
+    public static T Build<T>(WeightFormat format, bool languageModelOnly, Func<T> create, bool initialise = true) where T : nn.Module
     {
         var previous = torch.get_default_dtype();
         torch.set_default_dtype(format.ComputeDType());
@@ -99,6 +101,7 @@ public static class ModelLoading
         try
         {
             using var _ = Layers.QuantizeLinearsOnCreation(format.LinearQuantization(), languageModelOnly);
+            using var skip = initialise ? null : Layers.SkipInitialisation();
             model = create();
         }
         finally

@@ -149,9 +149,11 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         if (weight.device_type != DeviceType.META) throw new InvalidOperationException("CreateQuantized needs a layer built on the META device");
         if (kind == LinearQuantization.None) throw new ArgumentException("no quantization given", nameof(kind));
         double bound = InFeatures > 0 ? 1.0 / Math.Sqrt(InFeatures) : 0.0;
+        // Random levels for a random model (benchmarks); left unwritten when a file is about to fill them.
+        bool initialise = !Layers.InitialisationSkipped;
         var levels = kind == LinearQuantization.Q4
-            ? torch.randint(0, 256, [OutFeatures, InFeatures / 2], ScalarType.Byte, device)     // two 4-bit levels a byte
-            : torch.randint(-127, 128, [OutFeatures, InFeatures], ScalarType.Int8, device);
+            ? (initialise ? torch.randint(0, 256, [OutFeatures, InFeatures / 2], ScalarType.Byte, device) : torch.empty([OutFeatures, InFeatures / 2], ScalarType.Byte, device))     // two 4-bit levels a byte
+            : (initialise ? torch.randint(-127, 128, [OutFeatures, InFeatures], ScalarType.Int8, device) : torch.empty([OutFeatures, InFeatures], ScalarType.Int8, device));
         var scales = torch.full([OutFeatures, InFeatures / MatVec.GroupSize], bound / (kind == LinearQuantization.Q4 ? 8 : 127), ScalarType.Float32, device);
         var old = weight;
         weight = new Parameter(levels, requires_grad: false);
@@ -162,7 +164,8 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         if (bias is not null)
         {
             var oldBias = bias;
-            bias = new Parameter(torch.empty([OutFeatures], device: device).uniform_(-bound, bound), requires_grad: false);
+            var b = torch.empty([OutFeatures], device: device);
+            bias = new Parameter(initialise ? b.uniform_(-bound, bound) : b, requires_grad: false);
             ConditionallyRegisterParameter("bias", bias);
             oldBias.Dispose();
         }

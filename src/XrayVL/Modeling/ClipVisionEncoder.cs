@@ -21,7 +21,8 @@ public sealed class ClipVisionEncoder : VisionEncoder
     {
         vision_model = new ClipVisionTransformer(config, device);
         RegisterComponents();
-        InitializeWeights();
+        // A model whose every weight is about to be read from a file skips the random draw (minutes at 7B).
+        if (!Layers.InitialisationSkipped) InitializeWeights();
     }
 
     public int GridSize => Config.ImageSize / Config.PatchSize;

@@ -340,7 +340,8 @@ public sealed class LanguageModel : nn.Module
             lm_head = config.TieWordEmbeddings ? null : Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: false);
         }
         RegisterComponents();
-        InitializeWeights();
+        // A model whose every weight is about to be read from a file skips the random draw (minutes at 7B).
+        if (!Layers.InitialisationSkipped) InitializeWeights();
     }
 
     /// <summary>

@@ -57,9 +57,10 @@ public static class Layers
     public static bool InitialisationSkipped => skipInitialisation.Value;
 
     /// <summary>
-    /// While the returned scope is open, linears made by <see cref="Linear"/> leave their weights uninitialised: for a model
-    /// whose every weight is about to be read from a file, drawing billions of random numbers first only costs time
-    /// (VisualGLM-6B's loader).
+    /// While the returned scope is open, linears made by <see cref="Linear"/> (float or quantized) leave their weights
+    /// uninitialised, and the language model and vision encoders skip their own initialisation: for a model whose every
+    /// weight is about to be read from a file, drawing billions of random numbers first only costs time (the loaders of
+    /// model folders and of VisualGLM-6B).
     /// </summary>
     public static IDisposable SkipInitialisation()
     {

@@ -34,7 +34,8 @@ public sealed class ResNetEncoder : VisionEncoder
         layer3 = Stage(ref inplanes, 4 * w, config.Layers[2], 2, device);
         layer4 = Stage(ref inplanes, 8 * w, config.Layers[3], 2, device);
         RegisterComponents();
-        InitializeWeights();
+        // A model whose every weight is about to be read from a file skips the random draw (minutes at 7B).
+        if (!Layers.InitialisationSkipped) InitializeWeights();
     }
 
     /// <summary>Channels of hidden state k (0 = stem, k = layer k).</summary>
