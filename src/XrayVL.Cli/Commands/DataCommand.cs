@@ -28,9 +28,13 @@ public static class DataCommand
         var language = new Option<string?>("--language") { Description = "Override the language (en, zh)" }.AcceptOnlyFromAmong("en", "zh");
         var seed = new Option<int>("--seed") { Description = "Seed of the patient-level split", DefaultValueFactory = _ => 42 };
         var keepMissing = new Option<bool>("--keep-missing-images") { Description = "Keep images that are not on disk" };
+        var templated = new Option<bool>("--templated-reports")
+        {
+            Description = "Write reports from the labels of studies that have none (en and zh, as training's templated_reports), so `eval --tasks report` can score report writing on a label-only collection",
+        };
         var output = new Option<string>("--out", "-o") { Description = "Output folder (manifest.jsonl, summary.json)", Required = true };
         var command = new Command("build", "Build a manifest (JSONL of studies) from a report source")
-            { source, input, images, splitFile, projections, language, seed, keepMissing, output };
+            { source, input, images, splitFile, projections, language, seed, keepMissing, templated, output };
         command.SetAction(parse =>
         {
             var options = new SourceOptions
@@ -44,6 +48,13 @@ public static class DataCommand
             };
             var result = DatasetBuilder.Build(parse.GetValue(source)!, options, parse.GetValue(output)!, new BuildOptions { Seed = parse.GetValue(seed) });
             io.Out.WriteLine(result.ToText());
+            if (parse.GetValue(templated))
+            {
+                var studies = Manifest.Read(result.ManifestPath);
+                var completed = TemplatedReports.Complete(studies);
+                Manifest.Write(result.ManifestPath, completed);
+                io.Out.WriteLine($"reports written from labels for {completed.Count - studies.Count:N0} studies, each in English and Chinese: {completed.Count:N0} studies in {result.ManifestPath}");
+            }
             return 0;
         });
         return command;

@@ -100,4 +100,21 @@ public class LabelledImageSourceTests
         Assert.NotEqual(0, bad.ExitCode);
         Assert.Contains("file not found", bad.Err);
     }
+
+    [Fact]
+    public void TemplatedReportsMakeALabelOnlyCollectionScorableForReports()
+    {
+        string outDir = TempDir.Create("xrayvl-cli-kermany-templated");
+        var r = CliRunner.Run("data", "build", "--source", "kermany", "--input", SharedData.File("kermany-pneumonia"), "--templated-reports", "--out", outDir);
+        Assert.True(r.ExitCode == 0, r.Err);
+        var studies = Manifest.Read(Path.Combine(outDir, "manifest.jsonl"));
+        Assert.Equal(2 * 5840, studies.Count);                               // each image in English and in Chinese
+        Assert.All(studies, s => Assert.NotEqual("", s.ReportText));
+        // The written report says what the labels say: read back by the labeler, pneumonia images name pneumonia.
+        var labeler = XrayVL.Data.Labeler.Labeler.Default;
+        foreach (var s in studies.Where(s => s.StudyId.StartsWith("kermany-test_", StringComparison.Ordinal)).Take(40))
+            Assert.Equal(s.Labels!["Pneumonia"] == 1,
+                         labeler.Label(s.ReportText, s.Language)[Observation.Pneumonia] == LabelValue.Positive);
+        Assert.Contains("reports written from labels for 5,840 studies", r.Out);
+    }
 }
