@@ -83,24 +83,9 @@ public static class Checkpoint
     /// </summary>
     public static LoadedModel Load(string dir, VisionLanguageModel model)
     {
-        var config = model.Config;
         try
         {
-            var tokenizer = XrayTokenizer.Load(dir);
-            // A seed prompt format feeds the model only the tokenizer files' own ids, never the project's appended specials.
-            int embedded = tokenizer.PromptFormat is null ? tokenizer.VocabSize : tokenizer.FileVocabSize;
-            if (embedded > config.TextConfig.VocabSize)
-                throw new XrayVLException($"{dir}: tokenizer has {embedded} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
-            if (tokenizer.ImageId != config.ImageTokenIndex)
-                throw new XrayVLException($"{dir}: image token is {tokenizer.ImageId} in the tokenizer but {config.ImageTokenIndex} in config.json");
-            string preprocessPath = Path.Combine(dir, PreprocessorFileName);
-            var preprocess = File.Exists(preprocessPath)
-                ? ReadPreprocessConfig(preprocessPath, config.VisionConfig)
-                : DefaultPreprocess(config.VisionConfig);
-            // The encoder's positions are sized for one image size; gray input is repeated to 3 channels, not the reverse.
-            if (preprocess.ImageSize != config.VisionConfig.ImageSize || (preprocess.Channels == 3 && config.VisionConfig.NumChannels == 1))
-                throw new XrayVLException($"{preprocessPath}: images of {preprocess.ImageSize} px × {preprocess.Channels} channels do not fit the " +
-                                          $"vision encoder ({config.VisionConfig.ImageSize} px × {config.VisionConfig.NumChannels} channels)");
+            var (tokenizer, preprocess) = ReadCompanions(dir, model.Config);
             return new LoadedModel(model, tokenizer, preprocess, dir);
         }
         catch
@@ -108,6 +93,30 @@ public static class Checkpoint
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// The folder's tokenizer and preprocessing, checked against <paramref name="config"/> (vocabulary size, image token,
+    /// image size and channels). Needs no weights, so a loader can refuse a bad folder before reading gigabytes.
+    /// </summary>
+    public static (XrayTokenizer Tokenizer, PreprocessConfig Preprocess) ReadCompanions(string dir, VisionLanguageConfig config)
+    {
+        var tokenizer = XrayTokenizer.Load(dir);
+        // A seed prompt format feeds the model only the tokenizer files' own ids, never the project's appended specials.
+        int embedded = tokenizer.PromptFormat is null ? tokenizer.VocabSize : tokenizer.FileVocabSize;
+        if (embedded > config.TextConfig.VocabSize)
+            throw new XrayVLException($"{dir}: tokenizer has {embedded} tokens but the model's vocab_size is {config.TextConfig.VocabSize}");
+        if (tokenizer.ImageId != config.ImageTokenIndex)
+            throw new XrayVLException($"{dir}: image token is {tokenizer.ImageId} in the tokenizer but {config.ImageTokenIndex} in config.json");
+        string preprocessPath = Path.Combine(dir, PreprocessorFileName);
+        var preprocess = File.Exists(preprocessPath)
+            ? ReadPreprocessConfig(preprocessPath, config.VisionConfig)
+            : DefaultPreprocess(config.VisionConfig);
+        // The encoder's positions are sized for one image size; gray input is repeated to 3 channels, not the reverse.
+        if (preprocess.ImageSize != config.VisionConfig.ImageSize || (preprocess.Channels == 3 && config.VisionConfig.NumChannels == 1))
+            throw new XrayVLException($"{preprocessPath}: images of {preprocess.ImageSize} px × {preprocess.Channels} channels do not fit the " +
+                                      $"vision encoder ({config.VisionConfig.ImageSize} px × {config.VisionConfig.NumChannels} channels)");
+        return (tokenizer, preprocess);
     }
 
     /// <summary>

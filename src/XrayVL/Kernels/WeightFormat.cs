@@ -66,8 +66,14 @@ public static class WeightFormats
     /// int8 or int4 model is ever made.
     /// </summary>
     /// <param name="progress">Gets (bytes read, bytes in all) after each tensor.</param>
-    public static LoadedModel LoadForInference(string dir, WeightFormat format, Action<long, long>? progress = null) =>
-        Checkpoint.Load(dir, ModelLoading.LoadModel(dir, format, progress));
+    public static LoadedModel LoadForInference(string dir, WeightFormat format, Action<long, long>? progress = null)
+    {
+        // Tokenizer and preprocessing first: a folder they do not fit fails at once, not after minutes of reading weights.
+        string configPath = Path.Combine(dir, Checkpoint.ConfigFileName);
+        if (!File.Exists(configPath)) return Checkpoint.Load(dir, ModelLoading.LoadModel(dir, format, progress));   // says what is missing
+        var (tokenizer, preprocess) = Checkpoint.ReadCompanions(dir, ConfigFile.Read<VisionLanguageConfig>(configPath));
+        return new LoadedModel(ModelLoading.LoadModel(dir, format, progress), tokenizer, preprocess, dir);
+    }
 
     /// <summary>
     /// Stores every linear layer of <paramref name="module"/> as <paramref name="kind"/> (Q8_0 unless told); returns how

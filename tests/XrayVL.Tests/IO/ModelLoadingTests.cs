@@ -30,6 +30,19 @@ public class ModelLoadingTests
         "seeds/xraygpt/Vicuna_Radiology_fp16",                      // one PyTorch file in fp16, with stored RoPE tables
     };
 
+    [Fact]
+    public void A_tokenizer_that_does_not_fit_is_refused_before_any_weight_is_read()
+    {
+        using var dir = new TempDir();
+        string source = Reference("hf-transformers-4.40", "models", "llava");
+        foreach (string file in Directory.GetFiles(source)) File.Copy(file, Path.Combine(dir.Path, Path.GetFileName(file)));
+        string config = Path.Combine(dir.Path, "config.json");
+        File.WriteAllText(config, File.ReadAllText(config).Replace("\"image_token_index\": 259", "\"image_token_index\": 7"));
+        File.WriteAllBytes(Path.Combine(dir.Path, "model.safetensors"), [1, 2, 3]);      // never reached
+        var e = Assert.Throws<XrayVLException>(() => WeightFormats.LoadForInference(dir.Path, WeightFormat.Bf16));
+        Assert.Contains("image token is 259 in the tokenizer but 7 in config.json", e.Message);
+    }
+
     /// <summary>
     /// What the streamed model must hold: the fp32 load's tensors cast to the compute dtype, and for a quantized layer
     /// the quantization of its fp32 weight, byte for byte.
