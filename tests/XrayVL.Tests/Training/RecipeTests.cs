@@ -106,7 +106,7 @@ public class RecipeTests
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null && path is null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "configs", "default.json"))) path = Path.Combine(dir.FullName, "configs", "default.json");
         var recipe = TrainRecipe.Load(path ?? throw new FileNotFoundException("configs/default.json not found above the test binaries"));
-        Assert.Equal(["text", "align", "instruct"], recipe.Stages.Select(s => s.Name));
+        Assert.Equal(["vision", "text", "align", "instruct"], recipe.Stages.Select(s => s.Name));
         string? shared = recipe.SharedDirectory(null);
         Assert.True(File.Exists(Path.Combine(shared!, "PROVENANCE.md")), shared);
         Assert.True(Directory.Exists(recipe.ResolvePath(recipe.Data.Sources["covid"].Input, shared)));
