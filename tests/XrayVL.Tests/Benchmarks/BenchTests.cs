@@ -2,10 +2,12 @@ using XrayVL.Benchmarks;
 using XrayVL.IO;
 using XrayVL.Modeling;
 using XrayVL.Tests.Cli;
+using XrayVL.Tests.Modeling;
 using XrayVL.Tests.Support;
 
 namespace XrayVL.Tests.Benchmarks;
 
+[Collection(nameof(ProcessWideTorchState))]   // `bench` sets torch's process-wide thread count while it measures
 public class BenchTests
 {
     [Fact]
