@@ -165,7 +165,7 @@ public static class VisualGlmFolder
     /// <summary>
     /// Loads a VisualGLM model folder as <paramref name="format"/> (`--dtype`): fp32 or bf16 as above; int8 and int4 load in
     /// bf16 (an adapter merged there), then store each ChatGLM linear layer as Q8_0 / Q4_0, releasing its bf16 weight as
-    /// soon as the quantized copy exists. The peak is therefore the bf16 model (about 12 GB for ChatGLM-6B + EVA-CLIP),
+    /// soon as the quantized copy exists. The peak is therefore the bf16 model (about 15.6 GB for ChatGLM-6B + EVA-CLIP),
     /// and what stays is the quantized one. The vision side stays in bf16.
     /// </summary>
     /// <param name="progress">Gets (bytes read, bytes in all) after each tensor.</param>
