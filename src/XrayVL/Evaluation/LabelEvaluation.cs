@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace XrayVL.Evaluation;
 
 /// <summary>One observation's figures on the evaluated split.</summary>
-/// <param name="Threshold">Chosen on the validation split for the highest accuracy (0.5 when val has no labelled study).</param>
+/// <param name="Threshold">Chosen on the validation split for the highest balanced accuracy (0.5 when val has no labelled study).</param>
 /// <param name="MajorityAccuracy">Always answering the training split's commoner class.</param>
 public sealed record LabelFigures(string Label, int Count, int Positives, double Auroc, double Threshold, double Accuracy,
     double Sensitivity, double Specificity, double MajorityAccuracy, int ValCount);
@@ -16,7 +16,7 @@ public sealed record LabelFigures(string Label, int Count, int Positives, double
 /// <summary>
 /// `xrayvl eval --tasks labels`: the model's classifier head (<see cref="FindingClassifier"/>) scores every study of the
 /// validation and evaluated splits (mean probability over the study's images); per observation, AUROC on the evaluated
-/// split, accuracy / sensitivity / specificity at the threshold that maximises validation accuracy, beside the majority
+/// split, accuracy / sensitivity / specificity at the threshold that maximises balanced accuracy on validation, beside the majority
 /// baseline from the training split's labels (whose AUROC is 0.5 by construction: one score for every study).
 /// Only studies that state the observation (1 or 0) count for it; uncertain and unmentioned ones are left out.
 /// </summary>
@@ -107,7 +107,7 @@ public static class LabelEvaluation
         var sb = new StringBuilder();
         sb.AppendLine($"## Labels from the classifier head ({split} split)");
         sb.AppendLine();
-        sb.AppendLine("Threshold: the one with the best accuracy on the val split. Majority: always the training split's commoner class (AUROC 0.5).");
+        sb.AppendLine("Threshold: the one with the best balanced accuracy (mean of sensitivity and specificity) on the val split. Majority: always the training split's commoner class (AUROC 0.5).");
         sb.AppendLine();
         sb.AppendLine("| label | n | positives | AUROC | threshold | accuracy | sensitivity | specificity | majority accuracy |");
         sb.AppendLine("|---|---|---|---|---|---|---|---|---|");

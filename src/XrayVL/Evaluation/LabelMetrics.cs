@@ -51,9 +51,12 @@ public static class LabelMetrics
     }
 
     /// <summary>
-    /// The threshold with the highest accuracy on these items: the candidates are midpoints between consecutive distinct
-    /// scores and one below / above all of them; among equal accuracies the one nearest 0.5 wins (a stable choice).
-    /// With no items, 0.5.
+    /// The threshold with the highest balanced accuracy (the mean of sensitivity and specificity) on these items, or the
+    /// highest plain accuracy when they hold only one class. Balanced accuracy does not depend on the class mix, so a
+    /// threshold chosen on a validation split whose prevalence differs from the evaluated split's (Kermany's training
+    /// patients are 74% pneumonia, its test split 62.5%) is not pulled towards the commoner class. The candidates are
+    /// midpoints between consecutive distinct scores and one below / above all of them; among equal figures the one
+    /// nearest 0.5 wins (a stable choice). With no items, 0.5.
     /// </summary>
     public static double BestThreshold(IReadOnlyList<double> scores, IReadOnlyList<bool> truth)
     {
@@ -64,7 +67,7 @@ public static class LabelMetrics
         for (int i = 0; i + 1 < distinct.Length; i++) candidates.Add((distinct[i] + distinct[i + 1]) / 2);
         // Sweep: sorted scores, count correct at each candidate in one pass.
         var order = Enumerable.Range(0, scores.Count).OrderBy(i => scores[i]).ToArray();
-        int totalPositives = truth.Count(t => t);
+        int totalPositives = truth.Count(t => t), totalNegatives = truth.Count - totalPositives;
         double best = 0.5, bestAccuracy = -1;
         int below = 0, negativesBelow = 0;                          // items with score < candidate, negatives among them
         foreach (double c in candidates.Order())
@@ -75,7 +78,9 @@ public static class LabelMetrics
                 below++;
             }
             int positivesAbove = totalPositives - (below - negativesBelow);
-            double accuracy = (negativesBelow + positivesAbove) / (double)scores.Count;
+            double accuracy = totalPositives == 0 || totalNegatives == 0
+                ? (negativesBelow + positivesAbove) / (double)scores.Count
+                : (positivesAbove / (double)totalPositives + negativesBelow / (double)totalNegatives) / 2;
             if (accuracy > bestAccuracy + 1e-12 || (Math.Abs(accuracy - bestAccuracy) <= 1e-12 && Math.Abs(c - 0.5) < Math.Abs(best - 0.5)))
             {
                 bestAccuracy = accuracy;

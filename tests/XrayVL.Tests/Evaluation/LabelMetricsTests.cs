@@ -58,4 +58,20 @@ public class LabelMetricsTests
         Assert.Equal(2 / 6.0, LabelMetrics.MajorityAccuracy([false, false, true], t), 12);
         Assert.Equal(0.5, LabelMetrics.BestThreshold([], []));
     }
+
+    [Fact]
+    public void ThresholdBalancesSensitivityAndSpecificityNotTheCommonerClass()
+    {
+        // 8 positives, 2 negatives scoring 0.6 and 0.7. Calling everything positive is as accurate (0.8) as cutting at
+        // 0.75, but its balanced accuracy is 0.5 against 0.875: the cut between 0.7 and 0.8 wins.
+        double[] s = [0.6, 0.7, 0.5, 0.65, 0.8, 0.85, 0.9, 0.95, 0.96, 0.97];
+        bool[] t = [false, false, true, true, true, true, true, true, true, true];
+        double threshold = LabelMetrics.BestThreshold(s, t);
+        Assert.InRange(threshold, 0.7 + 1e-9, 0.8);
+        var (sensitivity, specificity) = LabelMetrics.Rates(s, t, threshold);
+        Assert.Equal((0.75, 1.0), (sensitivity, specificity));
+        // One class only: balanced accuracy is undefined, so plain accuracy decides (everything below the threshold).
+        double onlyNegatives = LabelMetrics.BestThreshold([0.2, 0.4], [false, false]);
+        Assert.Equal(1.0, LabelMetrics.Accuracy([0.2, 0.4], [false, false], onlyNegatives));
+    }
 }
