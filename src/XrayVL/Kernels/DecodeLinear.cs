@@ -183,24 +183,54 @@ public static class DecodeLinear
     /// <summary>
     /// y = x Wᵀ + b for a Q8_0 weight and any number of rows (prefill): libtorch's GEMM on the weight widened to x's dtype,
     /// a block of output rows at a time, so the widened copy never exists whole (a 7B MLP matrix would be 90 MB in bf16).
+    /// bf16 and float32 blocks are widened by <see cref="MatVec.WidenQ8(ReadOnlySpan{sbyte}, ReadOnlySpan{float}, int, int, Span{ushort}, int)"/>
+    /// into one reused block; other dtypes by <see cref="DequantizeQ8"/>.
     /// </summary>
-    public static Tensor Q8Prefill(Tensor x, Tensor q, Tensor scales, Tensor? bias) =>
-        WidenedPrefill(x, q.shape[0], q.shape[1], bias, (first, rows) => DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), x.dtype));
+    public static Tensor Q8Prefill(Tensor x, Tensor q, Tensor scales, Tensor? bias)
+    {
+        var (qc, sc) = (q.contiguous(), scales.contiguous());
+        long k = q.shape[1], groups = k / MatVec.GroupSize;
+        return WidenedPrefill(x, q.shape[0], k, bias, (first, rows, into) =>
+        {
+            var qs = MemoryMarshal.Cast<byte, sbyte>(qc.bytes).Slice((int)(first * k), (int)(rows * k));
+            var ss = MemoryMarshal.Cast<byte, float>(sc.bytes).Slice((int)(first * groups), (int)(rows * groups));
+            if (into.dtype == ScalarType.BFloat16) MatVec.WidenQ8(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, ushort>(into.bytes), ThreadCount());
+            else if (into.dtype == ScalarType.Float32) MatVec.WidenQ8(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, float>(into.bytes), ThreadCount());
+            else into.copy_(DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), into.dtype));
+        });
+    }
 
     /// <summary>As <see cref="Q8Prefill"/> for a Q4_0 weight (N, K / 2).</summary>
-    public static Tensor Q4Prefill(Tensor x, Tensor packed, Tensor scales, Tensor? bias) =>
-        WidenedPrefill(x, packed.shape[0], 2 * packed.shape[1], bias, (first, rows) => DequantizeQ4(packed.narrow(0, first, rows), scales.narrow(0, first, rows), x.dtype));
+    public static Tensor Q4Prefill(Tensor x, Tensor packed, Tensor scales, Tensor? bias)
+    {
+        var (qc, sc) = (packed.contiguous(), scales.contiguous());
+        long k = 2 * packed.shape[1], groups = k / MatVec.GroupSize;
+        return WidenedPrefill(x, packed.shape[0], k, bias, (first, rows, into) =>
+        {
+            var qs = qc.bytes.Slice((int)(first * k / 2), (int)(rows * k / 2));
+            var ss = MemoryMarshal.Cast<byte, float>(sc.bytes).Slice((int)(first * groups), (int)(rows * groups));
+            if (into.dtype == ScalarType.BFloat16) MatVec.WidenQ4(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, ushort>(into.bytes), ThreadCount());
+            else if (into.dtype == ScalarType.Float32) MatVec.WidenQ4(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, float>(into.bytes), ThreadCount());
+            else into.copy_(DequantizeQ4(packed.narrow(0, first, rows), scales.narrow(0, first, rows), into.dtype));
+        });
+    }
 
-    private static Tensor WidenedPrefill(Tensor x, long n, long k, Tensor? bias, Func<long, long, Tensor> widen)
+    /// <summary>
+    /// y (…, N) = x Wᵀ + b, W widened by <paramref name="widen"/>(first row, rows, into): into is a contiguous (rows, K)
+    /// block of x's dtype, allocated once and reused for every block of rows.
+    /// </summary>
+    private static Tensor WidenedPrefill(Tensor x, long n, long k, Tensor? bias, Action<long, long, Tensor> widen)
     {
         using var scope = NewDisposeScope();
         long step = ChunkRows(n, k);
+        using var block = torch.empty(step, k, x.dtype);                                                    // (step, K)
         var parts = new List<Tensor>();
         for (long first = 0; first < n; first += step)
         {
             long rows = Math.Min(step, n - first);
-            using var w = widen(first, rows);                  // (r, K)
-            parts.Add(nn.functional.linear(x, w));             // (…, r)
+            using var w = block.narrow(0, 0, rows);                                                          // (r, K), contiguous
+            widen(first, rows, w);
+            parts.Add(nn.functional.linear(x, w));                                                          // (…, r)
         }
         var y = parts.Count == 1 ? parts[0] : torch.cat(parts, dim: -1);                                   // (…, N)
         if (bias is not null) y = y.add_(bias.to(y.dtype));

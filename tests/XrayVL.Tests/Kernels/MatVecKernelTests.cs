@@ -103,7 +103,32 @@ public class MatVecKernelTests
             AssertClose(expected, reference, magnitude, 1e-7);
             var actual = new float[batch * rows];
             MatVec.Q8(q, scales, rows, cols, x, batch, actual, isa, threads);
-            AssertClose(reference, actual, magnitude, 2e-6);
+            if (isa == KernelIsa.Avx512 && batch == 1)
+            {
+                // One row of x goes through int16 activations: exact against x rounded the same way, and within 2^-16 of
+                // each group's largest |x| of the float reference.
+                var xq = new short[cols];
+                var xs = new float[groups];
+                MatVec.QuantizeInt16(x, xq, xs, groups);
+                for (int g = 0; g < groups; g++)   // the vectorized rounding against the definition
+                {
+                    float max = 0;
+                    for (int c = 0; c < 32; c++) max = Math.Max(max, Math.Abs(x[g * 32 + c]));
+                    Assert.Equal(max / 32767, xs[g]);
+                    for (int c = 0; c < 32; c++) Assert.Equal((short)MathF.Round(x[g * 32 + c] / xs[g]), xq[g * 32 + c]);
+                }
+                var rounded = new float[rows];
+                for (int r = 0; r < rows; r++)
+                {
+                    double sum = 0;
+                    for (int c = 0; c < cols; c++) sum += (double)q[r * cols + c] * scales[r * groups + c / 32] * xq[c] * xs[c / 32];
+                    rounded[r] = (float)sum;
+                }
+                AssertClose(rounded, actual, magnitude, 2e-6);
+                AssertClose(reference, actual, magnitude, 1e-4);
+                Assert.NotEqual(reference, actual);   // the int16 path did run: its rounding shows somewhere
+            }
+            else AssertClose(reference, actual, magnitude, 2e-6);
         }
     }
 
@@ -188,4 +213,57 @@ public class MatVecKernelTests
         Assert.Throws<XrayVLException>(() => linear.AttachLora(4, 1.0, 0));
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Widening_equals_the_torch_dequantizers_bit_for_bit(int threads)
+    {
+        var random = new Random(6);
+        int rows = 131, cols = 96;                       // 131 rows: three blocks of rows on two threads, the last one short
+        using var weight = torch.tensor(RandomFloats(random, rows * cols, 0.7)).view(rows, cols);
+        var (q8, s8) = DecodeLinear.QuantizeQ8(weight);
+        var (q4, s4) = DecodeLinear.QuantizeQ4(weight);
+        using var _ = torch.NewDisposeScope();
+        var q8b = MemoryMarshal.Cast<byte, sbyte>(q8.bytes);
+        var q4b = q4.bytes;
+        var s8f = MemoryMarshal.Cast<byte, float>(s8.bytes);
+        var s4f = MemoryMarshal.Cast<byte, float>(s4.bytes);
+
+        var bf16 = new ushort[rows * cols];
+        var f32 = new float[rows * cols];
+        MatVec.WidenQ8(q8b, s8f, rows, cols, bf16, threads);
+        MatVec.WidenQ8(q8b, s8f, rows, cols, f32, threads);
+        Assert.Equal(MemoryMarshal.Cast<byte, ushort>(DecodeLinear.DequantizeQ8(q8, s8, ScalarType.BFloat16).bytes).ToArray(), bf16);
+        Assert.Equal(MemoryMarshal.Cast<byte, float>(DecodeLinear.DequantizeQ8(q8, s8, ScalarType.Float32).bytes).ToArray(), f32);
+        MatVec.WidenQ4(q4b, s4f, rows, cols, bf16, threads);
+        MatVec.WidenQ4(q4b, s4f, rows, cols, f32, threads);
+        Assert.Equal(MemoryMarshal.Cast<byte, ushort>(DecodeLinear.DequantizeQ4(q4, s4, ScalarType.BFloat16).bytes).ToArray(), bf16);
+        Assert.Equal(MemoryMarshal.Cast<byte, float>(DecodeLinear.DequantizeQ4(q4, s4, ScalarType.Float32).bytes).ToArray(), f32);
+        var (qa, sa) = (q8b.ToArray(), s8f.ToArray());
+        Assert.Throws<ArgumentException>(() => MatVec.WidenQ8(qa, sa, rows, cols, new float[rows * cols - 1], threads));
+    }
+
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.Float16)]
+    public void Quantized_prefill_equals_linear_on_the_dequantized_weight(ScalarType dtype)
+    {
+        using var scope = torch.NewDisposeScope();
+        using var random = new torch.Generator(7);
+        // 3000 × 1024: three blocks of 2048 float32 rows' bytes, so the reused block is narrowed for the last one.
+        var weight = torch.randn([3000, 1024], generator: random).mul_(0.05);
+        var bias = torch.randn([3000], generator: random);
+        var x = torch.randn([2, 9, 1024], generator: random).to(dtype);
+        var (q8, s8) = DecodeLinear.QuantizeQ8(weight);
+        var (q4, s4) = DecodeLinear.QuantizeQ4(weight);
+        var expected8 = nn.functional.linear(x, DecodeLinear.DequantizeQ8(q8, s8, dtype), bias.to(dtype));
+        var expected4 = nn.functional.linear(x, DecodeLinear.DequantizeQ4(q4, s4, dtype), bias.to(dtype));
+        // The widened weights are exact (the test above); the products differ only by where the bias is added and by
+        // GEMM blocking: within x's dtype's rounding.
+        double tolerance = dtype == ScalarType.Float32 ? 1e-5 : 1e-2;
+        Assert.True(torch.allclose(expected8, DecodeLinear.Q8Prefill(x, q8, s8, bias), rtol: tolerance, atol: tolerance));
+        Assert.True(torch.allclose(expected4, DecodeLinear.Q4Prefill(x, q4, s4, bias), rtol: tolerance, atol: tolerance));
+        Assert.Equal(dtype, DecodeLinear.Q8Prefill(x, q8, s8, bias).dtype);
+    }
 }
