@@ -31,66 +31,69 @@ public static unsafe partial class MatVec
         Span<ushort> out16, Span<float> out32)
     {
         CheckWiden(q.Length, scales.Length, rows, cols, outLength, "Q8_0");
-        bool avx512 = Avx512F.IsSupported && Avx512BW.IsSupported;
         fixed (sbyte* pq = q)
-        fixed (float* ps = scales, p32 = out32)
-        fixed (ushort* p16 = out16)
-        {
-            var (qp, sp, o16, o32) = ((nint)pq, (nint)ps, (nint)p16, (nint)p32);
-            ForRows(rows, threads, (first, end) =>
-            {
-                int groups = cols / GroupSize;
-                for (long g = (long)first * groups; g < (long)end * groups; g++)
-                {
-                    sbyte* src = (sbyte*)qp + g * GroupSize;
-                    float s = ((float*)sp)[g];
-                    if (avx512)
-                    {
-                        var scale = Vector512.Create(s);
-                        var lo = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(src))) * scale;
-                        var hi = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(src + 16))) * scale;
-                        Store(lo, hi, g, o16, o32);
-                    }
-                    else
-                    {
-                        for (int c = 0; c < GroupSize; c++) StoreOne(src[c] * s, g * GroupSize + c, o16, o32);
-                    }
-                }
-            });
-        }
+            WidenGroups((nint)pq, nibbles: false, scales, rows, cols, threads, out16, out32);
     }
 
     private static void WidenQ4(ReadOnlySpan<byte> packed, ReadOnlySpan<float> scales, int rows, int cols, long outLength, int threads,
         Span<ushort> out16, Span<float> out32)
     {
         CheckWiden(2L * packed.Length, scales.Length, rows, cols, outLength, "Q4_0");
-        bool avx512 = Avx512F.IsSupported && Avx512BW.IsSupported;
         fixed (byte* pq = packed)
+            WidenGroups((nint)pq, nibbles: true, scales, rows, cols, threads, out16, out32);
+    }
+
+    /// <summary>
+    /// Every group of 32 weights of rows × cols, from Q8_0 bytes (32 a group) or Q4_0 nibbles (16 bytes a group), times
+    /// its scale, into whichever of <paramref name="out16"/> (bf16 bits) and <paramref name="out32"/> is not empty.
+    /// </summary>
+    private static void WidenGroups(nint source, bool nibbles, ReadOnlySpan<float> scales, int rows, int cols, int threads,
+        Span<ushort> out16, Span<float> out32)
+    {
+        bool avx512 = Avx512F.IsSupported && Avx512BW.IsSupported;
         fixed (float* ps = scales, p32 = out32)
         fixed (ushort* p16 = out16)
         {
-            var (qp, sp, o16, o32) = ((nint)pq, (nint)ps, (nint)p16, (nint)p32);
+            var (sp, o16, o32) = ((nint)ps, (nint)p16, (nint)p32);
             ForRows(rows, threads, (first, end) =>
             {
                 int groups = cols / GroupSize;
-                var eight = Vector512.Create(8);
                 for (long g = (long)first * groups; g < (long)end * groups; g++)
                 {
-                    byte* src = (byte*)qp + g * Q4GroupBytes;
                     float s = ((float*)sp)[g];
-                    if (avx512)
+                    if (!nibbles)
                     {
-                        // Byte j: element j in the low nibble, element j + 16 in the high one.
-                        var bytes = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(src));          // 16 lanes, 0..255
-                        var scale = Vector512.Create(s);
-                        var lo = Avx512F.ConvertToVector512Single((bytes & Vector512.Create(15)) - eight) * scale;
-                        var hi = Avx512F.ConvertToVector512Single(Avx512F.ShiftRightLogical(bytes, 4) - eight) * scale;
-                        Store(lo, hi, g, o16, o32);
+                        sbyte* src = (sbyte*)source + g * GroupSize;
+                        if (avx512)
+                        {
+                            var scale = Vector512.Create(s);
+                            var lo = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(src))) * scale;
+                            var hi = Avx512F.ConvertToVector512Single(Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(src + 16))) * scale;
+                            Store(lo, hi, g, o16, o32);
+                        }
+                        else
+                        {
+                            for (int c = 0; c < GroupSize; c++) StoreOne(src[c] * s, g * GroupSize + c, o16, o32);
+                        }
                     }
                     else
                     {
-                        var group = new ReadOnlySpan<byte>(src, Q4GroupBytes);
-                        for (int c = 0; c < GroupSize; c++) StoreOne(Q4Level(group, c) * s, g * GroupSize + c, o16, o32);
+                        byte* src = (byte*)source + g * Q4GroupBytes;
+                        if (avx512)
+                        {
+                            // Byte j: element j in the low nibble, element j + 16 in the high one.
+                            var bytes = Avx512F.ConvertToVector512Int32(Sse2.LoadVector128(src));          // 16 lanes, 0..255
+                            var scale = Vector512.Create(s);
+                            var eight = Vector512.Create(8);
+                            var lo = Avx512F.ConvertToVector512Single((bytes & Vector512.Create(15)) - eight) * scale;
+                            var hi = Avx512F.ConvertToVector512Single(Avx512F.ShiftRightLogical(bytes, 4) - eight) * scale;
+                            Store(lo, hi, g, o16, o32);
+                        }
+                        else
+                        {
+                            var group = new ReadOnlySpan<byte>(src, Q4GroupBytes);
+                            for (int c = 0; c < GroupSize; c++) StoreOne(Q4Level(group, c) * s, g * GroupSize + c, o16, o32);
+                        }
                     }
                 }
             });
