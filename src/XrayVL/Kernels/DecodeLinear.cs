@@ -188,6 +188,7 @@ public static class DecodeLinear
     /// </summary>
     public static Tensor Q8Prefill(Tensor x, Tensor q, Tensor scales, Tensor? bias)
     {
+        using var scope = NewDisposeScope();
         var (qc, sc) = (q.contiguous(), scales.contiguous());
         long k = q.shape[1], groups = k / MatVec.GroupSize;
         return WidenedPrefill(x, q.shape[0], k, bias, (first, rows, into) =>
@@ -196,13 +197,18 @@ public static class DecodeLinear
             var ss = MemoryMarshal.Cast<byte, float>(sc.bytes).Slice((int)(first * groups), (int)(rows * groups));
             if (into.dtype == ScalarType.BFloat16) MatVec.WidenQ8(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, ushort>(into.bytes), ThreadCount());
             else if (into.dtype == ScalarType.Float32) MatVec.WidenQ8(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, float>(into.bytes), ThreadCount());
-            else into.copy_(DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), into.dtype));
-        });
+            else
+            {
+                using var widened = DequantizeQ8(q.narrow(0, first, rows), scales.narrow(0, first, rows), into.dtype);
+                into.copy_(widened);
+            }
+        }).MoveToOuterDisposeScope();
     }
 
     /// <summary>As <see cref="Q8Prefill"/> for a Q4_0 weight (N, K / 2).</summary>
     public static Tensor Q4Prefill(Tensor x, Tensor packed, Tensor scales, Tensor? bias)
     {
+        using var scope = NewDisposeScope();
         var (qc, sc) = (packed.contiguous(), scales.contiguous());
         long k = 2 * packed.shape[1], groups = k / MatVec.GroupSize;
         return WidenedPrefill(x, packed.shape[0], k, bias, (first, rows, into) =>
@@ -211,8 +217,12 @@ public static class DecodeLinear
             var ss = MemoryMarshal.Cast<byte, float>(sc.bytes).Slice((int)(first * groups), (int)(rows * groups));
             if (into.dtype == ScalarType.BFloat16) MatVec.WidenQ4(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, ushort>(into.bytes), ThreadCount());
             else if (into.dtype == ScalarType.Float32) MatVec.WidenQ4(qs, ss, (int)rows, (int)k, MemoryMarshal.Cast<byte, float>(into.bytes), ThreadCount());
-            else into.copy_(DequantizeQ4(packed.narrow(0, first, rows), scales.narrow(0, first, rows), into.dtype));
-        });
+            else
+            {
+                using var widened = DequantizeQ4(packed.narrow(0, first, rows), scales.narrow(0, first, rows), into.dtype);
+                into.copy_(widened);
+            }
+        }).MoveToOuterDisposeScope();
     }
 
     /// <summary>
