@@ -273,6 +273,16 @@ public sealed record MixRecipe
     public int Repeat { get; init; } = 1;
     /// <summary>At most this many training items, a seeded choice: down-weights a large source (null: all).</summary>
     public int? Limit { get; init; }
+    /// <summary>
+    /// Only the studies whose labels have all these values (CheXpert names; 1 positive, 0 negative, -1 uncertain), e.g.
+    /// { "No Finding": 1 } for a source's normal studies: weights one class of a source, such as normal reports in a
+    /// mixture where most images are abnormal (null: every study).
+    /// </summary>
+    public IReadOnlyDictionary<string, int>? Labels { get; init; }
+
+    /// <summary>Whether a study passes <see cref="Labels"/>.</summary>
+    public bool Admits(Study study) => Labels is null ||
+        (study.Labels is { } labels && Labels.All(kv => labels.TryGetValue(Observations.Parse(kv.Key).Name(), out var v) && v == kv.Value));
 }
 
 /// <summary>What a stage trains, parsed from "vision+projector+lora"-style strings.</summary>
@@ -420,6 +430,11 @@ public sealed record StageRecipe
             Require(mix is not null && !string.IsNullOrWhiteSpace(mix.Source), "a data entry has no source");
             Require(mix!.Repeat >= 1, $"data '{mix.Source}': repeat must be at least 1");
             Require(mix.Limit is null or >= 1, $"data '{mix.Source}': limit must be at least 1");
+            foreach (var (name, value) in mix.Labels ?? new Dictionary<string, int>())
+            {
+                Require(Observations.TryParse(name, out _), $"data '{mix.Source}': label '{name}' is not one of {string.Join(", ", Observations.Names)}");
+                Require(value is 1 or 0 or -1, $"data '{mix.Source}': label '{name}' must be 1, 0 or -1, got {value}");
+            }
             Require(mix.Splits.Count > 0 && mix.Splits.All(s => Data_Splits.Contains(s)), $"data '{mix.Source}': splits must list train, val and/or test");
             Require(Kind != Text || mix.Tasks is null || mix.Tasks.SequenceEqual([Instructions.Report]),
                 $"data '{mix.Source}': a text stage learns report text; tasks do not apply");

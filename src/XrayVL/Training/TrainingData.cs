@@ -83,7 +83,7 @@ public static class TrainingData
         foreach (var mix in stage.Data)
         {
             var studies = sources[mix.Source];
-            var fromTrain = ItemsOf(stage, recipe, mix, studies.Where(s => mix.Splits.Contains(s.Split ?? "")).ToList(), notes);
+            var fromTrain = ItemsOf(stage, recipe, mix, studies.Where(s => mix.Splits.Contains(s.Split ?? "") && mix.Admits(s)).ToList(), notes);
             if (mix.Limit is { } limit && fromTrain.Count > limit)
             {
                 var random = new Random(Seeds.Mix(recipe.Seed, Seeds.Of(stage.Name), Seeds.Of(mix.Source)));

@@ -93,10 +93,36 @@ public class RecipeTests
     [InlineData("""[ { "name": "t", "kind": "text", "steps": 1 }, { "name": "t", "kind": "text", "steps": 1 } ]""", "used twice")]
     [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "text_format": "plain" } ]""", "text stages only")]
     [InlineData("""[]""", "stages is empty")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "data": [ { "source": "iu", "labels": { "Pneumonitis": 1 } } ] } ]""", "label 'Pneumonitis'")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "data": [ { "source": "iu", "labels": { "No Finding": 2 } } ] } ]""", "must be 1, 0 or -1")]
     public void InvalidStagesAreNamed(string stages, string expected)
     {
         var e = Invalid(Recipe(stages));
         Assert.Contains(expected, e.Message);
+    }
+
+    [Fact]
+    public void ALabelFilterKeepsOnlyTheStudiesWithThoseLabelsInTraining()
+    {
+        var recipe = TrainRecipe.Parse(Recipe("""
+            [ { "name": "t", "kind": "text", "steps": 1, "text_format": "plain",
+                "data": [ { "source": "iu", "labels": { "no_finding": 1 }, "repeat": 2 }, { "source": "iu", "labels": { "Pneumonia": 1 } } ] } ]
+            """));
+        Study Make(int i, string label, string split) => new()
+        {
+            StudyId = $"s{i}", PatientId = $"p{i}", Split = split, Findings = $"report {i} {label}",
+            Labels = new Dictionary<string, int?> { [label] = 1 },
+        };
+        var studies = new List<Study>
+        {
+            Make(0, "No Finding", "train"), Make(1, "Pneumonia", "train"), Make(2, "No Finding", "train"),
+            Make(3, "Cardiomegaly", "train"), Make(4, "No Finding", "val"),
+            new() { StudyId = "s5", PatientId = "p5", Split = "train", Findings = "report 5 unlabelled" },
+        };
+        var items = TrainingData.Items(recipe.Stages[0], recipe, new Dictionary<string, List<Study>> { ["iu"] = studies });
+        Assert.Equal(["report 0 No Finding", "report 2 No Finding", "report 0 No Finding", "report 2 No Finding", "report 1 Pneumonia"],
+            items.Train.Select(i => i.PlainText));
+        Assert.Contains(items.Val, i => i.PlainText == "report 4 No Finding");   // validation is the source's val split, unfiltered
     }
 
     [Fact]
