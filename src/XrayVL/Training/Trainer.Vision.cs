@@ -35,7 +35,7 @@ public sealed partial class Trainer
         foreach (var mix in stage.Data)
         {
             var studies = sources[mix.Source];
-            var items = Images(studies.Where(s => mix.Splits.Contains(s.Split ?? "")));
+            var items = Images(studies.Where(s => mix.Splits.Contains(s.Split ?? "") && mix.Admits(s)));
             if (mix.Limit is { } limit && items.Count > limit)
             {
                 var random = new Random(Seeds.Mix(seed, Seeds.Of(stage.Name), Seeds.Of(mix.Source)));

@@ -126,6 +126,25 @@ public class RecipeTests
     }
 
     [Fact]
+    public void AVisionStageAppliesTheLabelFilterToo()
+    {
+        var recipe = TrainRecipe.Parse(Recipe("""
+            [ { "name": "v", "kind": "vision", "trainable": "vision", "steps": 1, "data": [ { "source": "iu", "labels": { "Pneumonia": 1 } } ] } ]
+            """));
+        string dir = TempDir.Create("xrayvl-recipe");
+        Study Make(int i, string label)
+        {
+            string image = Path.Combine(dir, $"{i}.png");
+            File.WriteAllBytes(image, [0]);                                  // only its existence is checked here
+            return new() { StudyId = $"s{i}", PatientId = $"p{i}", Split = "train", Images = [new StudyImage(image, Views.Frontal)],
+                           Labels = new Dictionary<string, int?> { [label] = 1 } };
+        }
+        var studies = new List<Study> { Make(0, "No Finding"), Make(1, "Pneumonia"), Make(2, "No Finding"), Make(3, "Pneumonia") };
+        var (train, _, _) = Trainer.VisionSamples(recipe.Stages[0], recipe.Seed, new Dictionary<string, List<Study>> { ["iu"] = studies });
+        Assert.Equal([Path.Combine(dir, "1.png"), Path.Combine(dir, "3.png")], train.Select(t => t.Path));
+    }
+
+    [Fact]
     public void TheDefaultRecipeIsValidFindsTheSharedDataAndMakesAModelUnder50Megabytes()
     {
         string? path = null;
