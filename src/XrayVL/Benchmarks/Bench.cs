@@ -5,6 +5,7 @@ using XrayVL.Data;
 using XrayVL.Imaging;
 using XrayVL.Inference;
 using XrayVL.IO;
+using XrayVL.Kernels;
 using XrayVL.Modeling;
 using static TorchSharp.torch;
 
@@ -237,7 +238,10 @@ public static class Bench
     }
 
     /// <summary>Tokens/s of greedy decoding with the cache from context − n to context (the prefill is not timed).</summary>
-    public static double CachedDecode(LanguageModel model, Tensor ids, int tokens)
+    public static double CachedDecode(LanguageModel model, Tensor ids, int tokens) => CachedDecodeMeasured(model, ids, tokens).TokensPerSecond;
+
+    /// <summary><see cref="CachedDecode"/> with the decode kernels' share of the time (the prefill and first token excluded).</summary>
+    public static DecodeMeasurement CachedDecodeMeasured(LanguageModel model, Tensor ids, int tokens)
     {
         using var scope = NewDisposeScope();
         Tensor prompt;
@@ -245,10 +249,11 @@ public static class Bench
         var options = new GenerationOptions { MaxNewTokens = tokens };
         using var stream = new XrayVL.Inference.TokenGenerator(model).Generate(prompt, options).GetEnumerator();
         if (!stream.MoveNext()) throw new InvalidOperationException("no token generated");   // prefill + first token
+        var kernels = MatVec.Totals;
         var watch = Stopwatch.StartNew();
         int decoded = 0;
         while (stream.MoveNext()) decoded++;
-        return decoded / watch.Elapsed.TotalSeconds;
+        return new DecodeMeasurement(decoded, watch.Elapsed.TotalSeconds, MatVec.Totals - kernels);
     }
 
     /// <summary>Tokens/s when every step runs the whole sequence again (no cache), from context − n to context.</summary>

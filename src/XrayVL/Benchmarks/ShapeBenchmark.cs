@@ -27,10 +27,22 @@ public sealed record Spread(double Min, double Median, double Max)
         : v >= 10 ? v.ToString("0.0", CultureInfo.InvariantCulture) : v.ToString("0.00", CultureInfo.InvariantCulture);
 }
 
+/// <summary>
+/// One timed decoding run: tokens, wall seconds, and what the decode kernels spent of it (time, weight bytes read).
+/// The rest of a token's time is everything around the matrix-vector products: norms, rotary, attention, conversions.
+/// </summary>
+public sealed record DecodeMeasurement(int Tokens, double Seconds, KernelTotals Kernels)
+{
+    public double TokensPerSecond => Tokens / Seconds;
+    public double KernelShare => Kernels.Seconds / Seconds;
+    public double KernelGBPerSecond => Kernels.Seconds > 0 ? Kernels.Bytes / Kernels.Seconds / 1e9 : 0;
+}
+
 /// <summary>The figures of one dtype at one shape.</summary>
 public sealed record ShapeFigures(
     string DType, long WeightBytes, long BytesPerToken, double LoadSeconds, double FirstTokenSeconds,
-    Spread PrefillTokensPerSecond, Spread DecodeTokensPerSecond, Spread ReadGBPerSecond, double PeakRssGB)
+    Spread PrefillTokensPerSecond, Spread DecodeTokensPerSecond, Spread ReadGBPerSecond, double PeakRssGB,
+    Spread? KernelSharePercent = null, Spread? KernelReadGBPerSecond = null)
 {
     /// <summary>Tokens/s if decoding did nothing but read its bytes at the median measured bandwidth.</summary>
     public double RooflineTokensPerSecond => ReadGBPerSecond.Median * 1e9 / BytesPerToken;
@@ -45,12 +57,13 @@ public sealed record ShapeBenchmarkReport(string Shape, long Parameters, int Thr
         var sb = new StringBuilder();
         sb.AppendLine(CultureInfo.InvariantCulture, $"Shape `{Shape}` ({Parameters:N0} parameters, random weights), {Threads} threads, prompt {PromptTokens} tokens, {DecodeTokens} decoded; kernels: {Kernels}.");
         sb.AppendLine("Spread is min / **median** / max of the repeats; read bandwidth is measured in the same run over the model's own weights.");
+        sb.AppendLine("Decode time in kernels: the share of a decoded token's wall time spent in the matrix-vector kernels, and their own read speed (weights and scales ÷ their time); the rest is the ops around them.");
         sb.AppendLine();
-        sb.AppendLine("| dtype | weights GB | read per token GB | load s | first token s | prefill tok/s | decode tok/s | read GB/s | roofline tok/s | % of roofline | peak RSS GB |");
-        sb.AppendLine("|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|");
+        sb.AppendLine("| dtype | weights GB | read per token GB | load s | first token s | prefill tok/s | decode tok/s | read GB/s | roofline tok/s | % of roofline | decode time in kernels % | kernel read GB/s | peak RSS GB |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|");
         foreach (var r in Rows)
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
-                $"| {r.DType} | {r.WeightBytes / 1e9:0.00} | {r.BytesPerToken / 1e9:0.000} | {r.LoadSeconds:0.0} | {r.FirstTokenSeconds:0.00} | {r.PrefillTokensPerSecond} | {r.DecodeTokensPerSecond} | {r.ReadGBPerSecond} | {r.RooflineTokensPerSecond:0.0} | {r.RooflinePercent:0} | {r.PeakRssGB:0.00} |"));
+                $"| {r.DType} | {r.WeightBytes / 1e9:0.00} | {r.BytesPerToken / 1e9:0.000} | {r.LoadSeconds:0.0} | {r.FirstTokenSeconds:0.00} | {r.PrefillTokensPerSecond} | {r.DecodeTokensPerSecond} | {r.ReadGBPerSecond} | {r.RooflineTokensPerSecond:0.0} | {r.RooflinePercent:0} | {(object?)r.KernelSharePercent ?? "—"} | {(object?)r.KernelReadGBPerSecond ?? "—"} | {r.PeakRssGB:0.00} |"));
         var fp32 = Rows.FirstOrDefault(r => r.DType == "fp32");
         var bf16 = Rows.FirstOrDefault(r => r.DType == "bf16");
         if (fp32 is not null && bf16 is not null)
@@ -109,7 +122,7 @@ public static class ShapeBenchmark
     /// greedy decoding (tokens/s over n tokens after the rest of the ids as prompt), bytes one decoded token reads from
     /// its weights, and KV-cache bytes per cached position.
     /// </summary>
-    private sealed record Subject(nn.Module Module, long VocabSize, Func<Tensor, double> PrefillMs, Func<Tensor, int, double> DecodeTokensPerSecond,
+    private sealed record Subject(nn.Module Module, long VocabSize, Func<Tensor, double> PrefillMs, Func<Tensor, int, DecodeMeasurement> Decode,
         long WeightBytesPerToken, long KvBytesPerPosition);
 
     public sealed record Options
@@ -127,7 +140,7 @@ public static class ShapeBenchmark
         {
             var model = WeightFormats.CreateRandom(c, format);
             long kv = 2L * c.NumHiddenLayers * c.NumKeyValueHeads * c.HeadSize * (format == WeightFormat.Fp32 ? 4 : 2);
-            return new Subject(model, c.VocabSize, ids => Bench.Prefill(model, ids), (ids, n) => Bench.CachedDecode(model, ids, n),
+            return new Subject(model, c.VocabSize, ids => Bench.Prefill(model, ids), (ids, n) => Bench.CachedDecodeMeasured(model, ids, n),
                 WeightFormats.DecodeBytesPerToken(model), kv);
         }
         if (GlmShapes.TryGetValue(shape, out var g))
@@ -138,7 +151,7 @@ public static class ShapeBenchmark
             long bytes = model.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).Concat(model.named_buffers())
                 .Where(p => !p.Item1.EndsWith("word_embeddings.weight", StringComparison.Ordinal) || g.TieWordEmbeddings)
                 .Sum(p => p.Item2.numel() * p.Item2.element_size());
-            return new Subject(model, g.VocabSize, ids => GlmPrefill(model, ids), (ids, n) => GlmDecode(model, ids, n), bytes, kv);
+            return new Subject(model, g.VocabSize, ids => GlmPrefill(model, ids), (ids, n) => GlmDecodeMeasured(model, ids, n), bytes, kv);
         }
         throw new XrayVLException($"unknown --shape '{shape}': use {string.Join(", ", ShapeNames)}");
     }
@@ -160,7 +173,9 @@ public static class ShapeBenchmark
     }
 
     /// <summary>Tokens/s of cached greedy GLM decoding (each new token at the [gMASK] position, block positions 2, 3, …).</summary>
-    internal static double GlmDecode(GlmDecoder model, Tensor ids, int tokens)
+    internal static double GlmDecode(GlmDecoder model, Tensor ids, int tokens) => GlmDecodeMeasured(model, ids, tokens).TokensPerSecond;
+
+    private static DecodeMeasurement GlmDecodeMeasured(GlmDecoder model, Tensor ids, int tokens)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -168,6 +183,7 @@ public static class ShapeBenchmark
         var (positions, mask) = GlmInputs(length);
         using var cache = model.NewCache(1, (int)length + tokens);
         var logits = model.Logits(model.ForwardHidden(model.Embed(ids.narrow(1, 0, length)), positions, mask, cache).narrow(1, length - 1, 1));
+        var kernels = MatVec.Totals;
         var watch = Stopwatch.StartNew();
         for (int step = 0; step < tokens; step++)
         {
@@ -176,7 +192,7 @@ public static class ShapeBenchmark
             var position = torch.tensor(new[] { length - 2, step + 2L }).view(1, 2, 1);
             logits = model.Logits(model.ForwardHidden(model.Embed(next), position, mask: null, cache)).MoveToOuterDisposeScope();
         }
-        return tokens / watch.Elapsed.TotalSeconds;
+        return new DecodeMeasurement(tokens, watch.Elapsed.TotalSeconds, MatVec.Totals - kernels);
     }
 
     public static ShapeBenchmarkReport Run(string shape, IReadOnlyList<WeightFormat> formats, Options? options = null, Action<string>? log = null)
@@ -238,16 +254,20 @@ public static class ShapeBenchmark
 
         // Bandwidth and decoding alternate, so that both see the same load from whatever else runs on the machine.
         log?.Invoke($"{format.Name()}: memory read bandwidth and decode {options.DecodeTokens} tokens, alternating");
-        var (bandwidths, decodes) = (new List<double>(), new List<double>());
+        var (bandwidths, decodes) = (new List<double>(), new List<DecodeMeasurement>());
         for (int i = 0; i < options.Repeats; i++)
         {
             bandwidths.Add(ReadBandwidth(model, options.Threads));
-            decodes.Add(subject.DecodeTokensPerSecond(ids, options.DecodeTokens));
+            decodes.Add(subject.Decode(ids, options.DecodeTokens));
         }
         bandwidths.Add(ReadBandwidth(model, options.Threads));
-        var (bandwidth, decode) = (Spread.Of(bandwidths), Spread.Of(decodes));
+        var (bandwidth, decode) = (Spread.Of(bandwidths), Spread.Of(decodes.Select(d => d.TokensPerSecond)));
+        // The kernels' share and speed (fp32 decodes through libtorch alone: no kernel time, no figures).
+        var kernelShare = decodes.All(d => d.Kernels.Bytes > 0) ? Spread.Of(decodes.Select(d => 100 * d.KernelShare)) : null;
+        var kernelRead = kernelShare is null ? null : Spread.Of(decodes.Select(d => d.KernelGBPerSecond));
 
-        return new ShapeFigures(format.Name(), weightBytes, bytesPerToken, loadSeconds, firstMs / 1000, prefill, decode, bandwidth, PeakRssBytes() / 1e9);
+        return new ShapeFigures(format.Name(), weightBytes, bytesPerToken, loadSeconds, firstMs / 1000, prefill, decode, bandwidth,
+            PeakRssBytes() / 1e9, kernelShare, kernelRead);
     }
 
     /// <summary>

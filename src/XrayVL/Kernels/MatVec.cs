@@ -5,8 +5,19 @@ using System.Runtime.Intrinsics.X86;
 
 namespace XrayVL.Kernels;
 
-/// <summary>Instruction sets the decode kernels can run on; <see cref="MatVec.Best"/> is the widest this CPU has.</summary>
-public enum KernelIsa { Scalar, Avx2, Avx512 }
+/// <summary>Kernel wall time (Stopwatch ticks) and weight bytes read, summed over calls.</summary>
+public readonly record struct KernelTotals(long Ticks, long Bytes)
+{
+    public static KernelTotals operator -(KernelTotals a, KernelTotals b) => new(a.Ticks - b.Ticks, a.Bytes - b.Bytes);
+    public double Seconds => (double)Ticks / System.Diagnostics.Stopwatch.Frequency;
+}
+
+/// <summary>
+/// Instruction sets the decode kernels can run on; <see cref="MatVec.Best"/> is the widest this CPU has.
+/// <see cref="Avx512Vnni"/> is AVX-512 plus AVX-VNNI: the same kernels as <see cref="Avx512"/> except a Q8_0 product with
+/// one row of x, which rounds x to int8 and multiplies bytes by bytes (vpdpbusd).
+/// </summary>
+public enum KernelIsa { Scalar, Avx2, Avx512, Avx512Vnni }
 
 /// <summary>
 /// The matrix-vector products of token-by-token decoding: y (B, N) = x (B, K) · Wᵀ for a weight W (N, K) stored as
@@ -27,10 +38,42 @@ public static unsafe partial class MatVec
     /// <summary>Rows handed to a thread at a time: small enough to balance two threads, large enough to amortise the hand-off.</summary>
     private const int RowsPerTask = 64;
 
-    public static KernelIsa Best { get; } =
-        Avx512F.IsSupported && Avx512BW.IsSupported ? KernelIsa.Avx512
+    /// <summary>
+    /// Wall time and weight bytes (weights and scales) of every kernel call so far, all threads together: the bench reads
+    /// them before and after decoding to split a token's time into the kernels and everything else.
+    /// </summary>
+    public static KernelTotals Totals => new(Interlocked.Read(ref totalTicks), Interlocked.Read(ref totalBytes));
+
+    private static long totalTicks, totalBytes;
+
+    private static void Account(long startTimestamp, long weightBytes)
+    {
+        Interlocked.Add(ref totalTicks, System.Diagnostics.Stopwatch.GetTimestamp() - startTimestamp);
+        Interlocked.Add(ref totalBytes, weightBytes);
+    }
+
+    /// <summary>Environment variable that caps <see cref="Best"/> (scalar, avx2, avx512, avx512vnni): to compare kernels in one build.</summary>
+    public const string IsaVariable = "XRAYVL_KERNEL_ISA";
+
+    public static KernelIsa Detected { get; } =
+        Avx512F.IsSupported && Avx512BW.IsSupported && AvxVnni.IsSupported ? KernelIsa.Avx512Vnni
+        : Avx512F.IsSupported && Avx512BW.IsSupported ? KernelIsa.Avx512
         : Avx2.IsSupported && Fma.IsSupported ? KernelIsa.Avx2
         : KernelIsa.Scalar;
+
+    /// <summary>The kernels used when a caller names none: <see cref="Detected"/>, or less where <see cref="IsaVariable"/> asks.</summary>
+    public static KernelIsa Best { get; } = FromEnvironment(Environment.GetEnvironmentVariable(IsaVariable), Detected);
+
+    /// <summary>The ISA a value of <see cref="IsaVariable"/> names, never above <paramref name="detected"/>; unset: detected.</summary>
+    public static KernelIsa FromEnvironment(string? value, KernelIsa detected)
+    {
+        if (string.IsNullOrWhiteSpace(value)) return detected;
+        if (!Enum.TryParse<KernelIsa>(value.Trim(), ignoreCase: true, out var asked) || !Enum.IsDefined(asked))
+            throw new XrayVLException($"{IsaVariable}={value}: expected one of {string.Join(", ", Enum.GetNames<KernelIsa>().Select(n => n.ToLowerInvariant()))}");
+        if (asked > detected)
+            throw new XrayVLException($"{IsaVariable}={value}: this CPU's kernels go up to {detected.ToString().ToLowerInvariant()}");
+        return asked;
+    }
 
     /// <summary>
     /// y (B, N) = x (B, K) · Wᵀ with W (N, K) in bf16 (the upper 16 bits of a float32, stored as ushort).
@@ -40,6 +83,7 @@ public static unsafe partial class MatVec
     {
         CheckShapes(w.Length, rows, cols, x.Length, batch, y.Length);
         var chosen = Usable(isa ?? Best);
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         fixed (ushort* pw = w)
         fixed (float* px = x, py = y)
         {
@@ -53,13 +97,14 @@ public static unsafe partial class MatVec
                     ushort* row = ww + (long)r * cols;
                     switch (chosen)
                     {
-                        case KernelIsa.Avx512: Bf16RowAvx512(row, cols, xx, batch, yy, rows, r); break;
+                        case KernelIsa.Avx512 or KernelIsa.Avx512Vnni: Bf16RowAvx512(row, cols, xx, batch, yy, rows, r); break;
                         case KernelIsa.Avx2: Bf16RowAvx2(row, cols, xx, batch, yy, rows, r); break;
                         default: Bf16RowScalar(row, cols, xx, batch, yy, rows, r); break;
                     }
                 }
             });
         }
+        Account(start, 2L * w.Length);
     }
 
     /// <summary>
@@ -74,11 +119,19 @@ public static unsafe partial class MatVec
         if (scales.Length != (long)rows * (cols / GroupSize))
             throw new ArgumentException($"Q8_0 scales: expected {rows} × {cols / GroupSize}, got {scales.Length}");
         var chosen = Usable(isa ?? Best);
-        if (chosen == KernelIsa.Avx512 && batch == 1)
-        {
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (chosen == KernelIsa.Avx512Vnni && batch == 1)
+            Q8Int8Vnni(q, scales, rows, cols, x, y, threads);
+        else if (chosen == KernelIsa.Avx512 && batch == 1)
             Q8Int16Avx512(q, scales, rows, cols, x, y, threads);
-            return;
-        }
+        else
+            Q8Rows(q, scales, rows, cols, x, batch, y, chosen, threads);
+        Account(start, q.Length + 4L * scales.Length);
+    }
+
+    private static void Q8Rows(ReadOnlySpan<sbyte> q, ReadOnlySpan<float> scales, int rows, int cols, ReadOnlySpan<float> x, int batch,
+        Span<float> y, KernelIsa chosen, int threads)
+    {
         fixed (sbyte* pq = q)
         fixed (float* ps = scales, px = x, py = y)
         {
@@ -94,7 +147,7 @@ public static unsafe partial class MatVec
                     float* rowScales = ss + (long)r * groups;
                     switch (chosen)
                     {
-                        case KernelIsa.Avx512: Q8RowAvx512(row, rowScales, cols, xx, batch, yy, rows, r); break;
+                        case KernelIsa.Avx512 or KernelIsa.Avx512Vnni: Q8RowAvx512(row, rowScales, cols, xx, batch, yy, rows, r); break;
                         case KernelIsa.Avx2: Q8RowAvx2(row, rowScales, cols, xx, batch, yy, rows, r); break;
                         default: Q8RowScalar(row, rowScales, cols, xx, batch, yy, rows, r); break;
                     }
@@ -120,6 +173,7 @@ public static unsafe partial class MatVec
     private static KernelIsa Usable(KernelIsa isa) => isa switch
     {
         KernelIsa.Avx512 when !(Avx512F.IsSupported && Avx512BW.IsSupported) => throw new PlatformNotSupportedException("AVX-512 is not available on this CPU"),
+        KernelIsa.Avx512Vnni when !(Avx512F.IsSupported && Avx512BW.IsSupported && AvxVnni.IsSupported) => throw new PlatformNotSupportedException("AVX-512 with AVX-VNNI is not available on this CPU"),
         KernelIsa.Avx2 when !(Avx2.IsSupported && Fma.IsSupported) => throw new PlatformNotSupportedException("AVX2/FMA is not available on this CPU"),
         _ => isa,
     };

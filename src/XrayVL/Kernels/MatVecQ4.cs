@@ -27,6 +27,7 @@ public static unsafe partial class MatVec
         if (scales.Length != (long)rows * (cols / GroupSize))
             throw new ArgumentException($"Q4_0 scales: expected {rows} × {cols / GroupSize}, got {scales.Length}");
         var chosen = Usable(isa ?? Best);
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
         fixed (byte* pq = packed)
         fixed (float* ps = scales, px = x, py = y)
         {
@@ -42,13 +43,14 @@ public static unsafe partial class MatVec
                     float* rowScales = ss + (long)r * groups;
                     switch (chosen)
                     {
-                        case KernelIsa.Avx512: Q4RowAvx512(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
+                        case KernelIsa.Avx512 or KernelIsa.Avx512Vnni: Q4RowAvx512(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
                         case KernelIsa.Avx2: Q4RowAvx2(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
                         default: Q4RowScalar(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
                     }
                 }
             });
         }
+        Account(start, packed.Length + 4L * scales.Length);
     }
 
     /// <summary>The signed level (−8..7) of element <paramref name="c"/> (0..31) of the Q4_0 group at <paramref name="group"/>.</summary>

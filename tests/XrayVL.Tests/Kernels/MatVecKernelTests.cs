@@ -18,6 +18,7 @@ public class MatVecKernelTests
         var data = new TheoryData<KernelIsa> { KernelIsa.Scalar };
         if (Avx2.IsSupported && Fma.IsSupported) data.Add(KernelIsa.Avx2);
         if (Avx512F.IsSupported && Avx512BW.IsSupported) data.Add(KernelIsa.Avx512);
+        if (Avx512F.IsSupported && Avx512BW.IsSupported && AvxVnni.IsSupported) data.Add(KernelIsa.Avx512Vnni);
         return data;
     }
 
@@ -128,8 +129,55 @@ public class MatVecKernelTests
                 AssertClose(reference, actual, magnitude, 1e-4);
                 Assert.NotEqual(reference, actual);   // the int16 path did run: its rounding shows somewhere
             }
+            else if (isa == KernelIsa.Avx512Vnni && batch == 1)
+            {
+                // One row of x goes through int8 activations: exact against x rounded the same way (the int32 sums are
+                // exact; only the float scaling rounds), and within 2^-8 of each group's largest |x| of the float reference.
+                var xq = new sbyte[cols];
+                var xs = new float[groups];
+                MatVec.QuantizeInt8(x, xq, xs, groups);
+                for (int g = 0; g < groups; g++)   // the vectorized rounding against the definition
+                {
+                    float max = 0;
+                    for (int c = 0; c < 32; c++) max = Math.Max(max, Math.Abs(x[g * 32 + c]));
+                    Assert.Equal(max / 127, xs[g]);
+                    for (int c = 0; c < 32; c++) Assert.Equal((sbyte)MathF.Round(x[g * 32 + c] / xs[g]), xq[g * 32 + c]);
+                }
+                var rounded = new float[rows];
+                var roundedMagnitude = new double[rows];
+                for (int r = 0; r < rows; r++)
+                {
+                    double sum = 0, abs = 0;
+                    for (int c = 0; c < cols; c++)
+                    {
+                        double p = (double)q[r * cols + c] * scales[r * groups + c / 32] * xq[c] * xs[c / 32];
+                        sum += p;
+                        abs += Math.Abs(p);
+                    }
+                    rounded[r] = (float)sum;
+                    roundedMagnitude[r] = abs;
+                }
+                AssertClose(rounded, actual, roundedMagnitude, 2e-6);
+                AssertClose(reference, actual, magnitude, 1.5e-2);
+                Assert.NotEqual(reference, actual);   // the int8 path did run: its rounding shows somewhere
+            }
             else AssertClose(reference, actual, magnitude, 2e-6);
         }
+    }
+
+    [Fact]
+    public void The_isa_variable_caps_the_kernels_and_names_bad_values()
+    {
+        Assert.Equal(KernelIsa.Avx512Vnni, MatVec.FromEnvironment(null, KernelIsa.Avx512Vnni));
+        Assert.Equal(KernelIsa.Avx512Vnni, MatVec.FromEnvironment(" ", KernelIsa.Avx512Vnni));
+        Assert.Equal(KernelIsa.Avx512, MatVec.FromEnvironment("AVX512", KernelIsa.Avx512Vnni));
+        Assert.Equal(KernelIsa.Scalar, MatVec.FromEnvironment("scalar", KernelIsa.Avx2));
+        var unknown = Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("avx10", KernelIsa.Avx512Vnni));
+        Assert.Contains(MatVec.IsaVariable, unknown.Message);
+        Assert.Contains("avx512vnni", unknown.Message);
+        Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("7", KernelIsa.Avx512Vnni));   // a number Enum.TryParse takes
+        var above = Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("avx512vnni", KernelIsa.Avx2));
+        Assert.Contains("avx2", above.Message);
     }
 
     [Fact]
