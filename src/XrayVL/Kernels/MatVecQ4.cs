@@ -28,6 +28,12 @@ public static unsafe partial class MatVec
             throw new ArgumentException($"Q4_0 scales: expected {rows} × {cols / GroupSize}, got {scales.Length}");
         var chosen = Usable(isa ?? Best);
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        if (chosen == KernelIsa.Avx512Vnni && batch == 1)
+        {
+            Q4Int8Vnni(packed, scales, rows, cols, x, y, threads);
+            Account(start, packed.Length + 4L * scales.Length);
+            return;
+        }
         fixed (byte* pq = packed)
         fixed (float* ps = scales, px = x, py = y)
         {
