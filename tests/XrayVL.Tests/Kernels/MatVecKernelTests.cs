@@ -104,65 +104,69 @@ public class MatVecKernelTests
             AssertClose(expected, reference, magnitude, 1e-7);
             var actual = new float[batch * rows];
             MatVec.Q8(q, scales, rows, cols, x, batch, actual, isa, threads);
-            if (isa == KernelIsa.Avx512 && batch == 1)
+            if (batch == 1 && isa is KernelIsa.Avx512 or KernelIsa.Avx512Vnni)
             {
-                // One row of x goes through int16 activations: exact against x rounded the same way, and within 2^-16 of
-                // each group's largest |x| of the float reference.
-                var xq = new short[cols];
-                var xs = new float[groups];
-                MatVec.QuantizeInt16(x, xq, xs, groups);
-                for (int g = 0; g < groups; g++)   // the vectorized rounding against the definition
-                {
-                    float max = 0;
-                    for (int c = 0; c < 32; c++) max = Math.Max(max, Math.Abs(x[g * 32 + c]));
-                    Assert.Equal(max / 32767, xs[g]);
-                    for (int c = 0; c < 32; c++) Assert.Equal((short)MathF.Round(x[g * 32 + c] / xs[g]), xq[g * 32 + c]);
-                }
-                var rounded = new float[rows];
-                for (int r = 0; r < rows; r++)
-                {
-                    double sum = 0;
-                    for (int c = 0; c < cols; c++) sum += (double)q[r * cols + c] * scales[r * groups + c / 32] * xq[c] * xs[c / 32];
-                    rounded[r] = (float)sum;
-                }
-                AssertClose(rounded, actual, magnitude, 2e-6);
-                AssertClose(reference, actual, magnitude, 1e-4);
-                Assert.NotEqual(reference, actual);   // the int16 path did run: its rounding shows somewhere
-            }
-            else if (isa == KernelIsa.Avx512Vnni && batch == 1)
-            {
-                // One row of x goes through int8 activations: exact against x rounded the same way (the int32 sums are
-                // exact; only the float scaling rounds), and within 2^-8 of each group's largest |x| of the float reference.
-                var xq = new sbyte[cols];
-                var xs = new float[groups];
-                MatVec.QuantizeInt8(x, xq, xs, groups);
-                for (int g = 0; g < groups; g++)   // the vectorized rounding against the definition
-                {
-                    float max = 0;
-                    for (int c = 0; c < 32; c++) max = Math.Max(max, Math.Abs(x[g * 32 + c]));
-                    Assert.Equal(max / 127, xs[g]);
-                    for (int c = 0; c < 32; c++) Assert.Equal((sbyte)MathF.Round(x[g * 32 + c] / xs[g]), xq[g * 32 + c]);
-                }
-                var rounded = new float[rows];
-                var roundedMagnitude = new double[rows];
-                for (int r = 0; r < rows; r++)
-                {
-                    double sum = 0, abs = 0;
-                    for (int c = 0; c < cols; c++)
-                    {
-                        double p = (double)q[r * cols + c] * scales[r * groups + c / 32] * xq[c] * xs[c / 32];
-                        sum += p;
-                        abs += Math.Abs(p);
-                    }
-                    rounded[r] = (float)sum;
-                    roundedMagnitude[r] = abs;
-                }
+                // One row of x goes through integer activations (int16 on AVX-512, int8 with VNNI): exact against x rounded
+                // the same way (integer sums; only the float scaling rounds), and near the float reference: within 2^-16
+                // (int16) or 2^-8 (int8) of each group's largest |x| per element.
+                var (rounded, roundedMagnitude) = Products(rows, cols, (r, c) => (double)q[r * cols + c] * scales[r * groups + c / 32], RoundedX(x, isa));
                 AssertClose(rounded, actual, roundedMagnitude, 2e-6);
-                AssertClose(reference, actual, magnitude, 1.5e-2);
-                Assert.NotEqual(reference, actual);   // the int8 path did run: its rounding shows somewhere
+                AssertClose(reference, actual, magnitude, isa == KernelIsa.Avx512 ? 1e-4 : 1.5e-2);
+                Assert.NotEqual(reference, actual);   // the integer path did run: its rounding shows somewhere
             }
             else AssertClose(reference, actual, magnitude, 2e-6);
         }
+    }
+
+    /// <summary>
+    /// One row of x as the one-row integer paths round it (int16 with <see cref="KernelIsa.Avx512"/>, int8 with
+    /// <see cref="KernelIsa.Avx512Vnni"/>), the vectorized rounding checked against its definition (xs = max|x| / limit,
+    /// xq = round(x / xs)): the values xq · xs.
+    /// </summary>
+    internal static double[] RoundedX(float[] x, KernelIsa isa)
+    {
+        int groups = x.Length / MatVec.GroupSize;
+        var xs = new float[groups];
+        int[] levels;
+        int limit;
+        if (isa == KernelIsa.Avx512Vnni)
+        {
+            var xq = new sbyte[x.Length];
+            MatVec.QuantizeInt8(x, xq, xs, groups);
+            (levels, limit) = (xq.Select(v => (int)v).ToArray(), sbyte.MaxValue);
+        }
+        else
+        {
+            var xq = new short[x.Length];
+            MatVec.QuantizeInt16(x, xq, xs, groups);
+            (levels, limit) = (xq.Select(v => (int)v).ToArray(), short.MaxValue);
+        }
+        for (int g = 0; g < groups; g++)
+        {
+            float max = 0;
+            for (int c = 0; c < 32; c++) max = Math.Max(max, Math.Abs(x[g * 32 + c]));
+            Assert.Equal(max / limit, xs[g]);
+            for (int c = 0; c < 32; c++) Assert.Equal((int)MathF.Round(x[g * 32 + c] / xs[g]), levels[g * 32 + c]);
+        }
+        return levels.Select((v, c) => (double)v * xs[c / 32]).ToArray();
+    }
+
+    /// <summary>y[r] = Σ_c weight(r, c) · x[c] in double, and Σ_c |weight(r, c) · x[c]| (the tolerance's scale).</summary>
+    internal static (float[] Sums, double[] Magnitude) Products(int rows, int cols, Func<int, int, double> weight, double[] x)
+    {
+        var (sums, magnitude) = (new float[rows], new double[rows]);
+        for (int r = 0; r < rows; r++)
+        {
+            double sum = 0, abs = 0;
+            for (int c = 0; c < cols; c++)
+            {
+                double p = weight(r, c) * x[c];
+                sum += p;
+                abs += Math.Abs(p);
+            }
+            (sums[r], magnitude[r]) = ((float)sum, abs);
+        }
+        return (sums, magnitude);
     }
 
     [Fact]

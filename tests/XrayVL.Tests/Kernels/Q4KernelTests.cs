@@ -57,25 +57,10 @@ public class Q4KernelTests
             MatVec.Q4(packed, scales, rows, cols, x, batch, actual, isa, threads);
             if (isa == KernelIsa.Avx512Vnni && batch == 1)
             {
-                // One row of x goes through int8 activations: exact against x rounded the same way (integer sums; only
-                // the float scaling rounds), and near the float reference.
-                var xq = new sbyte[cols];
-                var xs = new float[groups];
-                MatVec.QuantizeInt8(x, xq, xs, groups);
-                var rounded = new float[rows];
-                var roundedMagnitude = new double[rows];
-                for (int r = 0; r < rows; r++)
-                {
-                    double sum = 0, abs = 0;
-                    for (int c = 0; c < cols; c++)
-                    {
-                        double p = (double)Level(packed, r * cols / 2, c) * scales[r * groups + c / 32] * xq[c] * xs[c / 32];
-                        sum += p;
-                        abs += Math.Abs(p);
-                    }
-                    rounded[r] = (float)sum;
-                    roundedMagnitude[r] = abs;
-                }
+                // One row of x goes through int8 activations: exact against x rounded the same way (integer sums; only the
+                // float scaling rounds), and near the float reference.
+                var (rounded, roundedMagnitude) = MatVecKernelTests.Products(rows, cols,
+                    (r, c) => (double)Level(packed, r * cols / 2, c) * scales[r * groups + c / 32], MatVecKernelTests.RoundedX(x, isa));
                 AssertClose(rounded, actual, roundedMagnitude, 2e-6);
                 AssertClose(reference, actual, magnitude, 1.5e-2);
                 Assert.NotEqual(reference, actual);   // the int8 path did run: its rounding shows somewhere
