@@ -12,12 +12,8 @@ public readonly record struct KernelTotals(long Ticks, long Bytes)
     public double Seconds => (double)Ticks / System.Diagnostics.Stopwatch.Frequency;
 }
 
-/// <summary>
-/// Instruction sets the decode kernels can run on; <see cref="MatVec.Best"/> is the widest this CPU has.
-/// <see cref="Avx512Vnni"/> is AVX-512 plus AVX-VNNI: the same kernels as <see cref="Avx512"/> except a Q8_0 product with
-/// one row of x, which rounds x to int8 and multiplies bytes by bytes (vpdpbusd).
-/// </summary>
-public enum KernelIsa { Scalar, Avx2, Avx512, Avx512Vnni }
+/// <summary>Instruction sets the decode kernels can run on; <see cref="MatVec.Detected"/> is the widest this CPU has.</summary>
+public enum KernelIsa { Scalar, Avx2, Avx512 }
 
 /// <summary>
 /// The matrix-vector products of token-by-token decoding: y (B, N) = x (B, K) · Wᵀ for a weight W (N, K) stored as
@@ -52,12 +48,11 @@ public static unsafe partial class MatVec
         Interlocked.Add(ref totalBytes, weightBytes);
     }
 
-    /// <summary>Environment variable that caps <see cref="Best"/> (scalar, avx2, avx512, avx512vnni): to compare kernels in one build.</summary>
+    /// <summary>Environment variable that caps <see cref="Best"/> (scalar, avx2, avx512): to compare kernels in one build.</summary>
     public const string IsaVariable = "XRAYVL_KERNEL_ISA";
 
     public static KernelIsa Detected { get; } =
-        Avx512F.IsSupported && Avx512BW.IsSupported && AvxVnni.IsSupported ? KernelIsa.Avx512Vnni
-        : Avx512F.IsSupported && Avx512BW.IsSupported ? KernelIsa.Avx512
+        Avx512F.IsSupported && Avx512BW.IsSupported ? KernelIsa.Avx512
         : Avx2.IsSupported && Fma.IsSupported ? KernelIsa.Avx2
         : KernelIsa.Scalar;
 
@@ -97,7 +92,7 @@ public static unsafe partial class MatVec
                     ushort* row = ww + (long)r * cols;
                     switch (chosen)
                     {
-                        case KernelIsa.Avx512 or KernelIsa.Avx512Vnni: Bf16RowAvx512(row, cols, xx, batch, yy, rows, r); break;
+                        case KernelIsa.Avx512: Bf16RowAvx512(row, cols, xx, batch, yy, rows, r); break;
                         case KernelIsa.Avx2: Bf16RowAvx2(row, cols, xx, batch, yy, rows, r); break;
                         default: Bf16RowScalar(row, cols, xx, batch, yy, rows, r); break;
                     }
@@ -120,9 +115,7 @@ public static unsafe partial class MatVec
             throw new ArgumentException($"Q8_0 scales: expected {rows} × {cols / GroupSize}, got {scales.Length}");
         var chosen = Usable(isa ?? Best);
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        if (chosen == KernelIsa.Avx512Vnni && batch == 1)
-            Q8Int8Vnni(q, scales, rows, cols, x, y, threads);
-        else if (chosen == KernelIsa.Avx512 && batch == 1)
+        if (chosen == KernelIsa.Avx512 && batch == 1)
             Q8Int16Avx512(q, scales, rows, cols, x, y, threads);
         else
             Q8Rows(q, scales, rows, cols, x, batch, y, chosen, threads);
@@ -147,7 +140,7 @@ public static unsafe partial class MatVec
                     float* rowScales = ss + (long)r * groups;
                     switch (chosen)
                     {
-                        case KernelIsa.Avx512 or KernelIsa.Avx512Vnni: Q8RowAvx512(row, rowScales, cols, xx, batch, yy, rows, r); break;
+                        case KernelIsa.Avx512: Q8RowAvx512(row, rowScales, cols, xx, batch, yy, rows, r); break;
                         case KernelIsa.Avx2: Q8RowAvx2(row, rowScales, cols, xx, batch, yy, rows, r); break;
                         default: Q8RowScalar(row, rowScales, cols, xx, batch, yy, rows, r); break;
                     }
@@ -173,7 +166,6 @@ public static unsafe partial class MatVec
     private static KernelIsa Usable(KernelIsa isa) => isa switch
     {
         KernelIsa.Avx512 when !(Avx512F.IsSupported && Avx512BW.IsSupported) => throw new PlatformNotSupportedException("AVX-512 is not available on this CPU"),
-        KernelIsa.Avx512Vnni when !(Avx512F.IsSupported && Avx512BW.IsSupported && AvxVnni.IsSupported) => throw new PlatformNotSupportedException("AVX-512 with AVX-VNNI is not available on this CPU"),
         KernelIsa.Avx2 when !(Avx2.IsSupported && Fma.IsSupported) => throw new PlatformNotSupportedException("AVX2/FMA is not available on this CPU"),
         _ => isa,
     };
@@ -432,32 +424,6 @@ public static unsafe partial class MatVec
                 {
                     xs[g] = GroupScale(px + g * GroupSize, short.MaxValue);
                     for (int c = 0; c < GroupSize; c++) q[c] = (short)Level(px[g * GroupSize + c], xs[g], short.MaxValue);
-                }
-            }
-    }
-
-    /// <summary>
-    /// x (K) → xq (K) int8 and xs (K / 32): per group xs = max|x| / 127 and xq = round(x / xs) (an all-zero group: 0, 0).
-    /// Public for the tests, which hold the int8 paths to the same rounding.
-    /// </summary>
-    public static void QuantizeInt8(ReadOnlySpan<float> x, Span<sbyte> xq, Span<float> xs, int groups)
-    {
-        CheckGroups(x.Length, xq.Length, xs.Length, groups);
-        fixed (float* px = x)
-        fixed (sbyte* pq = xq)
-            for (int g = 0; g < groups; g++)
-            {
-                sbyte* q = pq + g * GroupSize;
-                if (Avx512F.IsSupported)
-                {
-                    var (low, high) = GroupLevels(px + g * GroupSize, sbyte.MaxValue, out xs[g]);
-                    Sse2.Store(q, Avx512F.ConvertToVector128SByteWithSaturation(low));
-                    Sse2.Store(q + 16, Avx512F.ConvertToVector128SByteWithSaturation(high));
-                }
-                else
-                {
-                    xs[g] = GroupScale(px + g * GroupSize, sbyte.MaxValue);
-                    for (int c = 0; c < GroupSize; c++) q[c] = (sbyte)Level(px[g * GroupSize + c], xs[g], sbyte.MaxValue);
                 }
             }
     }

@@ -28,12 +28,6 @@ public static unsafe partial class MatVec
             throw new ArgumentException($"Q4_0 scales: expected {rows} × {cols / GroupSize}, got {scales.Length}");
         var chosen = Usable(isa ?? Best);
         long start = System.Diagnostics.Stopwatch.GetTimestamp();
-        if (chosen == KernelIsa.Avx512Vnni && batch == 1)
-        {
-            Q4Int8Vnni(packed, scales, rows, cols, x, y, threads);
-            Account(start, packed.Length + 4L * scales.Length);
-            return;
-        }
         fixed (byte* pq = packed)
         fixed (float* ps = scales, px = x, py = y)
         {
@@ -49,7 +43,7 @@ public static unsafe partial class MatVec
                     float* rowScales = ss + (long)r * groups;
                     switch (chosen)
                     {
-                        case KernelIsa.Avx512 or KernelIsa.Avx512Vnni: Q4RowAvx512(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
+                        case KernelIsa.Avx512: Q4RowAvx512(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
                         case KernelIsa.Avx2: Q4RowAvx2(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
                         default: Q4RowScalar(row, rowScales, groups, cols, xx, batch, yy, rows, r); break;
                     }

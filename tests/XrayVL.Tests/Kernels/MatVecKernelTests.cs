@@ -18,7 +18,6 @@ public class MatVecKernelTests
         var data = new TheoryData<KernelIsa> { KernelIsa.Scalar };
         if (Avx2.IsSupported && Fma.IsSupported) data.Add(KernelIsa.Avx2);
         if (Avx512F.IsSupported && Avx512BW.IsSupported) data.Add(KernelIsa.Avx512);
-        if (Avx512F.IsSupported && Avx512BW.IsSupported && AvxVnni.IsSupported) data.Add(KernelIsa.Avx512Vnni);
         return data;
     }
 
@@ -104,55 +103,41 @@ public class MatVecKernelTests
             AssertClose(expected, reference, magnitude, 1e-7);
             var actual = new float[batch * rows];
             MatVec.Q8(q, scales, rows, cols, x, batch, actual, isa, threads);
-            if (batch == 1 && isa is KernelIsa.Avx512 or KernelIsa.Avx512Vnni)
+            if (batch == 1 && isa == KernelIsa.Avx512)
             {
-                // One row of x goes through integer activations (int16 on AVX-512, int8 with VNNI): exact against x rounded
-                // the same way (integer sums; only the float scaling rounds), and near the float reference: within 2^-16
-                // (int16) or 2^-8 (int8) of each group's largest |x| per element.
-                var (rounded, roundedMagnitude) = Products(rows, cols, (r, c) => (double)q[r * cols + c] * scales[r * groups + c / 32], RoundedX(x, isa));
+                // One row of x goes through int16 activations: exact against x rounded the same way (integer sums; only
+                // the float scaling rounds), and within 2^-16 of each group's largest |x| per element of the float reference.
+                var (rounded, roundedMagnitude) = Products(rows, cols, (r, c) => (double)q[r * cols + c] * scales[r * groups + c / 32], RoundedX(x));
                 AssertClose(rounded, actual, roundedMagnitude, 2e-6);
-                AssertClose(reference, actual, magnitude, isa == KernelIsa.Avx512 ? 1e-4 : 1.5e-2);
-                Assert.NotEqual(reference, actual);   // the integer path did run: its rounding shows somewhere
+                AssertClose(reference, actual, magnitude, 1e-4);
+                Assert.NotEqual(reference, actual);   // the int16 path did run: its rounding shows somewhere
             }
             else AssertClose(reference, actual, magnitude, 2e-6);
         }
     }
 
     /// <summary>
-    /// One row of x as the one-row integer paths round it (int16 with <see cref="KernelIsa.Avx512"/>, int8 with
-    /// <see cref="KernelIsa.Avx512Vnni"/>), the vectorized rounding checked against its definition (xs = max|x| / limit,
-    /// xq = round(x / xs)): the values xq · xs.
+    /// One row of x as the one-row int16 path rounds it, the vectorized rounding checked against its definition
+    /// (xs = max|x| / 32767, xq = round(x / xs)): the values xq · xs.
     /// </summary>
-    internal static double[] RoundedX(float[] x, KernelIsa isa)
+    private static double[] RoundedX(float[] x)
     {
         int groups = x.Length / MatVec.GroupSize;
         var xs = new float[groups];
-        int[] levels;
-        int limit;
-        if (isa == KernelIsa.Avx512Vnni)
-        {
-            var xq = new sbyte[x.Length];
-            MatVec.QuantizeInt8(x, xq, xs, groups);
-            (levels, limit) = (xq.Select(v => (int)v).ToArray(), sbyte.MaxValue);
-        }
-        else
-        {
-            var xq = new short[x.Length];
-            MatVec.QuantizeInt16(x, xq, xs, groups);
-            (levels, limit) = (xq.Select(v => (int)v).ToArray(), short.MaxValue);
-        }
+        var xq = new short[x.Length];
+        MatVec.QuantizeInt16(x, xq, xs, groups);
         for (int g = 0; g < groups; g++)
         {
             float max = 0;
             for (int c = 0; c < 32; c++) max = Math.Max(max, Math.Abs(x[g * 32 + c]));
-            Assert.Equal(max / limit, xs[g]);
-            for (int c = 0; c < 32; c++) Assert.Equal((int)MathF.Round(x[g * 32 + c] / xs[g]), levels[g * 32 + c]);
+            Assert.Equal(max / 32767, xs[g]);
+            for (int c = 0; c < 32; c++) Assert.Equal((short)MathF.Round(x[g * 32 + c] / xs[g]), xq[g * 32 + c]);
         }
-        return levels.Select((v, c) => (double)v * xs[c / 32]).ToArray();
+        return xq.Select((v, c) => (double)v * xs[c / 32]).ToArray();
     }
 
     /// <summary>y[r] = Σ_c weight(r, c) · x[c] in double, and Σ_c |weight(r, c) · x[c]| (the tolerance's scale).</summary>
-    internal static (float[] Sums, double[] Magnitude) Products(int rows, int cols, Func<int, int, double> weight, double[] x)
+    private static (float[] Sums, double[] Magnitude) Products(int rows, int cols, Func<int, int, double> weight, double[] x)
     {
         var (sums, magnitude) = (new float[rows], new double[rows]);
         for (int r = 0; r < rows; r++)
@@ -172,15 +157,15 @@ public class MatVecKernelTests
     [Fact]
     public void The_isa_variable_caps_the_kernels_and_names_bad_values()
     {
-        Assert.Equal(KernelIsa.Avx512Vnni, MatVec.FromEnvironment(null, KernelIsa.Avx512Vnni));
-        Assert.Equal(KernelIsa.Avx512Vnni, MatVec.FromEnvironment(" ", KernelIsa.Avx512Vnni));
-        Assert.Equal(KernelIsa.Avx512, MatVec.FromEnvironment("AVX512", KernelIsa.Avx512Vnni));
+        Assert.Equal(KernelIsa.Avx512, MatVec.FromEnvironment(null, KernelIsa.Avx512));
+        Assert.Equal(KernelIsa.Avx512, MatVec.FromEnvironment(" ", KernelIsa.Avx512));
+        Assert.Equal(KernelIsa.Avx2, MatVec.FromEnvironment("AVX2", KernelIsa.Avx512));
         Assert.Equal(KernelIsa.Scalar, MatVec.FromEnvironment("scalar", KernelIsa.Avx2));
-        var unknown = Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("avx10", KernelIsa.Avx512Vnni));
+        var unknown = Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("avx10", KernelIsa.Avx512));
         Assert.Contains(MatVec.IsaVariable, unknown.Message);
-        Assert.Contains("avx512vnni", unknown.Message);
-        Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("7", KernelIsa.Avx512Vnni));   // a number Enum.TryParse takes
-        var above = Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("avx512vnni", KernelIsa.Avx2));
+        Assert.Contains("scalar, avx2, avx512", unknown.Message);
+        Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("7", KernelIsa.Avx512));   // a number Enum.TryParse takes
+        var above = Assert.Throws<XrayVLException>(() => MatVec.FromEnvironment("avx512", KernelIsa.Avx2));
         Assert.Contains("avx2", above.Message);
     }
 
