@@ -408,58 +408,44 @@ public static unsafe partial class MatVec
     /// </summary>
     public static void QuantizeInt16(ReadOnlySpan<float> x, Span<short> xq, Span<float> xs, int groups)
     {
-        CheckGroups(x.Length, xq.Length, xs.Length, groups);
-        fixed (float* px = x)
-        fixed (short* pq = xq)
-            for (int g = 0; g < groups; g++)
-            {
-                short* q = pq + g * GroupSize;
-                if (Avx512F.IsSupported)
-                {
-                    var (low, high) = GroupLevels(px + g * GroupSize, short.MaxValue, out xs[g]);
-                    Avx.Store(q, Avx512F.ConvertToVector256Int16WithSaturation(low));
-                    Avx.Store(q + 16, Avx512F.ConvertToVector256Int16WithSaturation(high));
-                }
-                else
-                {
-                    xs[g] = GroupScale(px + g * GroupSize, short.MaxValue);
-                    for (int c = 0; c < GroupSize; c++) q[c] = (short)Level(px[g * GroupSize + c], xs[g], short.MaxValue);
-                }
-            }
-    }
-
-    private static void CheckGroups(int x, int xq, int xs, int groups)
-    {
-        if (groups < 0 || x < groups * GroupSize || xq < groups * GroupSize || xs < groups)
+        if (groups < 0 || x.Length < groups * GroupSize || xq.Length < groups * GroupSize || xs.Length < groups)
             throw new ArgumentException($"{groups} groups need {groups * GroupSize} values of x and xq and {groups} scales");
-    }
-
-    /// <summary>max|x| / limit over the 32 values at <paramref name="p"/>.</summary>
-    private static float GroupScale(float* p, int limit)
-    {
-        float max = 0;
-        for (int c = 0; c < GroupSize; c++) max = Math.Max(max, Math.Abs(p[c]));
-        return max / limit;
-    }
-
-    /// <summary>round(v / scale) within ±limit (round half to even, IEEE division); 0 when the scale is 0.</summary>
-    private static int Level(float v, float scale, int limit) => scale == 0 ? 0 : (int)Math.Clamp(MathF.Round(v / scale), -limit, limit);
-
-    /// <summary>
-    /// <see cref="GroupScale"/> and <see cref="Level"/> for the 32 values at <paramref name="p"/>, 16 lanes at a time (the
-    /// same IEEE division and round-half-even): every linear layer's input of a decode step goes through it, and the
-    /// scalar loop was a measurable share of a small model's step.
-    /// </summary>
-    private static (Vector512<int> Low, Vector512<int> High) GroupLevels(float* p, int limit, out float scale)
-    {
-        var v0 = Avx512F.LoadVector512(p);
-        var v1 = Avx512F.LoadVector512(p + 16);
-        var m = Vector512.Max(Vector512.Abs(v0), Vector512.Abs(v1));
-        var m8 = Vector256.Max(m.GetLower(), m.GetUpper());
-        var m4 = Vector128.Max(m8.GetLower(), m8.GetUpper());
-        scale = Math.Max(Math.Max(m4[0], m4[1]), Math.Max(m4[2], m4[3])) / limit;
-        if (scale == 0) return (Vector512<int>.Zero, Vector512<int>.Zero);
-        var divisor = Vector512.Create(scale);
-        return (Avx512F.ConvertToVector512Int32(Vector512.Round(v0 / divisor)), Avx512F.ConvertToVector512Int32(Vector512.Round(v1 / divisor)));
+        if (Avx512F.IsSupported)
+        {
+            // The same arithmetic 16 lanes at a time (IEEE division and round-half-even, as below): a decode step
+            // quantizes every linear layer's input, and the scalar loop was a measurable share of a small model's step.
+            fixed (float* px = x)
+            fixed (short* pq = xq)
+                for (int g = 0; g < groups; g++)
+                {
+                    var v0 = Avx512F.LoadVector512(px + g * GroupSize);
+                    var v1 = Avx512F.LoadVector512(px + g * GroupSize + 16);
+                    var m = Vector512.Max(Vector512.Abs(v0), Vector512.Abs(v1));
+                    var m8 = Vector256.Max(m.GetLower(), m.GetUpper());
+                    var m4 = Vector128.Max(m8.GetLower(), m8.GetUpper());
+                    float max = Math.Max(Math.Max(m4[0], m4[1]), Math.Max(m4[2], m4[3]));
+                    float scale = max / 32767;
+                    xs[g] = scale;
+                    if (scale == 0)
+                    {
+                        xq.Slice(g * GroupSize, GroupSize).Clear();
+                        continue;
+                    }
+                    var divisor = Vector512.Create(scale);
+                    Avx.Store(pq + g * GroupSize, Avx512F.ConvertToVector256Int16WithSaturation(Avx512F.ConvertToVector512Int32(Vector512.Round(v0 / divisor))));
+                    Avx.Store(pq + g * GroupSize + 16, Avx512F.ConvertToVector256Int16WithSaturation(Avx512F.ConvertToVector512Int32(Vector512.Round(v1 / divisor))));
+                }
+            return;
+        }
+        for (int g = 0; g < groups; g++)
+        {
+            var group = x.Slice(g * GroupSize, GroupSize);
+            float max = 0;
+            foreach (float v in group) max = Math.Max(max, Math.Abs(v));
+            float scale = max / 32767;
+            xs[g] = scale;
+            for (int c = 0; c < GroupSize; c++)
+                xq[g * GroupSize + c] = scale == 0 ? (short)0 : (short)Math.Clamp(MathF.Round(group[c] / scale), -32767, 32767);
+        }
     }
 }
