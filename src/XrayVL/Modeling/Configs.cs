@@ -211,6 +211,11 @@ public sealed record VisionLanguageConfig
     public int ImageTokenIndex { get; init; }
     /// <summary>Whether the vision encoder is trained (false: frozen, features may be cached).</summary>
     public bool FreezeVision { get; init; }
+    /// <summary>
+    /// One more position per image carrying the vision stage's classifier decisions (<see cref="Modeling.FindingHint"/>).
+    /// Needs a ResNet encoder read at its last stage, whose token mean is the pooled vector the classifier was trained on.
+    /// </summary>
+    public bool FindingHint { get; init; }
 
     public VisionLanguageConfig Validate()
     {
@@ -224,6 +229,9 @@ public sealed record VisionLanguageConfig
             $"vision_feature_select_strategy '{VisionFeatureSelectStrategy}' is not supported (default, full)");
         LanguageModelConfig.Require(ImageTokenIndex >= 0 && ImageTokenIndex < TextConfig.VocabSize,
             $"image_token_index ({ImageTokenIndex}) is outside the vocabulary (0..{TextConfig.VocabSize - 1})");
+        LanguageModelConfig.Require(!FindingHint || (VisionConfig.ModelType == "resnet" && VisionFeatureLayer is -1 or 4),
+            "finding_hint needs a resnet vision encoder read at its last stage (vision_feature_layer -1): the classifier " +
+            "reads the mean of those tokens");
         return this;
     }
 }

@@ -222,7 +222,8 @@ public static class HfConfigs
     {
         // This project's own composed config; its files are written in full, so these defaults are the record's.
         ["xrayvl"] = new(O(("projector_type", "mlp2x_gelu"), ("projector_hidden_act", "gelu"), ("vision_feature_layer", -1),
-                ("vision_feature_select_strategy", "default"), ("image_token_index", 0), ("freeze_vision", false)),
+                ("vision_feature_select_strategy", "default"), ("image_token_index", 0), ("freeze_vision", false),
+                ("finding_hint", false)),
             ["torch_dtype"], []),
         // LlavaConfig: the projector is always linear_1 → act → linear_2 (mlp2x), with biases.
         ["llava"] = new(O(("image_token_index", 32000), ("projector_hidden_act", "gelu"), ("vision_feature_layer", -2),

@@ -18,6 +18,7 @@ public sealed class VisionLanguageModel : nn.Module
     private readonly VisionEncoder vision_tower;
     private readonly Projector multi_modal_projector;
     private readonly LanguageModel language_model;
+    private readonly FindingHint? finding_hint;
 
     public VisionLanguageConfig Config { get; }
 
@@ -30,7 +31,8 @@ public sealed class VisionLanguageModel : nn.Module
         vision_tower = VisionEncoder.Create(config);
         multi_modal_projector = Projector.Create(config.ProjectorType, vision_tower.OutputDim, config.TextConfig.HiddenSize,
             activation: config.ProjectorHiddenAct);
-        TokensPerImage = multi_modal_projector.OutputTokens(vision_tower.NumTokens);
+        finding_hint = config.FindingHint ? new FindingHint(vision_tower.PooledDim, config.TextConfig.HiddenSize) : null;
+        TokensPerImage = multi_modal_projector.OutputTokens(vision_tower.NumTokens) + (finding_hint is null ? 0 : 1);
         language_model = new LanguageModel(config.TextConfig);
         RegisterComponents();
     }
@@ -45,11 +47,14 @@ public sealed class VisionLanguageModel : nn.Module
         vision_tower.InitializeWeights(generator);
         multi_modal_projector.InitializeWeights(generator);
         language_model.InitializeWeights(generator);
+        finding_hint?.InitializeWeights(generator);   // last: a model without the hint draws the same weights as before it existed
     }
 
     public VisionEncoder VisionTower => vision_tower;
     public LanguageModel LanguageModel => language_model;
     public Projector Projector => multi_modal_projector;
+    /// <summary>The classifier-decision position (config finding_hint), or null.</summary>
+    public FindingHint? FindingHint => finding_hint;
 
     /// <summary>Vision features before the projector: (N, C, H, W) → (N, Ntok, Dv). Cached when the encoder is frozen.</summary>
     public Tensor EncodeVision(Tensor pixels) => vision_tower.call(pixels);
@@ -59,11 +64,18 @@ public sealed class VisionLanguageModel : nn.Module
     {
         using var scope = NewDisposeScope();
         var typed = pixels.to(multi_modal_projector.parameters().First().dtype);   // a bf16 / int8 model runs its vision tower in bf16
-        return multi_modal_projector.call(vision_tower.call(typed)).MoveToOuterDisposeScope();
+        return ProjectFeatures(vision_tower.call(typed)).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Projects cached vision features: (N, Ntok, Dv) → (N, Nv, D).</summary>
-    public Tensor ProjectFeatures(Tensor visionFeatures) => multi_modal_projector.call(visionFeatures);
+    /// <summary>Projects vision features (cached or fresh): (N, Ntok, Dv) → (N, Nv, D), the finding hint last when configured.</summary>
+    public Tensor ProjectFeatures(Tensor visionFeatures)
+    {
+        if (finding_hint is null) return multi_modal_projector.call(visionFeatures);
+        using var scope = NewDisposeScope();
+        var projected = multi_modal_projector.call(visionFeatures);                           // (N, Nv - 1, D)
+        var hint = finding_hint.call(visionFeatures).to(projected.dtype);                      // (N, 1, D)
+        return torch.cat([projected, hint], 1).MoveToOuterDisposeScope();
+    }
 
     /// <summary>
     /// Token embeddings with image embeddings spliced in: ids (B, T) holding Nv image tokens per image, imageEmbeds

@@ -108,6 +108,8 @@ public sealed record TrainRecipe
 
         Require(Stages.Count > 0, "stages is empty: list at least one stage");
         Require(Stages.All(s => s is not null), "stages holds a null entry");
+        Require(Model.Config is not { FindingHint: true } || Stages[0].Kind == StageRecipe.Vision,
+            "model.config.finding_hint needs a vision stage first: it trains the classifier whose decisions the hint carries");
         // A stage without data takes every source once.
         var stages = Stages.Select(s => s.Data.Count > 0 ? s : s with { Data = Data.Sources.Keys.Select(k => new MixRecipe { Source = k }).ToList() }).ToList();
         var names = new HashSet<string>();

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using TorchSharp;
 using TorchSharp.Modules;
 using XrayVL.Data;
+using XrayVL.Evaluation;
 using XrayVL.Imaging;
 using XrayVL.IO;
 using XrayVL.Modeling;
@@ -90,7 +91,7 @@ public sealed partial class Trainer
         if (resume is not null) Note($"stage {stage.Name}: a vision stage restarts from its first step when resumed inside it");
 
         // 1. Data: labelled images of the mixture; a fixed validation subset.
-        var (train, val, notes) = VisionSamples(stage, seed, studiesBySource);
+        var (train, allVal, notes) = VisionSamples(stage, seed, studiesBySource);
         foreach (string n in notes) Note($"stage {stage.Name}: {n}");
         if (train.Count == 0) throw new XrayVLException($"stage {stage.Name}: no labelled image on disk (check its data sources and splits)");
         int perStep = stage.BatchSize * stage.GradAccum;
@@ -99,7 +100,7 @@ public sealed partial class Trainer
         long stageStartGlobal = globalStep;
         var order = new SampleOrder(train.Count, seed, stageIndex);
         var valRandom = new Random(Seeds.Mix(seed, stageIndex, 0x7A1));
-        val = val.OrderBy(_ => valRandom.Next()).Take(stage.EvalBatches * stage.BatchSize).ToList();
+        var val = allVal.OrderBy(_ => valRandom.Next()).Take(stage.EvalBatches * stage.BatchSize).ToList();
 
         // 2. What trains: the encoder and the head (fresh, seeded); AdamW with decay on matrices and kernels only.
         foreach (var p in master.parameters()) p.requires_grad = false;
@@ -193,6 +194,13 @@ public sealed partial class Trainer
         encoder.eval();
         classifier.eval();
         classifier.Save(outDir);
+        if (master.FindingHint is { } hint)
+        {
+            var thresholds = HintThresholds(allVal, ValidationProbabilities(encoder, classifier, allVal, stage.BatchSize));
+            hint.SetClassifier(classifier, thresholds);
+            Note($"stage {stage.Name}: the finding hint decides with thresholds chosen on {allVal.Count} validation images: " +
+                 string.Join(", ", Observations.Names.Select((n, i) => $"{n} {thresholds[i]:0.###}")));
+        }
         SaveCheckpoint(stageIndex, totalSteps, totalSteps, bestVal, optimizer, optimized, null, stage.KeepLast, "end of stage");
         foreach (var p in master.parameters()) p.requires_grad = false;
         var summary = new StageSummary(stage.Name, stepsDone, lastLoss, lastVal, bestVal, stageClock.Elapsed,
@@ -234,6 +242,42 @@ public sealed partial class Trainer
             count += stated;
         }
         return sum / Math.Max(1, count);
+    }
+
+    /// <summary>Sigmoid outputs (one float[14] per image) of the head on <paramref name="images"/>, in eval mode without gradients.</summary>
+    private List<float[]> ValidationProbabilities(VisionEncoder encoder, FindingClassifier head, IReadOnlyList<LabelledImage> images, int batchSize)
+    {
+        encoder.eval();
+        head.eval();
+        using var _ = no_grad();
+        var result = new List<float[]>(images.Count);
+        for (int i = 0; i < images.Count; i += batchSize)
+        {
+            using var scope = NewDisposeScope();
+            var (pixels, _, _) = Collate(images.Skip(i).Take(batchSize).ToList(), new Random(0), null);
+            var probabilities = torch.sigmoid(head.call(encoder.Pooled(pixels))).to(ScalarType.Float32).cpu();
+            var flat = probabilities.data<float>().ToArray();
+            for (int b = 0; b < flat.Length / Observations.Names.Count; b++)
+                result.Add(flat[(b * Observations.Names.Count)..((b + 1) * Observations.Names.Count)]);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Per label, the threshold <see cref="LabelMetrics.BestThreshold"/> picks on the images that state the label (the
+    /// rule `xrayvl eval --tasks labels` uses); 0.5 for a label no validation image states.
+    /// </summary>
+    public static double[] HintThresholds(IReadOnlyList<LabelledImage> images, IReadOnlyList<float[]> probabilities)
+    {
+        if (images.Count != probabilities.Count) throw new ArgumentException("one probability row per image is needed");
+        var thresholds = new double[Observations.Names.Count];
+        for (int o = 0; o < thresholds.Length; o++)
+        {
+            var stated = Enumerable.Range(0, images.Count).Where(i => images[i].Mask[o] > 0).ToList();
+            thresholds[o] = stated.Count == 0 ? 0.5
+                : LabelMetrics.BestThreshold(stated.Select(i => (double)probabilities[i][o]).ToList(), stated.Select(i => images[i].Targets[o] > 0).ToList());
+        }
+        return thresholds;
     }
 
     /// <summary>Writes the trained head into a model folder being saved (nothing when no vision stage ran).</summary>

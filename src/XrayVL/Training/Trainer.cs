@@ -436,6 +436,7 @@ public sealed partial class Trainer
             p.requires_grad = parts.HasFlag(TrainableParts.Lora);
         SetTrainable(master.VisionTower, parts.HasFlag(TrainableParts.Vision));
         SetTrainable(master.Projector, parts.HasFlag(TrainableParts.Projector));
+        foreach (var p in master.FindingHint?.TrainableParameters ?? []) p.requires_grad = parts.HasFlag(TrainableParts.Projector);
         if (parts.HasFlag(TrainableParts.LanguageModel)) SetTrainable(master.LanguageModel, true);
         return master.named_parameters().Where(p => p.parameter.requires_grad).ToList();
     }
