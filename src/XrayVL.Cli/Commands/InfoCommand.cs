@@ -19,7 +19,9 @@ public static class InfoCommand
             var c = loaded.Config;
             var m = loaded.Model;
             long Count(TorchSharp.torch.nn.Module module) => module.parameters().Sum(p => p.numel());
-            long vision = Count(m.VisionTower), projector = Count(m.Projector), language = Count(m.LanguageModel);
+            // The finding hint's classifier and embedding count with the projector: they make the image's positions too.
+            long vision = Count(m.VisionTower), projector = Count(m.Projector) + (m.FindingHint is { } h ? Count(h) : 0),
+                 language = Count(m.LanguageModel);
             long bytesOnDisk = Directory.EnumerateFiles(loaded.Directory).Sum(f => new FileInfo(f).Length);
             var v = c.VisionConfig;
             var t = c.TextConfig;
@@ -27,7 +29,8 @@ public static class InfoCommand
                 ? $"ViT ({v.ModelType}): image {v.ImageSize}px × {v.NumChannels} ch, patch {v.PatchSize}, hidden {v.HiddenSize}, {v.NumHiddenLayers} layers, {v.NumAttentionHeads} heads"
                 : $"ResNet: image {v.ImageSize}px × {v.NumChannels} ch, {v.Block} blocks [{string.Join(",", v.Layers)}], width {v.Width}";
             string projectorText = $"{c.ProjectorType}: {m.VisionTower.OutputDim} → {t.HiddenSize}, {m.TokensPerImage} tokens per image " +
-                $"(feature layer {c.VisionFeatureLayer}, {c.VisionFeatureSelectStrategy})";
+                $"(feature layer {c.VisionFeatureLayer}, {c.VisionFeatureSelectStrategy})" +
+                (c.FindingHint ? "; the last is the finding hint (14 classifier decisions → embedding)" : "");
             string languageText = $"{t.ModelType}: hidden {t.HiddenSize}, {t.NumHiddenLayers} layers, {t.NumAttentionHeads} heads / " +
                 $"{t.NumKeyValueHeads} kv heads, SwiGLU {t.IntermediateSize}, vocab {t.VocabSize}, context {t.MaxPositionEmbeddings}" +
                 (t.TieWordEmbeddings ? ", tied embeddings" : "");

@@ -36,10 +36,7 @@ public sealed class FindingHint : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <summary>The classifier and thresholds, which never train (the embedding does, with the projector).</summary>
-    public IEnumerable<Parameter> FixedParameters => classifier.parameters().Append(thresholds);
-
-    /// <summary>The embedding layer's parameters (what trains).</summary>
+    /// <summary>The embedding layer's parameters: what trains (with the projector); the classifier and thresholds never do.</summary>
     public IEnumerable<Parameter> TrainableParameters => embed.parameters();
 
     /// <summary>The 0/1 decisions (N, 14) for vision tokens (N, Ntok, Dv) whose mean is the encoder's pooled vector.</summary>

@@ -152,6 +152,21 @@ public class FindingHintTests
     }
 
     [Fact]
+    public void TheHintExperimentsRecipeIsTheDefaultOneWithTheHint()
+    {
+        string? configs = null;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null && configs is null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "configs", "default-hint.json"))) configs = Path.Combine(dir.FullName, "configs");
+        Assert.NotNull(configs);
+        var hint = TrainRecipe.Load(Path.Combine(configs, "default-hint.json"));
+        var shipped = TrainRecipe.Load(Path.Combine(configs, "default.json"));
+        Assert.True(hint.Model.Config!.FindingHint);
+        Assert.False(shipped.Model.Config!.FindingHint);
+        Assert.Equal(JsonSerializer.Serialize(shipped.Model.Config with { FindingHint = true }, Json.Options), JsonSerializer.Serialize(hint.Model.Config, Json.Options));
+        Assert.Equal(JsonSerializer.Serialize(shipped.Stages, Json.Options), JsonSerializer.Serialize(hint.Stages, Json.Options));
+    }
+
+    [Fact]
     public void ThresholdsAreChosenPerLabelOnTheImagesThatStateIt()
     {
         int n = Observations.Names.Count, pneumonia = Observations.Names.ToList().IndexOf("Pneumonia");
