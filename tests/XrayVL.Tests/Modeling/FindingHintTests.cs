@@ -25,7 +25,7 @@ public class FindingHintTests
 
     /// <summary>A 64-px ResNet (layer4 map 2×2: 4 tokens) with the hint, before a 2-layer decoder.</summary>
     private const string ModelConfig = """
-        { "vision_config": { "model_type": "resnet", "image_size": 64, "num_channels": 1, "layers": [1, 1, 1, 1], "width": 8 },
+        { "vision_config": { "model_type": "resnet", "image_size": 64, "num_channels": 1, "layers": [1, 1, 1, 1], "width": 16 },
           "text_config": { "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256 },
           "projector_type": "mlp2x_gelu", "finding_hint": true }
         """;
@@ -134,7 +134,7 @@ public class FindingHintTests
     [Fact]
     public void TheHintNeedsAResNetReadAtItsLastStage()
     {
-        var vit = ModelConfig.Replace("""{ "model_type": "resnet", "image_size": 64, "num_channels": 1, "layers": [1, 1, 1, 1], "width": 8 }""",
+        var vit = ModelConfig.Replace("""{ "model_type": "resnet", "image_size": 64, "num_channels": 1, "layers": [1, 1, 1, 1], "width": 16 }""",
             """{ "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2 }""");
         Assert.Contains("finding_hint needs a resnet", Assert.Throws<XrayVLException>(() => Config(vit).Validate()).Message);
         var earlier = ModelConfig.Replace("\"finding_hint\": true", "\"finding_hint\": true, \"vision_feature_layer\": -2");
