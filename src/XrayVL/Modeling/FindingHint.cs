@@ -19,7 +19,8 @@ namespace XrayVL.Modeling;
 /// to its report decoder for the same reason). Thresholding makes training and inference see the same kind of input:
 /// the classifier is confident on its own training images and less so on new ones, but a decision is a decision.
 /// Only the embedding trains (as part of the projector); the classifier and thresholds are copied in after the vision
-/// stage and stay fixed. Keys: `finding_hint.classifier.{weight,bias}`, `finding_hint.thresholds`, `finding_hint.embed.{weight,bias}`.
+/// stage and stay fixed. Measured on the default recipe (configs/default-hint.json, docs/training.md): the decoder did not
+/// follow the hint; its reports called fewer normal images normal than without it. Keys: `finding_hint.classifier.{weight,bias}`, `finding_hint.thresholds`, `finding_hint.embed.{weight,bias}`.
 /// </summary>
 public sealed class FindingHint : nn.Module<Tensor, Tensor>
 {
@@ -57,7 +58,7 @@ public sealed class FindingHint : nn.Module<Tensor, Tensor>
         return embed.call(Decisions(features)).unsqueeze(1).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Copies a trained classifier head and its per-label thresholds (14 values in (0, 1)) in.</summary>
+    /// <summary>Copies a trained classifier head and its 14 per-label thresholds (on the sigmoid's scale) in.</summary>
     public void SetClassifier(FindingClassifier head, IReadOnlyList<double> labelThresholds)
     {
         if (labelThresholds.Count != Observations.Names.Count)
