@@ -19,8 +19,8 @@ namespace XrayVL.Modeling;
 /// to its report decoder for the same reason). Thresholding makes training and inference see the same kind of input:
 /// the classifier is confident on its own training images and less so on new ones, but a decision is a decision.
 /// Only the embedding trains (as part of the projector); the classifier and thresholds are copied in after the vision
-/// stage and stay fixed. Measured on the default recipe (configs/default-hint.json, docs/training.md): the decoder did not
-/// follow the hint; its reports called fewer normal images normal than without it. Keys: `finding_hint.classifier.{weight,bias}`, `finding_hint.thresholds`, `finding_hint.embed.{weight,bias}`.
+/// stage and stay fixed. Measured on the default recipe (configs/default-hint.json, docs/training.md): the decoder mostly
+/// does what the hint says, yet its reports called fewer normal images normal than the model without the hint. Keys: `finding_hint.classifier.{weight,bias}`, `finding_hint.thresholds`, `finding_hint.embed.{weight,bias}`.
 /// </summary>
 public sealed class FindingHint : nn.Module<Tensor, Tensor>
 {
