@@ -255,7 +255,7 @@ public sealed partial class Trainer
         {
             using var scope = NewDisposeScope();
             var (pixels, _, _) = Collate(images.Skip(i).Take(batchSize).ToList(), new Random(0), null);
-            var probabilities = torch.sigmoid(head.call(encoder.Pooled(pixels))).to(ScalarType.Float32).cpu();
+            var probabilities = head.Probabilities(encoder, pixels).to(ScalarType.Float32).cpu();
             var flat = probabilities.data<float>().ToArray();
             for (int b = 0; b < flat.Length / Observations.Names.Count; b++)
                 result.Add(flat[(b * Observations.Names.Count)..((b + 1) * Observations.Names.Count)]);
