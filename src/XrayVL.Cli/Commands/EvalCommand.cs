@@ -80,7 +80,8 @@ public static class EvalCommand
         io.Err.WriteLine($"wrote {string.Join(", ", names)} in {outDir} ({result.Items.Count} items)");
     }
 
-    /// <summary>`--tasks labels`: the classifier head's per-label figures (labels.md, labels.json).</summary>
+    /// <summary>`--tasks labels`: the classifier head's per-label figures (labels.md, labels.json) and every evaluated study's
+    /// probabilities (label-scores.jsonl).</summary>
     private static async Task LabelFiguresAsync(CliIO io, XrayVL.IO.LoadedModel loaded, string manifestPath, EvalOptions options, string outDir,
         CancellationToken cancel)
     {
@@ -89,7 +90,7 @@ public static class EvalCommand
             ?? throw new XrayVLException($"{loaded.Directory}: no {FindingClassifier.FileName}; per-label figures need a model trained with a vision stage");
         head.to(encoder.parameters().First().device);
         var studies = Manifest.Read(manifestPath);
-        IReadOnlyList<LabelFigures> figures = [];
+        LabelEvaluationResult? result = null;
         await io.Ui.Progress()
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
             .StartAsync(async ctx =>
@@ -100,15 +101,17 @@ public static class EvalCommand
                     task.MaxValue = Math.Max(1, p.Total);
                     task.Value = p.Done;
                 });
-                figures = await Task.Run(() => LabelEvaluation.Run(encoder, head, loaded.Preprocess, studies, Splits.NormalizeName(options.Split)!,
+                result = await Task.Run(() => LabelEvaluation.Run(encoder, head, loaded.Preprocess, studies, Splits.NormalizeName(options.Split)!,
                     options.BatchSize, options.MaxStudies, progress, cancel), cancel);
                 task.Value = task.MaxValue;
             });
         Directory.CreateDirectory(outDir);
-        string markdown = LabelEvaluation.Markdown(figures, options.Split);
+        string markdown = LabelEvaluation.Markdown(result!.Figures, options.Split);
         XrayVL.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "labels.md"), markdown);
-        XrayVL.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "labels.json"), System.Text.Json.JsonSerializer.Serialize(figures, Json.Options) + "\n");
+        XrayVL.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "labels.json"), System.Text.Json.JsonSerializer.Serialize(result.Figures, Json.Options) + "\n");
+        XrayVL.IO.AtomicFile.WriteAllText(Path.Combine(outDir, "label-scores.jsonl"),
+            string.Concat(result.Studies.Select(s => System.Text.Json.JsonSerializer.Serialize(s, Json.Line) + "\n")));
         io.Out.WriteLine(markdown);
-        io.Err.WriteLine($"wrote labels.md, labels.json in {outDir}");
+        io.Err.WriteLine($"wrote labels.md, labels.json, label-scores.jsonl in {outDir}");
     }
 }

@@ -13,6 +13,12 @@ namespace XrayVL.Evaluation;
 public sealed record LabelFigures(string Label, int Count, int Positives, double Auroc, double Threshold, double Accuracy,
     double Sensitivity, double Specificity, double MajorityAccuracy, int ValCount);
 
+/// <summary>One evaluated study's classifier probabilities (the mean over its images), by observation name.</summary>
+public sealed record StudyLabelScores(string StudyId, string Language, IReadOnlyDictionary<string, double> Probabilities);
+
+/// <summary>The per-label figures and the scores they were computed from (so that a user can draw their own curves).</summary>
+public sealed record LabelEvaluationResult(IReadOnlyList<LabelFigures> Figures, IReadOnlyList<StudyLabelScores> Studies);
+
 /// <summary>
 /// `xrayvl eval --tasks labels`: the model's classifier head (<see cref="FindingClassifier"/>) scores every study of the
 /// validation and evaluated splits (mean probability over the study's images); per observation, AUROC on the evaluated
@@ -22,7 +28,7 @@ public sealed record LabelFigures(string Label, int Count, int Positives, double
 /// </summary>
 public static class LabelEvaluation
 {
-    public static IReadOnlyList<LabelFigures> Run(VisionEncoder encoder, FindingClassifier head, PreprocessConfig preprocess,
+    public static LabelEvaluationResult Run(VisionEncoder encoder, FindingClassifier head, PreprocessConfig preprocess,
         IReadOnlyList<Study> studies, string split, int batchSize = 16, int? maxStudies = null, IProgress<(int Done, int Total)>? progress = null,
         CancellationToken cancel = default)
     {
@@ -50,7 +56,9 @@ public static class LabelEvaluation
             figures.Add(new LabelFigures(name, s.Count, t.Count(x => x), LabelMetrics.Auroc(s, t), threshold,
                 LabelMetrics.Accuracy(s, t, threshold), sensitivity, specificity, LabelMetrics.MajorityAccuracy(reference, t), vs.Count));
         }
-        return figures;
+        var perStudy = evaluated.Select((study, i) => new StudyLabelScores(study.StudyId, study.Language,
+            Observations.Names.Select((name, o) => (name, o)).ToDictionary(x => x.name, x => Math.Round((double)scoresEval[i, x.o], 6)))).ToList();
+        return new LabelEvaluationResult(figures, perStudy);
     }
 
     /// <summary>The scores and truths of the studies that state observation <paramref name="o"/> as 1 or 0.</summary>

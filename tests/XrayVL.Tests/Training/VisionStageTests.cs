@@ -86,9 +86,17 @@ public class VisionStageTests
         var loaded = Checkpoint.Load(result.ModelDirectory);
         using var head = FindingClassifier.Load(result.ModelDirectory, loaded.Model.VisionTower.PooledDim)!;
         var studies = Manifest.Read(Path.Combine(outDir, "data", "toy", "manifest.jsonl"));
-        var figures = LabelEvaluation.Run(loaded.Model.VisionTower, head, loaded.Preprocess, studies, Splits.Val, cancel: Token);
-        Assert.NotEmpty(figures);
-        Assert.All(figures, f => Assert.InRange(f.Accuracy, 0, 1));
+        var labels = LabelEvaluation.Run(loaded.Model.VisionTower, head, loaded.Preprocess, studies, Splits.Val, cancel: Token);
+        Assert.NotEmpty(labels.Figures);
+        Assert.All(labels.Figures, f => Assert.InRange(f.Accuracy, 0, 1));
+        // Every evaluated study's 14 probabilities come back, and the figures are computed from them.
+        Assert.Equal(studies.Count(s => s.Split == Splits.Val && s.Labels is not null), labels.Studies.Count);
+        Assert.All(labels.Studies, s => Assert.Equal(Observations.Names, s.Probabilities.Keys));
+        var first = labels.Figures[0];
+        var stated = studies.Where(s => s.Split == Splits.Val && s.Labels?[first.Label] is 0 or 1).Select(s => s.StudyId).ToHashSet();
+        var scores = labels.Studies.Where(s => stated.Contains(s.StudyId)).Select(s => s.Probabilities[first.Label]).ToList();
+        var truth = studies.Where(s => stated.Contains(s.StudyId) && s.Split == Splits.Val).Select(s => s.Labels![first.Label] == 1).ToList();
+        Assert.Equal(first.Auroc, LabelMetrics.Auroc(scores, truth), 4);
     }
 
     [Fact]
