@@ -5,9 +5,17 @@ public sealed record AugmentConfig
 {
     /// <summary>±7°: patient positioning varies by a few degrees; more produces views no radiographer would take.</summary>
     public double MaxRotationDegrees { get; init; } = 7;
-    /// <summary>Crop side as a fraction of the image side, drawn from [MinScale, MaxScale]: 0.9–1.0 keeps both lungs in view.</summary>
+    /// <summary>Crop side as a fraction of the image side, drawn from [MinScale, MaxScale]: 0.9–1.0 keeps both lungs in view.
+    /// Above 1 (up to 1.5) zooms out: the whole image, smaller, inside a border of <see cref="FillValue"/>. How tightly a
+    /// radiograph is framed differs between sites and between collections' classes (Kermany's pneumonia images are framed
+    /// tighter than its normal ones), so a classifier can learn the framing instead of the lungs unless both vary.</summary>
     public double MinScale { get; init; } = 0.9;
     public double MaxScale { get; init; } = 1.0;
+    /// <summary>0 by default. r &gt; 0: the crop's width / height ratio is multiplied by a factor drawn log-uniformly from
+    /// [1/(1+r), 1+r]. Collections resized to a square without keeping the aspect ratio (the Kermany copy here) squash
+    /// each radiograph by its own original shape; this varies that. Drawn after the other draws and only when r &gt; 0, so
+    /// recipes without it keep their exact draws.</summary>
+    public double MaxAspectChange { get; init; }
     /// <summary>±10% brightness and contrast: exposure differences between machines.</summary>
     public double Brightness { get; init; } = 0.1;
     public double Contrast { get; init; } = 0.1;
@@ -24,7 +32,8 @@ public sealed record AugmentConfig
     public AugmentConfig Validate()
     {
         if (MaxRotationDegrees is < 0 or > 45) throw new XrayVLException($"augment config: max_rotation_degrees {MaxRotationDegrees} outside 0..45");
-        if (!(MinScale > 0 && MinScale <= MaxScale && MaxScale <= 1)) throw new XrayVLException($"augment config: need 0 < min_scale {MinScale} ≤ max_scale {MaxScale} ≤ 1");
+        if (!(MinScale > 0 && MinScale <= MaxScale && MaxScale <= 1.5)) throw new XrayVLException($"augment config: need 0 < min_scale {MinScale} ≤ max_scale {MaxScale} ≤ 1.5");
+        if (MaxAspectChange is < 0 or > 0.5) throw new XrayVLException($"augment config: max_aspect_change {MaxAspectChange} outside 0..0.5");
         if (Brightness is < 0 or >= 1 || Contrast is < 0 or >= 1) throw new XrayVLException("augment config: brightness and contrast must be in [0, 1)");
         if (HorizontalFlipProbability is < 0 or > 1) throw new XrayVLException($"augment config: horizontal_flip_probability {HorizontalFlipProbability} outside [0, 1]");
         return this;
@@ -32,7 +41,9 @@ public sealed record AugmentConfig
 }
 
 /// <summary>The random draws of one augmentation, so a caller can log or replay them.</summary>
-public readonly record struct AugmentParameters(double AngleDegrees, double Scale, double ShiftX, double ShiftY, bool Flip, double Brightness, double Contrast);
+/// <param name="Aspect">The crop's width is Scale·Aspect and its height Scale / Aspect (of the image's); 1 keeps the shape.</param>
+public readonly record struct AugmentParameters(double AngleDegrees, double Scale, double ShiftX, double ShiftY, bool Flip, double Brightness,
+    double Contrast, double Aspect = 1);
 
 /// <summary>
 /// Training augmentation on [0, 1] gray images, applied before <see cref="Preprocess"/>: a random rotation and crop
@@ -46,11 +57,12 @@ public static class Augment
 
     public static GrayImage Apply(GrayImage image, AugmentConfig config, AugmentParameters p)
     {
-        var warped = Warp(image, p.AngleDegrees, p.Scale, p.ShiftX, p.ShiftY, p.Flip, config.FillValue);
+        var warped = Warp(image, p.AngleDegrees, p.Scale, p.ShiftX, p.ShiftY, p.Flip, config.FillValue, p.Aspect);
         return Jitter(warped, p.Brightness, p.Contrast);
     }
 
-    /// <summary>Draws rotation, crop scale, crop position (within the image), flip, brightness and contrast.</summary>
+    /// <summary>Draws rotation, crop scale, crop position (within the image; for a zoom-out, the image's position within the
+    /// frame), flip, brightness and contrast, then the aspect change when one is configured.</summary>
     public static AugmentParameters Draw(GrayImage image, AugmentConfig config, Random random)
     {
         config.Validate();
@@ -62,20 +74,26 @@ public static class Augment
         bool flip = random.NextDouble() < config.HorizontalFlipProbability;
         double brightness = 1 + Uniform(-config.Brightness, config.Brightness);
         double contrast = 1 + Uniform(-config.Contrast, config.Contrast);
-        return new AugmentParameters(angle, scale, shiftX, shiftY, flip, brightness, contrast);
+        double aspect = config.MaxAspectChange > 0 ? Math.Exp(Uniform(-1, 1) * Math.Log(1 + config.MaxAspectChange)) : 1;
+        return new AugmentParameters(angle, scale, shiftX, shiftY, flip, brightness, contrast, aspect);
     }
 
     /// <summary>
-    /// Output pixel centre o (relative to the image centre) samples the source at R(θ)·(s·o′) + centre + shift, where o′
-    /// is o mirrored horizontally when <paramref name="flip"/>; so s &lt; 1 zooms in on a crop of side s, and a positive
-    /// angle turns the content counter-clockwise as displayed (y down). Bilinear; outside the source reads
-    /// <paramref name="fill"/>. Angle 0, scale 1, no shift and no flip returns the pixels unchanged.
+    /// Output pixel centre o (relative to the image centre) samples the source at R(θ)·(S·o′) + centre + shift, where o′
+    /// is o mirrored horizontally when <paramref name="flip"/> and S = diag(s·a, s/a) for scale s and aspect a; so s &lt; 1
+    /// zooms in on a crop of side s, s &gt; 1 zooms out, a &gt; 1 takes a wider crop (the content looks narrower), and a
+    /// positive angle turns the content counter-clockwise as displayed (y down). Bilinear; outside the source reads
+    /// <paramref name="fill"/>. Angle 0, scale 1, aspect 1, no shift and no flip returns the pixels unchanged.
     /// </summary>
-    public static GrayImage Warp(GrayImage image, double angleDegrees, double scale, double shiftX = 0, double shiftY = 0, bool flip = false, float fill = 0f)
+    public static GrayImage Warp(GrayImage image, double angleDegrees, double scale, double shiftX = 0, double shiftY = 0, bool flip = false,
+        float fill = 0f, double aspect = 1)
     {
         int w = image.Width, h = image.Height;
         double theta = angleDegrees * Math.PI / 180;
-        double cos = Math.Cos(theta) * scale, sin = Math.Sin(theta) * scale;
+        // Columns of R(θ)·S: (cosX, sinX) multiplies o′x, (−sinY, cosY) multiplies o′y. With aspect 1 these are the
+        // products cos θ·s and sin θ·s exactly (multiplying or dividing by 1 is exact), so older draws warp bit for bit.
+        double cosX = Math.Cos(theta) * scale * aspect, sinX = Math.Sin(theta) * scale * aspect;
+        double cosY = Math.Cos(theta) * scale / aspect, sinY = Math.Sin(theta) * scale / aspect;
         double cx = w / 2.0, cy = h / 2.0;
         double flipSign = flip ? -1 : 1;
         var src = image.Pixels;
@@ -85,8 +103,8 @@ public static class Augment
             double oy = y + 0.5 - cy;
             double ox0 = flipSign * (0.5 - cx);
             // Source position in pixel-index space (pixel i has its centre at i + 0.5); linear in x along a row.
-            double sx = cos * ox0 - sin * oy + cx + shiftX - 0.5, sy = sin * ox0 + cos * oy + cy + shiftY - 0.5;
-            double stepX = flipSign * cos, stepY = flipSign * sin;
+            double sx = cosX * ox0 - sinY * oy + cx + shiftX - 0.5, sy = sinX * ox0 + cosY * oy + cy + shiftY - 0.5;
+            double stepX = flipSign * cosX, stepY = flipSign * sinX;
             for (int x = 0; x < w; x++, sx += stepX, sy += stepY)
                 output[y * w + x] = Bilinear(src, w, h, sx, sy, fill);
         }

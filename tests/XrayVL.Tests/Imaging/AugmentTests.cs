@@ -83,6 +83,58 @@ public class AugmentTests
         for (int x = 0; x < 7; x++) Assert.Equal((0.5 * x + 3.75) / 7, shifted[x, 3], 1e-5);   // x = 7 reaches past the last pixel
     }
 
+    /// <summary>Scale 1.5 on a 16-px image of ones: output x samples source 1.5·(x + 0.5 − 8) + 8 − 0.5, inside the
+    /// source only for x in 3..12 (source 0.25..13.75 and beyond are read against the black fill at the edges).</summary>
+    [Fact]
+    public void ScaleAboveOneZoomsOutInsideABlackBorder()
+    {
+        var ones = new GrayImage(16, 16, Enumerable.Repeat(1f, 256).ToArray());
+        var zoomed = Augment.Warp(ones, 0, 1.5);
+        Assert.Equal(0f, zoomed[0, 0]);
+        Assert.Equal(0f, zoomed[15, 8]);
+        for (int x = 3; x <= 12; x++) Assert.Equal(1f, zoomed[x, 8], 1e-6);
+        Assert.Equal(1f, zoomed[8, 3], 1e-6);
+        Assert.Equal(0f, zoomed[8, 0]);
+    }
+
+    /// <summary>Aspect 2 on a ramp along x: the crop is twice as wide, so the content's slope along x doubles and along y
+    /// halves; source x = 2·(x + 0.5 − 8) + 8 − 0.5 = 2x − 7.5 on a 16-px image.</summary>
+    [Fact]
+    public void AspectWidensTheCropAndNarrowsTheContent()
+    {
+        var alongX = new GrayImage(16, 16, Enumerable.Range(0, 256).Select(i => (float)(i % 16)).ToArray());
+        var alongY = new GrayImage(16, 16, Enumerable.Range(0, 256).Select(i => (float)(i / 16)).ToArray());
+        var wide = Augment.Warp(alongX, 0, 1, aspect: 2);
+        for (int x = 4; x <= 11; x++) Assert.Equal(2 * x - 7.5, wide[x, 8], 1e-4);
+        var tall = Augment.Warp(alongY, 0, 1, aspect: 2);
+        for (int y = 0; y < 16; y++) Assert.Equal(0.5 * y + 3.75, tall[8, y], 1e-4);
+        // Aspect 1 is the warp without the argument, bit for bit (older recipes reproduce).
+        var image = Random5x5(4);
+        Assert.Equal(Augment.Warp(image, 5, 0.9, 0.3, -0.2).Pixels, Augment.Warp(image, 5, 0.9, 0.3, -0.2, aspect: 1).Pixels);
+    }
+
+    [Fact]
+    public void AspectIsDrawnLastAndOnlyWhenConfigured()
+    {
+        var image = new GrayImage(100, 80, new float[8000]);
+        var plain = new AugmentConfig { MinScale = 0.7, MaxScale = 1.2 };
+        var withAspect = plain with { MaxAspectChange = 0.2 };
+        Random a = new(5), b = new(5);
+        for (int i = 0; i < 300; i++)
+        {
+            var p = Augment.Draw(image, plain, a);
+            var q = Augment.Draw(image, withAspect, b);
+            Assert.Equal(1, p.Aspect);
+            Assert.InRange(q.Aspect, 1 / 1.2 - 1e-12, 1.2 + 1e-12);
+            Assert.Equal(p with { Aspect = q.Aspect }, q);   // the other draws are those of the recipe without it
+            b = new Random(5 + i + 1);
+            a = new Random(5 + i + 1);
+        }
+        Assert.Throws<XrayVLException>(() => (plain with { MaxScale = 1.6 }).Validate());
+        Assert.Throws<XrayVLException>(() => (plain with { MaxAspectChange = 0.6 }).Validate());
+        Assert.Throws<XrayVLException>(() => (plain with { MaxAspectChange = -0.1 }).Validate());
+    }
+
     [Fact]
     public void JitterScalesContrastAroundTheMeanThenBrightness()
     {
