@@ -4,10 +4,12 @@ namespace XrayVL.Data;
 /// Reports written from labels, for image collections that have labels but no report (Kermany, NIH ChestX-ray14, the
 /// COVID collection): without them the report task would only ever see the few reported studies, and a model learns to
 /// write the same report whatever the image. A normal study (No Finding positive) gets a normal report ending
-/// "No acute cardiopulmonary abnormality."; an abnormal one gets one sentence per positive observation, then a sentence
-/// for each of pleural effusion and pneumothorax that is labelled absent. Each sentence names one observation in words the
-/// project's labeler reads back as that observation, so labels → report → labeler gives the labels again. Every study gets
-/// an English and a Chinese version (the Chinese one as a second study, id + "-zh", same patient, images and split).
+/// "No acute cardiopulmonary abnormality."; an abnormal one gets findings of one sentence per positive observation, then a
+/// sentence for each of pleural effusion and pneumothorax that is labelled absent, and an impression naming the positive
+/// observations ("Pneumonia."), so that abnormal reports have the findings + impression form of normal ones and of written
+/// reports rather than being a bare list. Each sentence names one observation in words the project's labeler reads back as
+/// that observation, and no sentence hedges, so labels → report → labeler gives the labels again. Every study gets an
+/// English and a Chinese version (the Chinese one as a second study, id + "-zh", same patient, images and split).
 /// </summary>
 public static class TemplatedReports
 {
@@ -17,22 +19,24 @@ public static class TemplatedReports
     private const string NormalFindings = "The lungs are clear. The heart size is normal. There is no pleural effusion or pneumothorax.";
     private const string NormalFindingsZh = "双肺清晰。心脏大小正常。未见胸腔积液或气胸。";
 
-    /// <summary>One sentence per observation (English, Chinese), in CheXpert's order; No Finding has none.</summary>
-    private static readonly IReadOnlyDictionary<Observation, (string En, string Zh)> Positive = new Dictionary<Observation, (string, string)>
+    /// <summary>Per observation (in CheXpert's order; No Finding has none): the findings sentence and the impression's name
+    /// for it, in English and Chinese.</summary>
+    private static readonly IReadOnlyDictionary<Observation, (string En, string Zh, string NameEn, string NameZh)> Positive =
+        new Dictionary<Observation, (string, string, string, string)>
     {
-        [Observation.EnlargedCardiomediastinum] = ("The cardiomediastinal silhouette is widened.", "纵隔增宽。"),
-        [Observation.Cardiomegaly] = ("The heart is enlarged.", "心影增大。"),
-        [Observation.LungLesion] = ("There is a pulmonary nodule or mass.", "可见肺部结节或肿块。"),
-        [Observation.LungOpacity] = ("There is an airspace opacity in the lungs.", "肺内可见斑片影。"),
-        [Observation.Edema] = ("There is pulmonary edema.", "可见肺水肿。"),
-        [Observation.Consolidation] = ("There is focal consolidation.", "可见局灶性实变。"),
-        [Observation.Pneumonia] = ("The findings are consistent with pneumonia.", "可见肺炎。"),
-        [Observation.Atelectasis] = ("There is atelectasis.", "可见肺不张。"),
-        [Observation.Pneumothorax] = ("There is a pneumothorax.", "可见气胸。"),
-        [Observation.PleuralEffusion] = ("There is a pleural effusion.", "可见胸腔积液。"),
-        [Observation.PleuralOther] = ("There is pleural thickening.", "可见胸膜增厚。"),
-        [Observation.Fracture] = ("There is a fracture.", "可见骨折。"),
-        [Observation.SupportDevices] = ("Support devices are present.", "可见置管及支持装置。"),
+        [Observation.EnlargedCardiomediastinum] = ("The cardiomediastinal silhouette is widened.", "纵隔增宽。", "widened cardiomediastinal silhouette", "纵隔增宽"),
+        [Observation.Cardiomegaly] = ("The heart is enlarged.", "心影增大。", "cardiomegaly", "心影增大"),
+        [Observation.LungLesion] = ("There is a pulmonary nodule or mass.", "可见肺部结节或肿块。", "pulmonary nodule or mass", "肺部结节或肿块"),
+        [Observation.LungOpacity] = ("There is an airspace opacity in the lungs.", "肺内可见斑片影。", "airspace opacity", "肺内斑片影"),
+        [Observation.Edema] = ("There is pulmonary edema.", "可见肺水肿。", "pulmonary edema", "肺水肿"),
+        [Observation.Consolidation] = ("There is focal consolidation.", "可见局灶性实变。", "focal consolidation", "局灶性实变"),
+        [Observation.Pneumonia] = ("The findings are consistent with pneumonia.", "影像表现符合肺炎。", "pneumonia", "肺炎"),
+        [Observation.Atelectasis] = ("There is atelectasis.", "可见肺不张。", "atelectasis", "肺不张"),
+        [Observation.Pneumothorax] = ("There is a pneumothorax.", "可见气胸。", "pneumothorax", "气胸"),
+        [Observation.PleuralEffusion] = ("There is a pleural effusion.", "可见胸腔积液。", "pleural effusion", "胸腔积液"),
+        [Observation.PleuralOther] = ("There is pleural thickening.", "可见胸膜增厚。", "pleural thickening", "胸膜增厚"),
+        [Observation.Fracture] = ("There is a fracture.", "可见骨折。", "fracture", "骨折"),
+        [Observation.SupportDevices] = ("Support devices are present.", "可见置管及支持装置。", "support devices", "置管及支持装置"),
     };
 
     private static readonly IReadOnlyList<(Observation O, string En, string Zh)> Absent =
@@ -77,6 +81,16 @@ public static class TemplatedReports
             return Value(Observation.NoFinding) == 1 ? (zh ? NormalFindingsZh : NormalFindings, zh ? NormalImpressionZh : NormalImpression) : null;
         var sentences = positives.Select(o => zh ? Positive[o].Zh : Positive[o].En)
             .Concat(Absent.Where(a => Value(a.O) == 0).Select(a => zh ? a.Zh : a.En));
-        return (string.Join(zh ? "" : " ", sentences), "");
+        return (string.Join(zh ? "" : " ", sentences), Impression(positives, zh));
+    }
+
+    /// <summary>"Pneumonia." / "Airspace opacity and pneumonia." / "Cardiomegaly, pleural effusion and pneumonia.";
+    /// Chinese "肺炎。" / "肺内斑片影、肺炎。".</summary>
+    private static string Impression(IReadOnlyList<Observation> positives, bool zh)
+    {
+        if (zh) return string.Join("、", positives.Select(o => Positive[o].NameZh)) + "。";
+        var names = positives.Select(o => Positive[o].NameEn).ToList();
+        string list = names.Count == 1 ? names[0] : string.Join(", ", names[..^1]) + " and " + names[^1];
+        return char.ToUpperInvariant(list[0]) + list[1..] + ".";
     }
 }

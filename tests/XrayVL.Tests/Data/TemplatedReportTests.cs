@@ -35,6 +35,29 @@ public class TemplatedReportTests
 
     [Theory]
     [MemberData(nameof(Languages))]
+    public void AbnormalStudiesGetAnImpressionNamingEachPositiveAndReadBackAsTheirLabels(string language)
+    {
+        var labels = Labels((Observation.NoFinding, 0), (Observation.LungOpacity, 1), (Observation.Pneumonia, 1), (Observation.Cardiomegaly, 1),
+            (Observation.PleuralEffusion, 0), (Observation.Edema, 0));
+        var (findings, impression) = TemplatedReports.Write(labels, language)!.Value;
+        Assert.Equal(language == "en" ? "Cardiomegaly, airspace opacity and pneumonia." : "心影增大、肺内斑片影、肺炎。", impression);
+        // Each part on its own names the positives (the impression is not a bare restatement of one finding).
+        var fromImpression = Labeler.Default.Label(impression, language);
+        var fromReport = Labeler.Default.Label(findings + " " + impression, language);
+        foreach (var o in new[] { Observation.LungOpacity, Observation.Pneumonia, Observation.Cardiomegaly })
+        {
+            Assert.Equal(LabelValue.Positive, fromImpression[o]);
+            Assert.Equal(LabelValue.Positive, fromReport[o]);
+        }
+        Assert.Equal(LabelValue.Negative, fromReport[Observation.PleuralEffusion]);
+        Assert.Equal(3, Observations.All.Count(o => fromReport[o] == LabelValue.Positive));
+        // One positive: just its name ("Pneumonia." / "肺炎。").
+        var single = TemplatedReports.Write(Labels((Observation.Pneumonia, 1)), language)!.Value;
+        Assert.Equal(language == "en" ? "Pneumonia." : "肺炎。", single.Impression);
+    }
+
+    [Theory]
+    [MemberData(nameof(Languages))]
     public void NormalStudiesGetTheNormalReport(string language)
     {
         var (findings, impression) = TemplatedReports.Write(Labels((Observation.NoFinding, 1), (Observation.Pneumonia, 0)), language)!.Value;
