@@ -30,7 +30,7 @@ public static class TemplatedReports
         [Observation.LungOpacity] = ("There is an airspace opacity in the lungs.", "肺内可见斑片影。", "airspace opacity", "肺内斑片影"),
         [Observation.Edema] = ("There is pulmonary edema.", "可见肺水肿。", "pulmonary edema", "肺水肿"),
         [Observation.Consolidation] = ("There is focal consolidation.", "可见局灶性实变。", "focal consolidation", "局灶性实变"),
-        [Observation.Pneumonia] = ("The findings are consistent with pneumonia.", "影像表现符合肺炎。", "pneumonia", "肺炎"),
+        [Observation.Pneumonia] = ("The findings are consistent with pneumonia.", "影像表现为肺炎。", "pneumonia", "肺炎"),
         [Observation.Atelectasis] = ("There is atelectasis.", "可见肺不张。", "atelectasis", "肺不张"),
         [Observation.Pneumothorax] = ("There is a pneumothorax.", "可见气胸。", "pneumothorax", "气胸"),
         [Observation.PleuralEffusion] = ("There is a pleural effusion.", "可见胸腔积液。", "pleural effusion", "胸腔积液"),

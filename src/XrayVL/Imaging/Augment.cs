@@ -14,7 +14,8 @@ public sealed record AugmentConfig
     /// <summary>0 by default. r &gt; 0: the crop's width / height ratio is multiplied by a factor drawn log-uniformly from
     /// [1/(1+r), 1+r]. Collections resized to a square without keeping the aspect ratio (the Kermany copy here) squash
     /// each radiograph by its own original shape; this varies that. Drawn after the other draws and only when r &gt; 0, so
-    /// recipes without it keep their exact draws.</summary>
+    /// recipes without it keep their exact draws (and, left out of the recipe's JSON when 0, their fingerprints).</summary>
+    [System.Text.Json.Serialization.JsonIgnore(Condition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingDefault)]
     public double MaxAspectChange { get; init; }
     /// <summary>±10% brightness and contrast: exposure differences between machines.</summary>
     public double Brightness { get; init; } = 0.1;
@@ -33,7 +34,7 @@ public sealed record AugmentConfig
     {
         if (MaxRotationDegrees is < 0 or > 45) throw new XrayVLException($"augment config: max_rotation_degrees {MaxRotationDegrees} outside 0..45");
         if (!(MinScale > 0 && MinScale <= MaxScale && MaxScale <= 1.5)) throw new XrayVLException($"augment config: need 0 < min_scale {MinScale} ≤ max_scale {MaxScale} ≤ 1.5");
-        if (MaxAspectChange is < 0 or > 0.5) throw new XrayVLException($"augment config: max_aspect_change {MaxAspectChange} outside 0..0.5");
+        if (!(MaxAspectChange is >= 0 and <= 0.5)) throw new XrayVLException($"augment config: max_aspect_change {MaxAspectChange} outside 0..0.5");
         if (Brightness is < 0 or >= 1 || Contrast is < 0 or >= 1) throw new XrayVLException("augment config: brightness and contrast must be in [0, 1)");
         if (HorizontalFlipProbability is < 0 or > 1) throw new XrayVLException($"augment config: horizontal_flip_probability {HorizontalFlipProbability} outside [0, 1]");
         return this;
@@ -41,14 +42,15 @@ public sealed record AugmentConfig
 }
 
 /// <summary>The random draws of one augmentation, so a caller can log or replay them.</summary>
-/// <param name="Aspect">The crop's width is Scale·Aspect and its height Scale / Aspect (of the image's); 1 keeps the shape.</param>
+/// <param name="Aspect">The crop's width is Scale·Aspect and its height Scale / Aspect (of the image's), so its width / height
+/// ratio is Aspect²; 1 keeps the shape.</param>
 public readonly record struct AugmentParameters(double AngleDegrees, double Scale, double ShiftX, double ShiftY, bool Flip, double Brightness,
     double Contrast, double Aspect = 1);
 
 /// <summary>
 /// Training augmentation on [0, 1] gray images, applied before <see cref="Preprocess"/>: a random rotation and crop
 /// (one affine warp, bilinear), then contrast and brightness jitter. Deterministic for a seeded Random: the same draws are
-/// taken in the same order whatever the configuration.
+/// taken in the same order whatever the configuration, plus one last draw for the aspect when it is configured.
 /// </summary>
 public static class Augment
 {
@@ -69,12 +71,15 @@ public static class Augment
         double Uniform(double lo, double hi) => lo + (hi - lo) * random.NextDouble();
         double angle = Uniform(-config.MaxRotationDegrees, config.MaxRotationDegrees);
         double scale = Uniform(config.MinScale, config.MaxScale);
-        double shiftX = Uniform(-1, 1) * (1 - scale) * image.Width / 2;
-        double shiftY = Uniform(-1, 1) * (1 - scale) * image.Height / 2;
+        double towardX = Uniform(-1, 1), towardY = Uniform(-1, 1);
         bool flip = random.NextDouble() < config.HorizontalFlipProbability;
         double brightness = 1 + Uniform(-config.Brightness, config.Brightness);
         double contrast = 1 + Uniform(-config.Contrast, config.Contrast);
-        double aspect = config.MaxAspectChange > 0 ? Math.Exp(Uniform(-1, 1) * Math.Log(1 + config.MaxAspectChange)) : 1;
+        // a² is the change of the width / height ratio, log-uniform in [1/(1+r), 1+r].
+        double aspect = config.MaxAspectChange > 0 ? Math.Exp(Uniform(-1, 1) * Math.Log(1 + config.MaxAspectChange) / 2) : 1;
+        // The crop (width s·a, height s/a) stays inside the image; a zoomed-out image stays inside the frame.
+        double shiftX = towardX * (1 - scale * aspect) * image.Width / 2;
+        double shiftY = towardY * (1 - scale / aspect) * image.Height / 2;
         return new AugmentParameters(angle, scale, shiftX, shiftY, flip, brightness, contrast, aspect);
     }
 
@@ -88,6 +93,7 @@ public static class Augment
     public static GrayImage Warp(GrayImage image, double angleDegrees, double scale, double shiftX = 0, double shiftY = 0, bool flip = false,
         float fill = 0f, double aspect = 1)
     {
+        if (!(aspect > 0)) throw new ArgumentOutOfRangeException(nameof(aspect), aspect, "the aspect factor must be positive");
         int w = image.Width, h = image.Height;
         double theta = angleDegrees * Math.PI / 180;
         // Columns of R(θ)·S: (cosX, sinX) multiplies o′x, (−sinY, cosY) multiplies o′y. With aspect 1 these are the

@@ -30,6 +30,9 @@ public class TemplatedReportTests
                 Assert.True(read[absent] == LabelValue.Negative, $"{language} '{findings}': {absent} read as {read[absent]}");
             var others = Observations.All.Where(x => x != o && x != Observation.NoFinding && read[x] == LabelValue.Positive).ToList();
             Assert.True(others.Count == 0, $"{language} '{findings}': also positive {string.Join(", ", others)}");
+            // Each part says it on its own and without hedging: the findings sentence and the impression's name.
+            Assert.True(Labeler.Default.Label(findings, language)[o] == LabelValue.Positive, $"{language} findings '{findings}': {o} not positive");
+            Assert.True(Labeler.Default.Label(impression, language)[o] == LabelValue.Positive, $"{language} impression '{impression}': {o} not positive");
         }
     }
 

@@ -108,9 +108,20 @@ public class AugmentTests
         for (int x = 4; x <= 11; x++) Assert.Equal(2 * x - 7.5, wide[x, 8], 1e-4);
         var tall = Augment.Warp(alongY, 0, 1, aspect: 2);
         for (int y = 0; y < 16; y++) Assert.Equal(0.5 * y + 3.75, tall[8, y], 1e-4);
-        // Aspect 1 is the warp without the argument, bit for bit (older recipes reproduce).
-        var image = Random5x5(4);
-        Assert.Equal(Augment.Warp(image, 5, 0.9, 0.3, -0.2).Pixels, Augment.Warp(image, 5, 0.9, 0.3, -0.2, aspect: 1).Pixels);
+    }
+
+    /// <summary>The squash applies before the rotation (R(θ)·diag(s·a, s/a)): at θ = 90°, a = 2 the source of output o is
+    /// (−0.5·o_y, 2·o_x) around the centre, so a ramp along y reads 2x − 7.5 along a row and a ramp along x reads
+    /// −0.5y + 11.25 down a column (the other order would swap the factors).</summary>
+    [Fact]
+    public void AspectSquashesBeforeTheRotation()
+    {
+        var alongX = new GrayImage(16, 16, Enumerable.Range(0, 256).Select(i => (float)(i % 16)).ToArray());
+        var alongY = new GrayImage(16, 16, Enumerable.Range(0, 256).Select(i => (float)(i / 16)).ToArray());
+        var a = Augment.Warp(alongY, 90, 1, aspect: 2);
+        for (int x = 4; x <= 11; x++) Assert.Equal(2 * x - 7.5, a[x, 8], 1e-4);
+        var b = Augment.Warp(alongX, 90, 1, aspect: 2);
+        for (int y = 0; y < 16; y++) Assert.Equal(-0.5 * y + 11.25, b[8, y], 1e-4);
     }
 
     [Fact]
@@ -125,14 +136,24 @@ public class AugmentTests
             var p = Augment.Draw(image, plain, a);
             var q = Augment.Draw(image, withAspect, b);
             Assert.Equal(1, p.Aspect);
-            Assert.InRange(q.Aspect, 1 / 1.2 - 1e-12, 1.2 + 1e-12);
-            Assert.Equal(p with { Aspect = q.Aspect }, q);   // the other draws are those of the recipe without it
+            Assert.InRange(q.Aspect * q.Aspect, 1 / 1.2 - 1e-12, 1.2 + 1e-12);   // the width / height ratio changes by a²
+            // The crop (or, zoomed out, the image) stays inside: |shift| ≤ |1 − s·a|·W/2 and |1 − s/a|·H/2.
+            Assert.InRange(Math.Abs(q.ShiftX), 0, Math.Abs(1 - q.Scale * q.Aspect) * 50 + 1e-9);
+            Assert.InRange(Math.Abs(q.ShiftY), 0, Math.Abs(1 - q.Scale / q.Aspect) * 40 + 1e-9);
+            Assert.InRange(Math.Abs(p.ShiftX), 0, Math.Abs(1 - p.Scale) * 50 + 1e-9);
+            // The other draws are those of the recipe without it (the shifts differ only by the aspect's share).
+            Assert.Equal((p.AngleDegrees, p.Scale, p.Flip, p.Brightness, p.Contrast), (q.AngleDegrees, q.Scale, q.Flip, q.Brightness, q.Contrast));
+            if (p.Scale != 1) Assert.Equal(p.ShiftX / (1 - p.Scale), q.ShiftX / (1 - q.Scale * q.Aspect), 1e-9);
             b = new Random(5 + i + 1);
             a = new Random(5 + i + 1);
         }
         Assert.Throws<XrayVLException>(() => (plain with { MaxScale = 1.6 }).Validate());
         Assert.Throws<XrayVLException>(() => (plain with { MaxAspectChange = 0.6 }).Validate());
         Assert.Throws<XrayVLException>(() => (plain with { MaxAspectChange = -0.1 }).Validate());
+        Assert.Throws<XrayVLException>(() => (plain with { MaxAspectChange = double.NaN }).Validate());
+        // Left out of the recipe's JSON when unset, so recipes written before the option keep their fingerprint.
+        Assert.DoesNotContain("aspect", System.Text.Json.JsonSerializer.Serialize(plain, Json.Options));
+        Assert.Contains("\"max_aspect_change\": 0.2", System.Text.Json.JsonSerializer.Serialize(withAspect, Json.Options));
     }
 
     [Fact]
