@@ -152,14 +152,14 @@ public class FindingHintTests
     }
 
     [Fact]
-    public void TheHintExperimentsRecipeIsTheDefaultOneWithTheHint()
+    public void TheHintExperimentsRecipeIsTheFourthDefaultWithTheHint()
     {
         string? configs = null;
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null && configs is null; dir = dir.Parent)
             if (File.Exists(Path.Combine(dir.FullName, "configs", "default-hint.json"))) configs = Path.Combine(dir.FullName, "configs");
         Assert.NotNull(configs);
         var hint = TrainRecipe.Load(Path.Combine(configs, "default-hint.json"));
-        var shipped = TrainRecipe.Load(Path.Combine(configs, "default.json"));
+        var shipped = TrainRecipe.Load(Path.Combine(configs, "default-v4.json"));   // the recipe it was an experiment on
         Assert.True(hint.Model.Config!.FindingHint);
         Assert.False(shipped.Model.Config!.FindingHint);
         Assert.Equal(JsonSerializer.Serialize(shipped.Model.Config with { FindingHint = true }, Json.Options), JsonSerializer.Serialize(hint.Model.Config, Json.Options));
