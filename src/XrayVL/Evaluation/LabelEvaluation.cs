@@ -13,8 +13,10 @@ namespace XrayVL.Evaluation;
 public sealed record LabelFigures(string Label, int Count, int Positives, double Auroc, double Threshold, double Accuracy,
     double Sensitivity, double Specificity, double MajorityAccuracy, int ValCount);
 
-/// <summary>One evaluated study's classifier probabilities (the mean over its images), by observation name.</summary>
-public sealed record StudyLabelScores(string StudyId, string Language, IReadOnlyDictionary<string, double> Probabilities);
+/// <summary>One evaluated study's classifier probabilities (the mean over its images), by observation name: the float32
+/// scores the figures are computed from, unrounded (saturated probabilities near 1 stay distinct, so curves drawn from
+/// them match the AUROC reported).</summary>
+public sealed record StudyLabelScores(string StudyId, string Language, IReadOnlyDictionary<string, float> Probabilities);
 
 /// <summary>The per-label figures and the scores they were computed from (so that a user can draw their own curves).</summary>
 public sealed record LabelEvaluationResult(IReadOnlyList<LabelFigures> Figures, IReadOnlyList<StudyLabelScores> Studies);
@@ -57,7 +59,7 @@ public static class LabelEvaluation
                 LabelMetrics.Accuracy(s, t, threshold), sensitivity, specificity, LabelMetrics.MajorityAccuracy(reference, t), vs.Count));
         }
         var perStudy = evaluated.Select((study, i) => new StudyLabelScores(study.StudyId, study.Language,
-            Observations.Names.Select((name, o) => (name, o)).ToDictionary(x => x.name, x => Math.Round((double)scoresEval[i, x.o], 6)))).ToList();
+            Observations.Names.Select((name, o) => (name, o)).ToDictionary(x => x.name, x => scoresEval[i, x.o]))).ToList();
         return new LabelEvaluationResult(figures, perStudy);
     }
 
