@@ -7,7 +7,7 @@ public sealed record AugmentConfig
     public double MaxRotationDegrees { get; init; } = 7;
     /// <summary>Crop side as a fraction of the image side, drawn from [MinScale, MaxScale]: 0.9–1.0 keeps both lungs in view.
     /// Above 1 (up to 1.5) zooms out: the whole image, smaller, inside a border of <see cref="FillValue"/>. How tightly a
-    /// radiograph is framed differs between sites and between collections' classes (Kermany's pneumonia images are framed
+    /// radiograph is framed differs between sites and between collections' classes (by eye, Kermany's pneumonia images are framed
     /// tighter than its normal ones), so a classifier can learn the framing instead of the lungs unless both vary.</summary>
     public double MinScale { get; init; } = 0.9;
     public double MaxScale { get; init; } = 1.0;
