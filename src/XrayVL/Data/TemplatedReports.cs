@@ -3,7 +3,10 @@ namespace XrayVL.Data;
 /// <summary>
 /// Reports written from labels, for image collections that have labels but no report (Kermany, NIH ChestX-ray14, the
 /// COVID collection): without them the report task would only ever see the few reported studies, and a model learns to
-/// write the same report whatever the image. A normal study (No Finding positive) gets a normal report ending
+/// write the same report whatever the image. Findings open with the examination when the source records every image's
+/// view ("The examination is a frontal radiograph of the chest."), as written reports state their technique; that is a
+/// fact of the image a model can see, and it keeps short abnormal reports from being a bare finding list. A normal study
+/// (No Finding positive) gets a normal report ending
 /// "No acute cardiopulmonary abnormality."; an abnormal one gets findings of one sentence per positive observation, then a
 /// sentence for each of pleural effusion and pneumothorax that is labelled absent, and an impression naming the positive
 /// observations ("Pneumonia."), so that abnormal reports have the findings + impression form of normal ones and of written
@@ -39,6 +42,14 @@ public static class TemplatedReports
         [Observation.SupportDevices] = ("Support devices are present.", "可见置管及支持装置。", "support devices", "置管及支持装置"),
     };
 
+    /// <summary>The examination sentence per kind of view set: frontal only, lateral only, both.</summary>
+    private static readonly IReadOnlyDictionary<string, (string En, string Zh)> Examination = new Dictionary<string, (string, string)>
+    {
+        [Views.Frontal] = ("The examination is a frontal radiograph of the chest.", "检查为胸部正位X线片。"),
+        [Views.Lateral] = ("The examination is a lateral radiograph of the chest.", "检查为胸部侧位X线片。"),
+        [Views.Frontal + "+" + Views.Lateral] = ("The examination consists of frontal and lateral radiographs of the chest.", "检查为胸部正侧位X线片。"),
+    };
+
     private static readonly IReadOnlyList<(Observation O, string En, string Zh)> Absent =
     [
         (Observation.PleuralEffusion, "There is no pleural effusion.", "未见胸腔积液。"),
@@ -54,20 +65,45 @@ public static class TemplatedReports
         var result = new List<Study>();
         foreach (var s in studies)
         {
-            if (s.ReportText.Length > 0 || s.Labels is null || Write(s.Labels, "en") is not { } en)
+            string? views = ViewSet(s.Images);
+            if (s.ReportText.Length > 0 || s.Labels is null || Write(s.Labels, "en", views) is not { } en)
             {
                 result.Add(s);
                 continue;
             }
-            var zh = Write(s.Labels, "zh")!.Value;
+            var zh = Write(s.Labels, "zh", views)!.Value;
             result.Add(s with { Findings = en.Findings, Impression = en.Impression, Language = "en" });
             result.Add(s with { StudyId = s.StudyId + "-zh", Findings = zh.Findings, Impression = zh.Impression, Language = "zh" });
         }
         return result;
     }
 
-    /// <summary>The report for a label set in "en" or "zh", or null when the labels name neither a normal study nor a finding.</summary>
-    public static (string Findings, string Impression)? Write(IReadOnlyDictionary<string, int?> labels, string language)
+    /// <summary>
+    /// "frontal", "lateral" or "frontal+lateral" for a study whose every image has a known frontal (PA, AP, AP supine,
+    /// frontal) or lateral view; null when any view is unknown or another kind (oblique), since the report then cannot
+    /// say what was taken.
+    /// </summary>
+    public static string? ViewSet(IReadOnlyList<StudyImage> images)
+    {
+        if (images.Count == 0) return null;
+        var kinds = new SortedSet<string>(StringComparer.Ordinal);
+        foreach (var image in images)
+        {
+            string? kind = image.View switch
+            {
+                Views.PA or Views.AP or Views.Frontal or "AP supine" => Views.Frontal,
+                Views.Lateral => Views.Lateral,
+                _ => null,
+            };
+            if (kind is null) return null;
+            kinds.Add(kind);
+        }
+        return string.Join("+", kinds);
+    }
+
+    /// <summary>The report for a label set in "en" or "zh", opening with the examination for a <paramref name="views"/>
+    /// of <see cref="ViewSet"/>; null when the labels name neither a normal study nor a finding.</summary>
+    public static (string Findings, string Impression)? Write(IReadOnlyDictionary<string, int?> labels, string language, string? views = null)
     {
         bool zh = language switch
         {
@@ -77,11 +113,27 @@ public static class TemplatedReports
         };
         int? Value(Observation o) => labels.TryGetValue(o.Name(), out var v) ? v : null;
         var positives = Observations.All.Where(o => o != Observation.NoFinding && Value(o) == 1).ToList();
-        if (positives.Count == 0)
-            return Value(Observation.NoFinding) == 1 ? (zh ? NormalFindingsZh : NormalFindings, zh ? NormalImpressionZh : NormalImpression) : null;
-        var sentences = positives.Select(o => zh ? Positive[o].Zh : Positive[o].En)
-            .Concat(Absent.Where(a => Value(a.O) == 0).Select(a => zh ? a.Zh : a.En));
-        return (string.Join(zh ? "" : " ", sentences), Impression(positives, zh));
+        IEnumerable<string> sentences;
+        string impression;
+        if (positives.Count > 0)
+        {
+            sentences = positives.Select(o => zh ? Positive[o].Zh : Positive[o].En)
+                .Concat(Absent.Where(a => Value(a.O) == 0).Select(a => zh ? a.Zh : a.En));
+            impression = Impression(positives, zh);
+        }
+        else if (Value(Observation.NoFinding) == 1)
+        {
+            sentences = [zh ? NormalFindingsZh : NormalFindings];
+            impression = zh ? NormalImpressionZh : NormalImpression;
+        }
+        else return null;
+        if (views is not null)
+        {
+            if (!Examination.TryGetValue(views, out var exam))
+                throw new XrayVLException($"view set '{views}' is not one of {string.Join(", ", Examination.Keys)}");
+            sentences = sentences.Prepend(zh ? exam.Zh : exam.En);
+        }
+        return (string.Join(zh ? "" : " ", sentences), impression);
     }
 
     /// <summary>"Pneumonia." / "Airspace opacity and pneumonia." / "Cardiomegaly, pleural effusion and pneumonia.";

@@ -15,15 +15,24 @@ public class TemplatedReportTests
 
     public static TheoryData<string> Languages => new() { "en", "zh" };
 
+    public static TheoryData<string, string?> LanguagesAndViews()
+    {
+        var data = new TheoryData<string, string?>();
+        foreach (var language in new[] { "en", "zh" })
+            foreach (var views in new[] { null, "frontal", "lateral", "frontal+lateral" })
+                data.Add(language, views);
+        return data;
+    }
+
     [Theory]
-    [MemberData(nameof(Languages))]
-    public void EveryObservationReadsBackAsItself(string language)
+    [MemberData(nameof(LanguagesAndViews))]
+    public void EveryObservationReadsBackAsItself(string language, string? views)
     {
         foreach (var o in Observations.All.Where(o => o != Observation.NoFinding))
         {
             var labels = Labels((o, 1), (Observation.NoFinding, 0), (Observation.PleuralEffusion, o == Observation.PleuralEffusion ? 1 : 0),
                 (Observation.Pneumothorax, o == Observation.Pneumothorax ? 1 : 0));
-            var (findings, impression) = TemplatedReports.Write(labels, language)!.Value;
+            var (findings, impression) = TemplatedReports.Write(labels, language, views)!.Value;
             var read = Labeler.Default.Label(findings + " " + impression, language);
             Assert.True(read[o] == LabelValue.Positive, $"{language} '{findings}': {o} read as {read[o]}");
             foreach (var absent in new[] { Observation.PleuralEffusion, Observation.Pneumothorax }.Where(a => a != o))
@@ -60,14 +69,39 @@ public class TemplatedReportTests
     }
 
     [Theory]
-    [MemberData(nameof(Languages))]
-    public void NormalStudiesGetTheNormalReport(string language)
+    [MemberData(nameof(LanguagesAndViews))]
+    public void NormalStudiesGetTheNormalReport(string language, string? views)
     {
-        var (findings, impression) = TemplatedReports.Write(Labels((Observation.NoFinding, 1), (Observation.Pneumonia, 0)), language)!.Value;
+        var (findings, impression) = TemplatedReports.Write(Labels((Observation.NoFinding, 1), (Observation.Pneumonia, 0)), language, views)!.Value;
         Assert.Equal(language == "en" ? TemplatedReports.NormalImpression : TemplatedReports.NormalImpressionZh, impression);
         var read = Labeler.Default.Label(findings + " " + impression, language);
         Assert.DoesNotContain(Observations.All, o => o != Observation.NoFinding && read[o] == LabelValue.Positive);
         Assert.True(language == "zh" || findings.Split(' ').Length + impression.Split(' ').Length >= 15);
+    }
+
+    [Theory]
+    [InlineData("en", "frontal", "The examination is a frontal radiograph of the chest. The findings are consistent with pneumonia.")]
+    [InlineData("en", "lateral", "The examination is a lateral radiograph of the chest. The findings are consistent with pneumonia.")]
+    [InlineData("en", null, "The findings are consistent with pneumonia.")]
+    [InlineData("zh", "frontal+lateral", "检查为胸部正侧位X线片。影像表现为肺炎。")]
+    public void FindingsOpenWithTheExaminationWhenTheViewsAreKnown(string language, string? views, string expected)
+    {
+        var (findings, _) = TemplatedReports.Write(Labels((Observation.Pneumonia, 1)), language, views)!.Value;
+        Assert.Equal(expected, findings);
+    }
+
+    [Fact]
+    public void TheViewSetIsKnownOnlyWhenEveryImageIsFrontalOrLateral()
+    {
+        StudyImage I(string? view) => new("/x.png", view);
+        Assert.Equal("frontal", TemplatedReports.ViewSet([I(Views.PA)]));
+        Assert.Equal("frontal", TemplatedReports.ViewSet([I(Views.AP), I("AP supine"), I(Views.Frontal)]));
+        Assert.Equal("lateral", TemplatedReports.ViewSet([I(Views.Lateral)]));
+        Assert.Equal("frontal+lateral", TemplatedReports.ViewSet([I(Views.Lateral), I(Views.PA)]));
+        Assert.Null(TemplatedReports.ViewSet([I(Views.PA), I(null)]));
+        Assert.Null(TemplatedReports.ViewSet([I("oblique")]));
+        Assert.Null(TemplatedReports.ViewSet([]));
+        Assert.Throws<XrayVLException>(() => TemplatedReports.Write(Labels((Observation.Pneumonia, 1)), "en", "oblique"));
     }
 
     [Fact]
@@ -76,7 +110,7 @@ public class TemplatedReportTests
         Study S(string id, Dictionary<string, int?>? labels, string impression = "") => new()
         {
             StudyId = id, PatientId = "p" + id, Labels = labels, Impression = impression, Split = Splits.Train,
-            Images = [new StudyImage("/x/" + id + ".png")],
+            Images = [new StudyImage("/x/" + id + ".png", id == "b" ? Views.AP : null)],
         };
         var studies = TemplatedReports.Complete([
             S("a", Labels((Observation.Pneumonia, 1))),
@@ -91,6 +125,8 @@ public class TemplatedReportTests
         Assert.Equal("pa", twin.PatientId);
         Assert.Equal(Splits.Train, twin.Split);
         Assert.Contains("肺炎", twin.ReportText);
+        Assert.DoesNotContain("检查", twin.ReportText);                       // a's view is unknown
+        Assert.StartsWith("The examination is a frontal radiograph of the chest. The lungs are clear.", studies[2].Findings);
         Assert.Equal("Written report.", studies[4].Impression);
         Assert.Equal("", studies[6].ReportText);
     }

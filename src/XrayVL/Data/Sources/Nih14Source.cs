@@ -17,6 +17,8 @@ namespace XrayVL.Data.Sources;
 /// original) onto the 0–100 grid, which holds for any plain resize of the image.
 /// Patients: the first 8 digits of the file name. The sample's own split is by image, so it is kept in meta only and
 /// the manifest builder splits by patient.
+/// Views: ChestX-ray14 holds frontal views only (Wang et al. describe its images as frontal-view X-rays); the sample does
+/// not say PA or AP per image, so every image is "frontal".
 /// </summary>
 public sealed class Nih14Source : IReportSource
 {
@@ -74,7 +76,7 @@ public sealed class Nih14Source : IReportSource
                 Boxes = studyBoxes,
                 Meta = meta,
             };
-            result.Add(study, [new ResolvedImage(new StudyImage(path), File.Exists(path))], options.KeepMissingImages);
+            result.Add(study, [new ResolvedImage(new StudyImage(path, Views.Frontal), File.Exists(path))], options.KeepMissingImages);
         }
         if (boxes.Count > 0) result.Warnings.Add($"NIH boxes on {withBoxes} of these images ({boxes.Count} images in {BoxFile})");
         return result;
