@@ -281,10 +281,15 @@ public sealed record MixRecipe
     /// mixture where most images are abnormal (null: every study).
     /// </summary>
     public IReadOnlyDictionary<string, int>? Labels { get; init; }
+    /// <summary>
+    /// Only the studies in this language ("en" or "zh"; each report is a study per language), e.g. to weight one
+    /// language's normal reports where that language's reports lean abnormal (null: both).
+    /// </summary>
+    public string? Language { get; init; }
 
-    /// <summary>Whether a study passes <see cref="Labels"/>.</summary>
-    public bool Admits(Study study) => Labels is null ||
-        (study.Labels is { } labels && Labels.All(kv => labels.TryGetValue(Observations.Parse(kv.Key).Name(), out var v) && v == kv.Value));
+    /// <summary>Whether a study passes <see cref="Labels"/> and <see cref="Language"/>.</summary>
+    public bool Admits(Study study) => (Language is null || study.Language == Language) && (Labels is null ||
+        (study.Labels is { } labels && Labels.All(kv => labels.TryGetValue(Observations.Parse(kv.Key).Name(), out var v) && v == kv.Value)));
 }
 
 /// <summary>What a stage trains, parsed from "vision+projector+lora"-style strings.</summary>
@@ -437,6 +442,7 @@ public sealed record StageRecipe
                 Require(Observations.TryParse(name, out _), $"data '{mix.Source}': label '{name}' is not one of {string.Join(", ", Observations.Names)}");
                 Require(value is 1 or 0 or -1, $"data '{mix.Source}': label '{name}' must be 1, 0 or -1, got {value}");
             }
+            Require(mix.Language is null or "en" or "zh", $"data '{mix.Source}': language '{mix.Language}' is not en or zh");
             Require(mix.Splits.Count > 0 && mix.Splits.All(s => Data_Splits.Contains(s)), $"data '{mix.Source}': splits must list train, val and/or test");
             Require(Kind != Text || mix.Tasks is null || mix.Tasks.SequenceEqual([Instructions.Report]),
                 $"data '{mix.Source}': a text stage learns report text; tasks do not apply");

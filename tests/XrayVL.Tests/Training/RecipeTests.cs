@@ -95,6 +95,7 @@ public class RecipeTests
     [InlineData("""[]""", "stages is empty")]
     [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "data": [ { "source": "iu", "labels": { "Pneumonitis": 1 } } ] } ]""", "label 'Pneumonitis'")]
     [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "data": [ { "source": "iu", "labels": { "No Finding": 2 } } ] } ]""", "must be 1, 0 or -1")]
+    [InlineData("""[ { "name": "t", "kind": "align", "steps": 1, "data": [ { "source": "iu", "language": "fr" } ] } ]""", "language 'fr' is not en or zh")]
     public void InvalidStagesAreNamed(string stages, string expected)
     {
         var e = Invalid(Recipe(stages));
@@ -123,6 +124,27 @@ public class RecipeTests
         Assert.Equal(["report 0 No Finding", "report 2 No Finding", "report 0 No Finding", "report 2 No Finding", "report 1 Pneumonia"],
             items.Train.Select(i => i.PlainText));
         Assert.Contains(items.Val, i => i.PlainText == "report 4 No Finding");   // validation is the source's val split, unfiltered
+    }
+
+    [Fact]
+    public void ALanguageFilterKeepsOnlyThatLanguagesStudiesAndCombinesWithTheLabelFilter()
+    {
+        var recipe = TrainRecipe.Parse(Recipe("""
+            [ { "name": "t", "kind": "text", "steps": 1, "text_format": "plain",
+                "data": [ { "source": "iu", "language": "zh", "labels": { "No Finding": 1 } }, { "source": "iu", "language": "en" } ] } ]
+            """));
+        Study Make(int i, string language, string label) => new()
+        {
+            StudyId = $"s{i}-{language}", PatientId = $"p{i}", Split = "train", Language = language, Findings = $"{language} {i} {label}",
+            Labels = new Dictionary<string, int?> { [label] = 1 },
+        };
+        var studies = new List<Study>
+        {
+            Make(0, "en", "No Finding"), Make(0, "zh", "No Finding"), Make(1, "en", "Pneumonia"), Make(1, "zh", "Pneumonia"),
+            Make(2, "zh", "No Finding"),
+        };
+        var items = TrainingData.Items(recipe.Stages[0], recipe, new Dictionary<string, List<Study>> { ["iu"] = studies });
+        Assert.Equal(["zh 0 No Finding", "zh 2 No Finding", "en 0 No Finding", "en 1 Pneumonia"], items.Train.Select(i => i.PlainText));
     }
 
     [Fact]
