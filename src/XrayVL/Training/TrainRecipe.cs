@@ -282,8 +282,9 @@ public sealed record MixRecipe
     /// </summary>
     public IReadOnlyDictionary<string, int>? Labels { get; init; }
     /// <summary>
-    /// Only the studies in this language ("en" or "zh"; each report is a study per language), e.g. to weight one
-    /// language's normal reports where that language's reports lean abnormal (null: both).
+    /// Only the studies whose report is in this language ("en" or "zh"; each report is a study per language), e.g. to
+    /// weight one language's normal reports where that language's reports lean abnormal (null: both). Questions in the
+    /// other language built from a kept study's labels stay unless data.cross_language is false.
     /// </summary>
     public string? Language { get; init; }
 

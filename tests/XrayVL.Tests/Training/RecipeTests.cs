@@ -148,6 +148,35 @@ public class RecipeTests
     }
 
     [Fact]
+    public void ALanguageFilterKeepsTheOtherLanguagesQuestionsBuiltFromTheKeptStudiesUnlessCrossLanguageIsOff()
+    {
+        string Stages(bool crossLanguage) => Recipe("""
+            [ { "name": "t", "kind": "instruct", "trainable": "lora", "steps": 1,
+                "data": [ { "source": "iu", "language": "en", "images": false, "tasks": ["report", "vqa"] } ] } ]
+            """).Replace("\"data\": {", $"\"data\": {{ \"cross_language\": {(crossLanguage ? "true" : "false")},");
+        Study Make(string language, string findings) => new()
+        {
+            StudyId = $"s0-{language}", PatientId = "p0", Split = "train", Language = language, Findings = findings,
+            Labels = new Dictionary<string, int?> { ["Pneumonia"] = 1 },
+        };
+        var studies = new List<Study> { Make("en", "Right lower lobe pneumonia."), Make("zh", "右下肺炎。") };
+        var sources = new Dictionary<string, List<Study>> { ["iu"] = studies };
+
+        List<StageItem> Train(bool crossLanguage)
+        {
+            var recipe = TrainRecipe.Parse(Stages(crossLanguage));
+            return [.. TrainingData.Items(recipe.Stages[0], recipe, sources).Train];
+        }
+
+        var items = Train(crossLanguage: true);
+        Assert.Equal(["en"], items.Where(i => i.Chat!.Task == "report").Select(i => i.Language));      // the zh study's report is left out
+        Assert.Contains(items, i => i.Chat!.Task == "vqa" && i.Language == "zh");                     // questions from the en study's labels
+        Assert.DoesNotContain(items, i => i.Texts.Any(t => t.Contains("右下肺炎")));
+
+        Assert.All(Train(crossLanguage: false), i => Assert.Equal("en", i.Language));
+    }
+
+    [Fact]
     public void AVisionStageAppliesTheLabelFilterToo()
     {
         var recipe = TrainRecipe.Parse(Recipe("""
