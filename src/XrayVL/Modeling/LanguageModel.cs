@@ -15,7 +15,11 @@ namespace XrayVL.Modeling;
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     private readonly Parameter weight;
-    private readonly double eps;
+    // eps and add's alpha as Scalars the module holds. `tensor + double` makes temporary native Scalars that only the
+    // finalizer frees, and one that is collected while libtorch reads it gives a garbage value (seen once in the tests
+    // as libtorch's "toFloat" overflow check failing here); fields stay reachable for the whole call.
+    private readonly Scalar eps;
+    private readonly Scalar one = 1.0;
 
     public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
     {
@@ -30,7 +34,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         // upcast: the mean of squares in bf16 loses precision (8-bit mantissa); normalise in float32, then cast back.
         var x32 = x.to(ScalarType.Float32);
         var variance = x32.pow(2).mean([-1], keepdim: true);          // (..., 1)
-        var normed = (x32 * torch.rsqrt(variance + eps)).to(x.dtype);
+        var normed = (x32 * torch.rsqrt(variance.add(eps, one))).to(x.dtype);
         return (weight * normed).MoveToOuterDisposeScope();
     }
 }
