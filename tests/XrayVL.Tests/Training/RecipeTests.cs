@@ -150,7 +150,7 @@ public class RecipeTests
     [Fact]
     public void ALanguageFilterKeepsTheOtherLanguagesQuestionsBuiltFromTheKeptStudiesUnlessCrossLanguageIsOff()
     {
-        string Stages(bool crossLanguage) => Recipe("""
+        string RecipeJson(bool crossLanguage) => Recipe("""
             [ { "name": "t", "kind": "instruct", "trainable": "lora", "steps": 1,
                 "data": [ { "source": "iu", "language": "en", "images": false, "tasks": ["report", "vqa"] } ] } ]
             """).Replace("\"data\": {", $"\"data\": {{ \"cross_language\": {(crossLanguage ? "true" : "false")},");
@@ -164,7 +164,7 @@ public class RecipeTests
 
         List<StageItem> Train(bool crossLanguage)
         {
-            var recipe = TrainRecipe.Parse(Stages(crossLanguage));
+            var recipe = TrainRecipe.Parse(RecipeJson(crossLanguage));
             return [.. TrainingData.Items(recipe.Stages[0], recipe, sources).Train];
         }
 
