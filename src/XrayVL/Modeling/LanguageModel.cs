@@ -15,9 +15,9 @@ namespace XrayVL.Modeling;
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     private readonly Parameter weight;
-    // eps and add's alpha as Scalars the module holds. `tensor + double` makes temporary native Scalars that only the
-    // finalizer frees, and one that is collected while libtorch reads it gives a garbage value (seen once in the tests
-    // as libtorch's "toFloat" overflow check failing here); fields stay reachable for the whole call.
+    // eps and add's alpha as Scalars the module holds. `tensor + double` (and pow(2)) make temporary native Scalars that
+    // only the finalizer frees, and one that is collected while libtorch reads it gives a garbage value (seen once in the
+    // tests as libtorch's "toFloat" overflow check failing here); fields stay reachable for the whole call.
     private readonly Scalar eps;
     private readonly Scalar one = 1.0;
 
@@ -33,7 +33,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         // upcast: the mean of squares in bf16 loses precision (8-bit mantissa); normalise in float32, then cast back.
         var x32 = x.to(ScalarType.Float32);
-        var variance = x32.pow(2).mean([-1], keepdim: true);          // (..., 1)
+        var variance = x32.square().mean([-1], keepdim: true);        // (..., 1); square, not pow(2): no temporary Scalar
         var normed = (x32 * torch.rsqrt(variance.add(eps, one))).to(x.dtype);
         return (weight * normed).MoveToOuterDisposeScope();
     }
