@@ -10,6 +10,11 @@ namespace XrayVL.Inference;
 /// </summary>
 public static class LogitsProcessing
 {
+    // −∞ as a Scalar held for the process. `masked_fill(mask, double)` converts the double to a temporary native Scalar
+    // that only its finalizer frees; one collected while libtorch still reads it gives a garbage fill value. A static
+    // field (or a `using` local) stays reachable until the call returns.
+    private static readonly Scalar NegativeInfinity = double.NegativeInfinity;
+
     /// <summary>
     /// CTRL / HF repetition penalty: where <paramref name="seen"/> (R, V) is true, positive logits are divided by the
     /// penalty and negative ones multiplied, so a penalty &gt; 1 always makes a seen token less likely.
@@ -17,7 +22,9 @@ public static class LogitsProcessing
     public static Tensor ApplyRepetitionPenalty(Tensor logits, Tensor seen, double penalty)
     {
         using var scope = NewDisposeScope();
-        var penalised = torch.where(logits.gt(0), logits / penalty, logits * penalty);
+        // Scalars held in locals until the calls return (see NegativeInfinity above).
+        using Scalar factor = penalty, zero = 0.0;
+        var penalised = torch.where(logits.gt(zero), logits / factor, logits * factor);
         return torch.where(seen, penalised, logits).MoveToOuterDisposeScope();
     }
 
@@ -35,8 +42,12 @@ public static class LogitsProcessing
     }
 
     /// <summary>Divides by the temperature (sampling only).</summary>
-    public static Tensor ApplyTemperature(Tensor logits, double temperature) =>
-        temperature == 1.0 ? logits.clone() : logits / temperature;
+    public static Tensor ApplyTemperature(Tensor logits, double temperature)
+    {
+        if (temperature == 1.0) return logits.clone();
+        using Scalar divisor = temperature;
+        return logits / divisor;
+    }
 
     /// <summary>Keeps the k largest logits of each row, the rest become −∞ (k ≤ 0 or ≥ V: unchanged).</summary>
     public static Tensor KeepTopK(Tensor logits, int k)
@@ -44,7 +55,7 @@ public static class LogitsProcessing
         if (k <= 0 || k >= logits.shape[^1]) return logits.clone();
         using var scope = NewDisposeScope();
         var kth = logits.topk(k, dim: -1).values.narrow(-1, k - 1, 1);                    // (R, 1)
-        return logits.masked_fill(logits.lt(kth), double.NegativeInfinity).MoveToOuterDisposeScope();
+        return logits.masked_fill(logits.lt(kth), NegativeInfinity).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -58,7 +69,8 @@ public static class LogitsProcessing
         var (sorted, order) = logits.sort(dim: -1, descending: true);                      // (R, V)
         var probabilities = sorted.softmax(-1);
         var massAbove = probabilities.cumsum(-1) - probabilities;
-        var filtered = sorted.masked_fill(massAbove.ge(p), double.NegativeInfinity);
+        using Scalar mass = p;
+        var filtered = sorted.masked_fill(massAbove.ge(mass), NegativeInfinity);
         return torch.empty_like(logits).scatter_(-1, order, filtered).MoveToOuterDisposeScope();
     }
 }

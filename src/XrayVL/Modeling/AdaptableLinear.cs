@@ -20,6 +20,9 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
     private Linear? lora_A;     // in → r, weight (r, in)
     private Linear? lora_B;     // r → out, weight (out, r)
     private double loraScale;   // alpha / r (or alpha / sqrt(r) with rsLoRA)
+    // The same as a Scalar the layer holds: `tensor.mul(double)` makes a temporary native Scalar that only its finalizer
+    // frees, and one collected while libtorch reads it gives a garbage factor; a field stays reachable for the call.
+    private Scalar loraScaleScalar = 0.0;
     private double loraDropout; // probability, applied to the adapter's input only, in training mode
     private bool merged;        // adapter folded into weight: forward skips the adapter path
     private Tensor? weight_scale; // (out, in / 32) float32 when weight is stored as Q8_0 int8 or Q4_0 packed uint8 (Quantize); else null
@@ -107,7 +110,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         var x = input.to(lora_A.weight!.dtype);
         if (loraDropout > 0 && training)
             x = nn.functional.dropout(x, loraDropout, training: true);
-        var delta = lora_B.forward(lora_A.forward(x)).mul(loraScale);  // (…, out)
+        var delta = lora_B.forward(lora_A.forward(x)).mul(loraScaleScalar);  // (…, out)
         return result.add(delta.to(result.dtype)).MoveToOuterDisposeScope();
     }
 
@@ -211,6 +214,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
         register_module("lora_A", a);
         register_module("lora_B", b);
         loraScale = scale;
+        loraScaleScalar = scale;
         loraDropout = dropout;
         merged = false;
     }
@@ -222,7 +226,7 @@ public sealed class AdaptableLinear : nn.Module<Tensor, Tensor>
             throw new InvalidOperationException("layer has no LoRA adapter");
         using var scope = torch.NewDisposeScope();
         using var _ = torch.no_grad();
-        var delta = lora_B.weight!.to(ScalarType.Float32).matmul(lora_A.weight!.to(ScalarType.Float32)).mul(loraScale);
+        var delta = lora_B.weight!.to(ScalarType.Float32).matmul(lora_A.weight!.to(ScalarType.Float32)).mul(loraScaleScalar);
         return delta.MoveToOuterDisposeScope();
     }
 

@@ -73,7 +73,8 @@ public static class GlmRotary
     {
         using var scope = NewDisposeScope();
         // inv_freq = 1 / 10000^(arange(0, dim, 2) / dim), float32 throughout as SAT.
-        var exponents = torch.arange(0, rotaryDim, 2, ScalarType.Float32, positions.device) / rotaryDim;
+        using Scalar zero = 0, dim = rotaryDim, two = 2;   // held until the calls return (a temporary is freed by its finalizer)
+        var exponents = torch.arange(zero, dim, two, ScalarType.Float32, positions.device) / dim;
         var invFreq = torch.tensor(10000.0f, device: positions.device).pow(exponents).reciprocal();                           // (dim/2)
         var angles = positions.to(ScalarType.Float32).unsqueeze(-1) * invFreq;               // (B, T, dim/2)
         var doubled = torch.cat([angles, angles], dim: -1).unsqueeze(1);                     // (B, 1, T, dim)
@@ -102,6 +103,7 @@ public sealed class GlmAttention : nn.Module
     private readonly nn.Module<Tensor, Tensor> query_key_value;
     private readonly nn.Module<Tensor, Tensor> dense;
     private readonly int heads, headSize;
+    private static readonly Scalar One = 1.0, MaskedScore = 10000.0;   // held: see the comment in Forward
 
     public GlmAttention(GlmConfig c) : base(nameof(GlmAttention))
     {
@@ -130,9 +132,11 @@ public sealed class GlmAttention : nn.Module
         // SAT divides q by √hd·(layer_id + 1), masks, and multiplies the float32 scores back by (layer_id + 1) before the
         // softmax (a guard against fp16 overflow in deep layers); the same order is kept so float32 results agree bit for bit
         // as far as possible. Masked scores become s·0 − 10000, which the softmax turns into 0.
-        double coefficient = layerIndex + 1;
-        var scores = torch.matmul(q / (Math.Sqrt(headSize) * coefficient), k.transpose(-1, -2));           // (B, H, T, S)
-        if (mask is not null) scores = scores * mask - (1.0 - mask) * 10000.0;
+        // The numbers as Scalars held until the calls return: `tensor * double` makes a temporary native Scalar that only
+        // its finalizer frees, and one collected while libtorch reads it gives a garbage factor.
+        using Scalar coefficient = layerIndex + 1.0, divisor = Math.Sqrt(headSize) * (layerIndex + 1.0);
+        var scores = torch.matmul(q / divisor, k.transpose(-1, -2));                                       // (B, H, T, S)
+        if (mask is not null) scores = scores * mask - mask.neg().add(One) * MaskedScore;
         var probabilities = nn.functional.softmax(scores.to(ScalarType.Float32) * coefficient, dim: -1).to(v.dtype);
         var context = torch.matmul(probabilities, v);                                                       // (B, H, T, hd)
         var merged = context.permute(0, 2, 1, 3).reshape(batch, length, heads * headSize);                  // (B, T, D)
@@ -153,6 +157,9 @@ public sealed class GlmMlp : nn.Module<Tensor, Tensor>
 {
     private readonly nn.Module<Tensor, Tensor> dense_h_to_4h;
     private readonly nn.Module<Tensor, Tensor> dense_4h_to_h;
+    // The gelu's constants as Scalars held for the process: `tensor * double` converts the double to a temporary native
+    // Scalar that only its finalizer frees, and one collected while libtorch reads it gives a garbage factor.
+    private static readonly Scalar Half = 0.5, One = 1.0, GeluScale = 0.7978845608028654, GeluCubic = 0.044715;
 
     public GlmMlp(GlmConfig c) : base(nameof(GlmMlp))
     {
@@ -165,7 +172,8 @@ public sealed class GlmMlp : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var h = dense_h_to_4h.call(x);                                                                      // (B, T, 4D)
-        var gelu = 0.5 * h * (1.0 + torch.tanh(0.7978845608028654 * h * (1.0 + 0.044715 * h * h)));
+        // 0.5·h·(1 + tanh(√(2/π)·h·(1 + 0.044715·h²))), each product in the order SAT computes it (float32 results agree).
+        var gelu = h * Half * torch.tanh(h * GeluScale * (h * GeluCubic * h).add(One)).add(One);
         return dense_4h_to_h.call(gelu).MoveToOuterDisposeScope();                                          // (B, T, D)
     }
 }
@@ -180,7 +188,7 @@ public sealed class GlmBlock : nn.Module
     private readonly GlmAttention attention;
     private readonly LayerNorm post_attention_layernorm;
     private readonly GlmMlp mlp;
-    private readonly double alpha;
+    private readonly Scalar alpha;   // a Scalar the block holds: a temporary one from `tensor * double` is freed by its finalizer, maybe mid-call
 
     public GlmBlock(GlmConfig c) : base(nameof(GlmBlock))
     {
@@ -329,11 +337,12 @@ public sealed class GlmDecoder : nn.Module
             throw new XrayVLException($"GLM prompt needs [gMASK] ({maskPosition}) before <sop> ({contextLength}) within {length} tokens");
         using var scope = NewDisposeScope();
         var index = torch.arange(length, ScalarType.Int64);
-        var positions = index.where(index.lt(contextLength), torch.tensor(maskPosition));
-        var blocks = (index - contextLength + 1).clamp_min(0);
+        using Scalar context = contextLength, firstBlock = contextLength - 1, zero = 0L;   // held until the calls return
+        var positions = index.where(index.lt(context), torch.tensor(maskPosition));
+        var blocks = index.sub(firstBlock).clamp_min(zero);
         var positionIds = torch.stack([positions, blocks]).unsqueeze(0);                                    // (1, 2, T)
         var causal = index.unsqueeze(0).le(index.unsqueeze(1));                                             // (T, T)
-        var mask = causal.logical_or(index.lt(contextLength).unsqueeze(0)).to(ScalarType.Float32);
+        var mask = causal.logical_or(index.lt(context).unsqueeze(0)).to(ScalarType.Float32);
         return (positionIds.MoveToOuterDisposeScope(), mask.view(1, 1, length, length).MoveToOuterDisposeScope());
     }
 

@@ -68,7 +68,11 @@ public static class RotaryEmbedding
         var doubled = torch.cat([angles, angles], dim: -1).unsqueeze(1);                   // (B, 1, T, hd)
         var cos = doubled.cos();
         var sin = doubled.sin();
-        if (attentionFactor != 1.0) (cos, sin) = (cos * attentionFactor, sin * attentionFactor);
+        if (attentionFactor != 1.0)
+        {
+            using Scalar factor = attentionFactor;   // held until the calls return: a temporary is freed by its finalizer
+            (cos, sin) = (cos * factor, sin * factor);
+        }
         return (cos.to(dtype).MoveToOuterDisposeScope(), sin.to(dtype).MoveToOuterDisposeScope());
     }
 
@@ -278,6 +282,9 @@ public sealed class DecoderStack : nn.Module
     private readonly ModuleList<DecoderLayer> layers;
     private readonly RmsNorm norm;
     private readonly LanguageModelConfig config;
+    // 0 and 1 as Scalars held for the process: `tensor.ne(0)` or `tensor - 1` convert the int to a temporary native
+    // Scalar that only its finalizer frees, and one collected while libtorch reads it gives garbage positions.
+    private static readonly Scalar Zero = 0, One = 1;
 
     public DecoderStack(LanguageModelConfig c) : base(nameof(DecoderStack))
     {
@@ -304,15 +311,16 @@ public sealed class DecoderStack : nn.Module
         var device = x.device;
 
         // Positions count real tokens only (cumsum − 1), so a left-padded row sees the same positions as alone.
-        var keyIsReal = attentionMask?.ne(0) ?? torch.ones(batch, total, ScalarType.Bool, device);          // (B, S)
+        using Scalar first = past, end = total;   // held until the calls return, as Zero and One
+        var keyIsReal = attentionMask?.ne(Zero) ?? torch.ones(batch, total, ScalarType.Bool, device);       // (B, S)
         var positions = attentionMask is null
-            ? torch.arange(past, total, ScalarType.Int64, device).expand(batch, length)
-            : (keyIsReal.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, length);          // (B, T)
+            ? torch.arange(first, end, ScalarType.Int64, device).expand(batch, length)
+            : keyIsReal.to(ScalarType.Int64).cumsum(1).sub(One).clamp_min(Zero).narrow(1, past, length);    // (B, T)
         var (cos, sin) = RotaryEmbedding.CosSin(positions, config, x.dtype);
 
         // Query t (absolute position past + t) may see key s when s <= past + t (causal) and s is a real token.
-        var causal = torch.arange(total, device: device).unsqueeze(0)
-            .le(torch.arange(past, total, device: device).unsqueeze(1));                                     // (T, S)
+        var causal = torch.arange(end, device: device).unsqueeze(0)
+            .le(torch.arange(first, end, device: device).unsqueeze(1));                                      // (T, S)
         var allowed = causal.unsqueeze(0).logical_and(keyIsReal.unsqueeze(1)).unsqueeze(1);                  // (B, 1, T, S)
 
         var h = x;
@@ -444,7 +452,8 @@ public sealed class LanguageModel : nn.Module
         var predicted = logits.narrow(1, 0, length - 1).reshape(-1, vocab).to(ScalarType.Float32);   // (B·(T−1), V)
         var targets = labels.narrow(1, 1, length - 1).reshape(-1).to(ScalarType.Int64);              // (B·(T−1))
         var total = nn.functional.cross_entropy(predicted, targets, ignore_index: Constants.IgnoreIndex, reduction: nn.Reduction.Sum);
-        var counted = targets.ne(Constants.IgnoreIndex).sum().clamp_min(1);
+        using Scalar ignored = Constants.IgnoreIndex, one = 1;   // held until the calls return (temporaries are freed by their finalizers)
+        var counted = targets.ne(ignored).sum().clamp_min(one);
         return (total / counted).MoveToOuterDisposeScope();
     }
 

@@ -80,7 +80,8 @@ public sealed partial class Trainer
     {
         using var scope = NewDisposeScope();
         var perLabel = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction: nn.Reduction.None);
-        return (perLabel * mask).sum().div(mask.sum().clamp_min(1)).MoveToOuterDisposeScope();
+        using Scalar one = 1;   // held until the call returns: a temporary Scalar is freed by its finalizer, maybe mid-call
+        return (perLabel * mask).sum().div(mask.sum().clamp_min(one)).MoveToOuterDisposeScope();
     }
 
     private StageSummary RunVisionStage(int stageIndex, (string Dir, TrainerState State)? resume, CancellationToken cancellationToken)

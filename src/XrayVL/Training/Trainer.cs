@@ -369,7 +369,8 @@ public sealed partial class Trainer
             if (batch.LearnedTokens == 0) continue;
             var imageEmbeds = images.Embed(compute.Model, batch.Images, augmentRandom(m));           // (N, Nv, D)
             var loss = compute.Model.Loss(batch.Ids, batch.Labels, imageEmbeds);                    // mean over this batch
-            loss.mul(batch.LearnedTokens / (double)learned).backward();
+            using (Scalar share = batch.LearnedTokens / (double)learned)   // held: a temporary is freed by its finalizer
+                loss.mul(share).backward();
             compute.MoveGradientsToMaster();
             lossSum += loss.item<float>() * batch.LearnedTokens;
         }
