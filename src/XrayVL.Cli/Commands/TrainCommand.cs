@@ -17,12 +17,15 @@ public static class TrainCommand
         var maxSteps = new Option<long?>("--max-steps-per-stage") { Description = "Cap every stage's steps (a quick smoke run of a recipe)" };
         var noCache = new Option<bool>("--no-feature-cache") { Description = "Encode every batch's images even where the encoder is frozen (to measure what the feature cache saves)" };
         var computeDtype = new Option<string?>("--compute-dtype") { Description = "bf16 or fp32: override the recipe's dtype (to compare their speed)" }.AcceptOnlyFromAmong("bf16", "fp32");
+        var seed = new Option<int?>("--seed") { Description = "Override the recipe's seed (initialisation, data order, sampling; the data split keeps data.split_seed): the same recipe again, to measure run-to-run spread" };
         var command = new Command("train", "Train or fine-tune a model from a recipe: text, projector alignment, instruction tuning (LoRA or full)")
-            { config, output, resume, device, shared, maxSteps, noCache, computeDtype };
+            { config, output, resume, device, shared, maxSteps, noCache, computeDtype, seed };
         command.SetAction(async (parse, cancel) =>
         {
             var recipe = TrainRecipe.Load(parse.GetValue(config)!);
             if (parse.GetValue(computeDtype) is { } dtype) recipe = (recipe with { Dtype = dtype }).Validate();
+            // The seed is part of the recipe's fingerprint, so a --resume needs the same --seed as the run it continues.
+            if (parse.GetValue(seed) is { } runSeed) recipe = (recipe with { Seed = runSeed }).Validate();
             var options = new TrainOptions
             {
                 OutDir = parse.GetValue(output)!,

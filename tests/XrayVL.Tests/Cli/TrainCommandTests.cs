@@ -45,4 +45,24 @@ public class TrainCommandTests
         var bad = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", fixture.NewOut("bad"), "--compute-dtype", "fp16");
         Assert.NotEqual(0, bad.ExitCode);
     }
+
+    [Fact]
+    public void SeedOverridesTheRecipesSeedAndResumingNeedsTheSameSeed()
+    {
+        var fixture = new TrainingFixture();
+        var recipe = fixture.Recipe("""[ { "name": "t", "kind": "instruct", "trainable": "full", "steps": 2, "batch_size": 2, "eval_every": 0, "sample_every": 0, "save_every": 1 } ]""");
+        string recipeSeed = fixture.NewOut("seed-recipe"), eight = fixture.NewOut("seed-8");
+        Assert.Equal(0, CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", recipeSeed).ExitCode);
+        var r = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", eight, "--seed", "8");
+        Assert.True(r.ExitCode == 0, r.Err);
+        Assert.Contains("\"seed\": 8", File.ReadAllText(Path.Combine(eight, "recipe.json")));
+        // Another seed draws other weights: the two models differ.
+        var a = XrayVL.IO.SafeTensors.Load(Path.Combine(recipeSeed, "model", "model.safetensors"));
+        var b = XrayVL.IO.SafeTensors.Load(Path.Combine(eight, "model", "model.safetensors"));
+        Assert.Contains(a.Keys, k => !a[k].allclose(b[k], rtol: 0, atol: 0));
+        var resumed = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", eight, "--resume");
+        Assert.NotEqual(0, resumed.ExitCode);
+        Assert.Contains("different recipe", resumed.Err);
+        Assert.Equal(0, CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", eight, "--resume", "--seed", "8").ExitCode);
+    }
 }
