@@ -34,6 +34,9 @@ internal readonly record struct RowToken(int Row, int Token, bool Ended)
 /// </summary>
 internal sealed class DecodeSession : IDisposable
 {
+    // Held for the process: a Scalar made implicitly from a literal can be finalized while libtorch still reads it.
+    private static readonly Scalar One = 1;
+
     private sealed class Row(int id, int promptLength, int maxNew)
     {
         public int Id { get; } = id;
@@ -138,7 +141,7 @@ internal sealed class DecodeSession : IDisposable
         var logits = new List<Tensor>();                                               // (B, V) float32, running rows first
         if (running.Count > 0)
         {
-            mask!.narrow(1, length, 1).fill_(1);
+            mask!.narrow(1, length, 1).fill_(One);
             length++;
             logits.Add(model.Forward(model.Embed(lastTokens!), mask.narrow(1, 0, length), cache, logitsForLastOnly: true).squeeze(1));
             foreach (var row in running) row.Cached++;
@@ -209,7 +212,7 @@ internal sealed class DecodeSession : IDisposable
         {
             int t = rows[r].PromptLength;
             prefix[r].narrow(0, padded - t, t).copy_(rows[r].Prefix![0]);
-            prefixMask[r].narrow(0, padded - t, t).fill_(1);
+            prefixMask[r].narrow(0, padded - t, t).fill_(One);
             rows[r].Cached = t;
         }
         var rowCache = model.NewCache(rows.Count, padded);

@@ -151,6 +151,8 @@ public sealed class XrayGlmPipeline(LoadedVisualGlm loaded) : IInferencePipeline
         using var cache = glm.NewCache(1, length + options.MaxNewTokens);
         var logits = glm.Logits(glm.ForwardHidden(embeds, positions, mask, cache).narrow(1, length - 1, 1)).view(1, -1);   // (1, V)
         using var sampler = new Sampler(options, logits.device);
+        // Held until the loop ends: an implicit Scalar temporary can be finalized while libtorch still reads it.
+        using Scalar penalty = options.RepetitionPenalty;
         var generated = new List<long>();
         // 3. one token at a time: every new token takes the [gMASK] position and the next block position
         for (int step = 0; step < options.MaxNewTokens; step++)
@@ -161,7 +163,7 @@ public sealed class XrayGlmPipeline(LoadedVisualGlm loaded) : IInferencePipeline
             if (generated.Count > 0 && options.RepetitionPenalty != 1.0)
             {
                 var divisor = torch.ones_like(scores);
-                divisor.index_fill_(1, torch.tensor(generated.ToArray()), options.RepetitionPenalty);
+                divisor.index_fill_(1, torch.tensor(generated.ToArray()), penalty);
                 scores = scores / divisor;
             }
             long next = sampler.Choose(scores).item<long>();

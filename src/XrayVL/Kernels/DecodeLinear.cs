@@ -175,7 +175,8 @@ public static class DecodeLinear
         using var scope = NewDisposeScope();
         long n = packed.shape[0], k = 2 * packed.shape[1], groups = k / MatVec.GroupSize;
         var bytes = packed.to(ScalarType.Int32).view(n, groups, MatVec.Q4GroupBytes);                           // (N, K/32, 16)
-        var levels = torch.cat([bytes.remainder(16), bytes.div(16, RoundingMode.floor)], dim: -1).sub_(8);           // (N, K/32, 32): low, high nibbles
+        using Scalar sixteen = 16, eight = 8;   // held until the calls return (an implicit temporary can be finalized mid-call)
+        var levels = torch.cat([bytes.remainder(sixteen), bytes.div(sixteen, RoundingMode.floor)], dim: -1).sub_(eight);   // (N, K/32, 32): low, high nibbles
         var w = levels.to(ScalarType.Float32).mul_(scales.unsqueeze(-1));
         return w.view(n, k).to(dtype).MoveToOuterDisposeScope();
     }

@@ -236,6 +236,8 @@ public sealed class ClipAttention : nn.Module<Tensor, Tensor>
 /// <summary>fc1 → activation ("quick_gelu": x·σ(1.702x), OpenAI CLIP; "gelu": exact erf GELU) → fc2.</summary>
 public sealed class ClipMlp : nn.Module<Tensor, Tensor>
 {
+    // quick_gelu's factor, held for the process: an implicit Scalar temporary can be finalized while libtorch reads it.
+    private static readonly Scalar QuickGeluScale = 1.702;
     private readonly nn.Module<Tensor, Tensor> fc1;
     private readonly nn.Module<Tensor, Tensor> fc2;
     private readonly string activation;
@@ -254,7 +256,7 @@ public sealed class ClipMlp : nn.Module<Tensor, Tensor>
         var h = fc1.call(x); // (B, T, I)
         h = activation switch
         {
-            "quick_gelu" => h * torch.sigmoid(1.702 * h),
+            "quick_gelu" => h * torch.sigmoid(QuickGeluScale * h),
             "gelu" => nn.functional.gelu(h),
             _ => throw new XrayVLException($"hidden_act '{activation}' is not supported (gelu, quick_gelu)"),
         };

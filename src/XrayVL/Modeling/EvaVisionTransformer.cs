@@ -181,7 +181,8 @@ public sealed class EvaAttention : nn.Module<Tensor, Tensor>
         long b = x.shape[0], t = x.shape[1], d = x.shape[2], hd = d / heads;
         var bias = torch.cat([q_bias, torch.zeros_like(v_bias), v_bias]); // (3D)
         var fused = nn.functional.linear(x, qkv.weight!, bias).reshape(b, t, 3, heads, hd).permute(2, 0, 3, 1, 4); // (3, B, H, T, hd)
-        var q = fused[0] * Math.Pow(hd, -0.5);
+        using Scalar scale = Math.Pow(hd, -0.5);   // held until the multiply returns (an implicit temporary can be finalized mid-call)
+        var q = fused[0] * scale;
         var k = fused[1];
         var v = fused[2];
         var weights = q.matmul(k.transpose(-2, -1)).softmax(-1); // (B, H, T, T)

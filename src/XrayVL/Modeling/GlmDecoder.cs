@@ -258,6 +258,7 @@ public sealed class GlmTransformer : nn.Module
 /// </summary>
 public sealed class GlmDecoder : nn.Module
 {
+    private static readonly Scalar One = 1.0;   // held: an implicit Scalar temporary can be finalized while libtorch reads it
     private readonly GlmTransformer transformer;
     private readonly nn.Module<Tensor, Tensor>? lm_head;
 
@@ -336,8 +337,8 @@ public sealed class GlmDecoder : nn.Module
         if (contextLength < 1 || contextLength > length || maskPosition < 0 || maskPosition >= contextLength)
             throw new XrayVLException($"GLM prompt needs [gMASK] ({maskPosition}) before <sop> ({contextLength}) within {length} tokens");
         using var scope = NewDisposeScope();
-        var index = torch.arange(length, ScalarType.Int64);
-        using Scalar context = contextLength, firstBlock = contextLength - 1, zero = 0L;   // held until the calls return
+        using Scalar end = length, context = contextLength, firstBlock = contextLength - 1, zero = 0L;   // held until the calls return
+        var index = torch.arange(end, ScalarType.Int64);
         var positions = index.where(index.lt(context), torch.tensor(maskPosition));
         var blocks = index.sub(firstBlock).clamp_min(zero);
         var positionIds = torch.stack([positions, blocks]).unsqueeze(0);                                    // (1, 2, T)
@@ -399,7 +400,7 @@ public sealed class GlmDecoder : nn.Module
                 positions = torch.cat([positions, tokenPosition], dim: 2).MoveToOuterDisposeScope();
                 var grown = torch.zeros(1, 1, n + 1, n + 1);
                 grown.narrow(2, 0, n).narrow(3, 0, n).copy_(fullMask);
-                grown[0, 0, n].fill_(1.0);
+                grown[0, 0, n].fill_(One);
                 fullMask = grown.MoveToOuterDisposeScope();
                 hidden = ForwardHidden(embeds, positions, fullMask).narrow(1, n, 1);
             }
@@ -424,7 +425,8 @@ public sealed class GlmDecoder : nn.Module
         if (generated.Count > 0 && repetitionPenalty != 1.0)
         {
             var divisor = torch.ones_like(scores);
-            divisor.index_fill_(0, torch.tensor(generated.ToArray()), repetitionPenalty);
+            using Scalar penalty = repetitionPenalty;   // held until index_fill_ returns
+            divisor.index_fill_(0, torch.tensor(generated.ToArray()), penalty);
             scores = scores / divisor;
         }
         return scores.argmax().item<long>();

@@ -13,6 +13,8 @@ namespace XrayVL.Modeling;
 /// </summary>
 public sealed class Projector : nn.Module<Tensor, Tensor>
 {
+    // quick_gelu's factor, held for the process: an implicit Scalar temporary can be finalized while libtorch reads it.
+    private static readonly Scalar QuickGeluScale = 1.702;
     private readonly nn.Module<Tensor, Tensor> linear_1;
     private readonly nn.Module<Tensor, Tensor>? linear_2;
 
@@ -71,7 +73,7 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
         "gelu" => nn.functional.gelu(x),
         // transformers' gelu_new and gelu_pytorch_tanh are the same tanh approximation of GELU.
         "gelu_pytorch_tanh" or "gelu_new" => nn.functional.gelu(x, TorchSharp.Modules.GELU.Approximate.tanh),
-        "quick_gelu" => x * torch.sigmoid(1.702 * x),
+        "quick_gelu" => x * torch.sigmoid(QuickGeluScale * x),
         "relu" => nn.functional.relu(x),
         "silu" => nn.functional.silu(x),
         // transformers' "linear" activation is the identity (an exported one-linear projector uses it).

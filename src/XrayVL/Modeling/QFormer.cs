@@ -213,7 +213,8 @@ public sealed class QFormerSelfAttention : nn.Module<Tensor, Tensor, Tensor>
         var qh = query.call(hidden).view(b, q, heads, hd).transpose(1, 2); // (B, H, Q, hd)
         var kh = key.call(context).view(b, n, heads, hd).transpose(1, 2); // (B, H, N, hd)
         var vh = value.call(context).view(b, n, heads, hd).transpose(1, 2);
-        var weights = (qh.matmul(kh.transpose(-2, -1)) / Math.Sqrt(hd)).softmax(-1); // (B, H, Q, N)
+        using Scalar divisor = Math.Sqrt(hd);   // held until the divide returns (an implicit temporary can be finalized mid-call)
+        var weights = (qh.matmul(kh.transpose(-2, -1)) / divisor).softmax(-1); // (B, H, Q, N)
         return weights.matmul(vh).transpose(1, 2).reshape(b, q, d).MoveToOuterDisposeScope(); // (B, Q, D)
     }
 }

@@ -84,7 +84,8 @@ public sealed class VisionLanguageModel : nn.Module
     public Tensor Embed(Tensor ids, Tensor? imageEmbeds)
     {
         using var scope = NewDisposeScope();
-        var isImage = ids.eq(Config.ImageTokenIndex);                     // (B, T)
+        using Scalar imageToken = Config.ImageTokenIndex;                 // held until eq returns (an implicit temporary can be finalized mid-call)
+        var isImage = ids.eq(imageToken);                                  // (B, T)
         long imagePositions = isImage.sum().item<long>();
         long given = imageEmbeds is null ? 0 : imageEmbeds.shape[0] * imageEmbeds.shape[1];
         if (imagePositions != given)

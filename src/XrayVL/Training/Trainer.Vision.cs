@@ -155,7 +155,8 @@ public sealed partial class Trainer
                 var random = stage.Augment is null ? null : new Random(Seeds.Mix(seed, stageIndex, step, m, 0xA06));
                 var (pixels, targets, mask) = Collate(batch, random ?? new Random(0), stage.Augment);
                 var loss = MaskedBce(classifier.call(encoder.Pooled(pixels)), targets, mask);
-                loss.div(stage.GradAccum).backward();
+                using (Scalar accum = stage.GradAccum)   // held: an implicit temporary is freed by its finalizer, possibly mid-call
+                    loss.div(accum).backward();
                 stepLoss += loss.item<float>() / stage.GradAccum;
             }
             if (!double.IsFinite(stepLoss))
