@@ -17,7 +17,7 @@ public static class TrainCommand
         var maxSteps = new Option<long?>("--max-steps-per-stage") { Description = "Cap every stage's steps (a quick smoke run of a recipe)" };
         var noCache = new Option<bool>("--no-feature-cache") { Description = "Encode every batch's images even where the encoder is frozen (to measure what the feature cache saves)" };
         var computeDtype = new Option<string?>("--compute-dtype") { Description = "bf16 or fp32: override the recipe's dtype (to compare their speed)" }.AcceptOnlyFromAmong("bf16", "fp32");
-        var seed = new Option<int?>("--seed") { Description = "Override the recipe's seed (initialisation, data order, sampling; the data split keeps data.split_seed): the same recipe again, to measure run-to-run spread" };
+        var seed = new Option<int?>("--seed") { Description = "Override the recipe's seed (initialisation, data order, limit subsets, question phrasing, augmentation; the split keeps data.split_seed): the same recipe again, to measure run-to-run spread" };
         var command = new Command("train", "Train or fine-tune a model from a recipe: text, projector alignment, instruction tuning (LoRA or full)")
             { config, output, resume, device, shared, maxSteps, noCache, computeDtype, seed };
         command.SetAction(async (parse, cancel) =>
@@ -47,8 +47,13 @@ public static class TrainCommand
             catch (OperationCanceledException) when (cancel.IsCancellationRequested)
             {
                 // Ctrl-C: the trainer saved a checkpoint after the step it was on; say how to go on from there.
+                // The seed and dtype are part of the recipe's fingerprint, so their overrides must be given again.
+                string again = (parse.GetValue(seed) is { } s2 ? $" --seed {s2}" : "") +
+                               (parse.GetValue(computeDtype) is { } d2 ? $" --compute-dtype {d2}" : "") +
+                               (options.Device != "cpu" ? $" --device {options.Device}" : "") +
+                               (options.SharedDataDir is { } sh ? $" --shared {Quote(sh)}" : "");
                 io.Err.WriteLine($"stopped. Continue from the last checkpoint with: xrayvl train --config {Quote(parse.GetValue(config)!)} " +
-                    $"--out {Quote(options.OutDir)} --resume");
+                    $"--out {Quote(options.OutDir)} --resume{again}");
                 return 130;
             }
             io.Out.WriteLine($"model: {result.ModelDirectory}" + (result.BestDirectory is null ? "" : $"   best by validation loss: {result.BestDirectory}"));

@@ -134,7 +134,8 @@ public static class TrainingCheckpoint
         if (state.RecipeFingerprint != recipeFingerprint)
             throw new CheckpointMismatchException(
                 $"{dir}: checkpoint was written by a different recipe (fingerprint {state.RecipeFingerprint}, this recipe {recipeFingerprint}): " +
-                "the model, data, seed or a stage's optimisation settings differ; restore the recipe or train into a new --out folder");
+                $"the model, data, seed or a stage's optimisation settings differ (the checkpoint was trained with seed {state.Seed}, dtype {state.Dtype}: " +
+                "give --seed / --compute-dtype again if the run was started with them); restore the recipe or train into a new --out folder");
         foreach (string file in new[] { Checkpoint.WeightsFileName, OptimizerFileName })
         {
             string path = Path.Combine(dir, file);

@@ -136,9 +136,10 @@ public class CliFrictionTests
         string outDir = fixture.NewOut("ctrl-c");
         using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         var err = new WatchingWriter(text => { if (text.Contains("step 1/40")) cancel.Cancel(); });
-        int code = await App.RunAsync(["train", "--config", recipe.SourcePath!, "--out", outDir], new StringWriter(), err, new StringReader(""), cancel.Token);
+        int code = await App.RunAsync(["train", "--config", recipe.SourcePath!, "--out", outDir, "--seed", "9"], new StringWriter(), err, new StringReader(""), cancel.Token);
         Assert.Equal(130, code);
-        Assert.Contains($"stopped. Continue from the last checkpoint with: xrayvl train --config {TrainCommand.Quote(recipe.SourcePath!)} --out {TrainCommand.Quote(outDir)} --resume", err.ToString());
+        // The seed override is part of the recipe's fingerprint: the printed command gives it again.
+        Assert.Contains($"stopped. Continue from the last checkpoint with: xrayvl train --config {TrainCommand.Quote(recipe.SourcePath!)} --out {TrainCommand.Quote(outDir)} --resume --seed 9", err.ToString());
         Assert.True(Directory.Exists(Path.Combine(outDir, "checkpoints")), err.ToString());
         Assert.Equal("'/a b/c'", TrainCommand.Quote("/a b/c"));
         Assert.Equal("runs/x", TrainCommand.Quote("runs/x"));

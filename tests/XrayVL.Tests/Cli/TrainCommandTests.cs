@@ -63,6 +63,7 @@ public class TrainCommandTests
         var resumed = CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", eight, "--resume");
         Assert.NotEqual(0, resumed.ExitCode);
         Assert.Contains("different recipe", resumed.Err);
+        Assert.Contains("trained with seed 8", resumed.Err);
         Assert.Equal(0, CliRunner.Run("train", "--config", recipe.SourcePath!, "--out", eight, "--resume", "--seed", "8").ExitCode);
     }
 }
